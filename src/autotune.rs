@@ -1,0 +1,208 @@
+//! Kernel-variant choice by measurement. The first time an op meets a shape class on an
+//! adapter, every valid variant is timed and the fastest is remembered, in memory and in a
+//! JSON file (`$APGA_CACHE_DIR/autotune.json`, default `~/.cache/apga-gpu/`), keyed by the
+//! adapter's backend, name and driver, so later processes start warm. With autotuning off
+//! (`APGA_NO_AUTOTUNE=1`, `--no-autotune`) each op uses its default variant.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+
+#[derive(Serialize, Deserialize, Default)]
+struct CacheFile {
+    version: u32,
+    /// adapter key -> (op and shape class -> variant name)
+    adapters: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+const CACHE_VERSION: u32 = 1;
+
+/// Per-adapter cache of measured choices.
+pub struct Autotuner {
+    enabled: bool,
+    adapter_key: String,
+    path: Option<PathBuf>,
+    choices: BTreeMap<String, String>,
+}
+
+/// Directory of on-disk caches: `APGA_CACHE_DIR`, else the platform cache dir.
+pub fn cache_dir() -> Option<PathBuf> {
+    match std::env::var_os("APGA_CACHE_DIR") {
+        Some(d) if !d.is_empty() => Some(PathBuf::from(d)),
+        _ => dirs::cache_dir().map(|d| d.join("apga-gpu")),
+    }
+}
+
+fn read_cache(path: &Path) -> Result<CacheFile> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.into(),
+        source,
+    })?;
+    let file: CacheFile = serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: path.into(),
+        detail: format!("not an autotune cache: {e}"),
+    })?;
+    if file.version != CACHE_VERSION {
+        return Err(Error::Format {
+            path: path.into(),
+            detail: format!("cache version {} (expected {CACHE_VERSION})", file.version),
+        });
+    }
+    Ok(file)
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so a crash never leaves a
+/// half-written file behind.
+pub fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.into(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
+
+impl Autotuner {
+    /// Loads the choices cached for this adapter. A missing or unreadable cache starts empty
+    /// (an unreadable one is reported and replaced on the next write).
+    pub fn open(info: &wgpu::AdapterInfo, enabled: bool) -> Autotuner {
+        let adapter_key = format!(
+            "{:?}/{}/{}/{}",
+            info.backend, info.name, info.driver, info.driver_info
+        );
+        let path = cache_dir().map(|d| d.join("autotune.json"));
+        let choices = match &path {
+            Some(p) if p.exists() => match read_cache(p) {
+                Ok(mut f) => f.adapters.remove(&adapter_key).unwrap_or_default(),
+                Err(e) => {
+                    log::warn!("ignoring autotune cache: {e}");
+                    BTreeMap::new()
+                }
+            },
+            _ => BTreeMap::new(),
+        };
+        Autotuner {
+            enabled,
+            adapter_key,
+            path,
+            choices,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The cached choice for `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.choices.get(key).map(|s| s.as_str())
+    }
+
+    /// Remembers a choice and rewrites the cache file (merging other adapters' entries).
+    pub fn insert(&mut self, key: &str, variant: &str) {
+        self.choices.insert(key.to_string(), variant.to_string());
+        let Some(path) = &self.path else { return };
+        let mut file = match read_cache(path) {
+            Ok(f) => f,
+            Err(_) => CacheFile {
+                version: CACHE_VERSION,
+                ..Default::default()
+            },
+        };
+        file.adapters
+            .insert(self.adapter_key.clone(), self.choices.clone());
+        let write = serde_json::to_vec_pretty(&file)
+            .map_err(|e| Error::Format {
+                path: path.clone(),
+                detail: e.to_string(),
+            })
+            .and_then(|text| write_atomic(path, &text));
+        if let Err(e) = write {
+            log::warn!("could not save the autotune cache: {e}");
+        }
+    }
+}
+
+/// Time of one run of `run`, measured by wall clock around a full GPU sync; the minimum over
+/// enough repetitions to fill about 20 ms (at least 2 after one warm-up run).
+pub fn measure(gpu: &Gpu, run: &mut dyn FnMut() -> Result<()>) -> Result<Duration> {
+    run()?;
+    gpu.sync()?;
+    let mut best = Duration::MAX;
+    let mut total = Duration::ZERO;
+    let mut reps = 0;
+    while reps < 2 || (total < Duration::from_millis(20) && reps < 20) {
+        let t = Instant::now();
+        run()?;
+        gpu.sync()?;
+        let dt = t.elapsed();
+        best = best.min(dt);
+        total += dt;
+        reps += 1;
+    }
+    Ok(best)
+}
+
+/// Picks among `candidates` (name, value) for the op and shape class `key`: the cached choice
+/// if there is one, the `default` index when autotuning is off, else the fastest by
+/// measurement of `run` on the caller's real operands.
+pub fn choose<V: Copy>(
+    gpu: &Gpu,
+    key: &str,
+    candidates: &[(&'static str, V)],
+    default: usize,
+    mut run: impl FnMut(V) -> Result<()>,
+) -> Result<V> {
+    if candidates.is_empty() {
+        return Err(Error::Gpu(format!("autotune {key}: no candidate variant")));
+    }
+    let default = default.min(candidates.len() - 1);
+    {
+        let tuner = gpu
+            .inner()
+            .autotuner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(name) = tuner.get(key) {
+            if let Some((_, v)) = candidates.iter().find(|(n, _)| *n == name) {
+                return Ok(*v);
+            }
+        }
+        if !tuner.enabled() || candidates.len() == 1 {
+            return Ok(candidates[default].1);
+        }
+    }
+    let mut best: Option<(Duration, usize)> = None;
+    for (i, (name, v)) in candidates.iter().enumerate() {
+        let dt = measure(gpu, &mut || run(*v))?;
+        log::info!("autotune {key}: {name} {:.3} ms", dt.as_secs_f64() * 1e3);
+        if best.is_none_or(|(b, _)| dt < b) {
+            best = Some((dt, i));
+        }
+    }
+    let i = best.map_or(default, |(_, i)| i);
+    gpu.inner()
+        .autotuner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, candidates[i].0);
+    Ok(candidates[i].1)
+}
+
+/// The power-of-two bucket of a dimension, for shape classes.
+pub fn bucket(n: usize) -> usize {
+    n.max(1).next_power_of_two()
+}

@@ -1,0 +1,107 @@
+//! Layer 9: the `apga-gpu` command line.
+
+use clap::{Parser, Subcommand};
+
+use crate::error::{Error, Result};
+use crate::gpu::adapter::{self, Request};
+
+/// Train medical-image classifiers with Adversarial Policy Gradient Augmentation on any GPU
+/// that wgpu reaches (Vulkan, Metal, DX12, GL).
+#[derive(Parser, Debug)]
+#[command(name = "apga-gpu", version, about)]
+pub struct Cli {
+    /// Adapter to use: a name substring or an index from `apga-gpu devices`
+    /// (default: WGPU_ADAPTER_NAME, else the most capable adapter).
+    #[arg(long, global = true, env = "APGA_DEVICE")]
+    pub device: Option<String>,
+
+    /// Use each op's default kernel variant instead of measuring (autotuning) per adapter.
+    #[arg(long, global = true)]
+    pub no_autotune: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List every GPU adapter wgpu sees and mark the one that would be used.
+    Devices,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Devices => devices(cli.device.as_deref()),
+    }
+}
+
+fn devices(explicit: Option<&str>) -> Result<()> {
+    let request = Request::resolve(explicit);
+    let (list, chosen) = adapter::list(&request);
+    if list.is_empty() {
+        return Err(chosen.err().unwrap_or(Error::NoAdapter {
+            detail: String::new(),
+        }));
+    }
+    let rows: Vec<[String; 5]> = list
+        .iter()
+        .map(|s| {
+            [
+                s.index.to_string(),
+                format!("{:?}", s.backend),
+                format!("{:?}", s.device_type),
+                s.name.clone(),
+                [s.driver.as_str(), s.driver_info.as_str()]
+                    .iter()
+                    .filter(|x| !x.is_empty())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+            ]
+        })
+        .collect();
+    let header = ["#", "backend", "type", "name", "driver"];
+    let mut width = header.map(str::len);
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |mark: &str, cells: [&str; 5]| {
+        let mut s = format!("{mark} ");
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = width[i]));
+            }
+        }
+        println!("{}", s.trim_end());
+    };
+    line(" ", header);
+    for r in &rows {
+        let mark = match &chosen {
+            Ok(i) if *i == r[0].parse::<usize>().unwrap_or(usize::MAX) => "*",
+            _ => " ",
+        };
+        line(mark, [&r[0], &r[1], &r[2], &r[3], &r[4]]);
+    }
+    match chosen {
+        Ok(i) => {
+            println!("\n* = used by default ({})", describe(&request));
+            let _ = i;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn describe(request: &Request) -> String {
+    match request {
+        Request::Auto => "most capable device type; pick another with --device or \
+                          WGPU_ADAPTER_NAME"
+            .into(),
+        Request::Named { wanted, source } => format!("{source} = {wanted:?}"),
+    }
+}

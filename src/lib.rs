@@ -1,0 +1,19 @@
+//! apga-gpu: Adversarial Policy Gradient Augmentation (Cheng et al., MICCAI 2019) on any GPU
+//! wgpu reaches, with its own tensor engine.
+//!
+//! Layers, each calling only the one below: [`gpu`] (device, pipelines, buffer pool, command
+//! batching), [`tensor`], [`ops`] (WGSL kernels in `shaders/`), [`autodiff`] (the tape).
+
+pub mod autodiff;
+pub mod autotune;
+pub mod cli;
+pub mod error;
+pub mod gpu;
+pub mod ops;
+pub mod shaders;
+pub mod tensor;
+
+pub use autodiff::{no_grad, Grads, Tape};
+pub use error::{Error, Result};
+pub use gpu::{Gpu, GpuOptions};
+pub use tensor::Tensor;

@@ -1,0 +1,353 @@
+//! Element-wise ops (`shaders/elementwise.wgsl`): unary maths, binary arithmetic with NumPy
+//! broadcasting (a per-channel `[1,C,1,1]` or per-pixel `[N,1,H,W]` mask multiplies an NCHW
+//! tensor directly), comparisons against a threshold, `expand` and `where_`.
+
+use crate::autodiff::{self, Op};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernel, Storage};
+use crate::ops::{pack8, strides};
+use crate::shaders::ELEMENTWISE;
+use crate::tensor::{numel, Tensor};
+
+/// Largest rank the element-wise kernels index.
+pub const MAX_RANK: usize = 8;
+
+/// Unary ops; the scalar ones carry their operand.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum UnaryOp {
+    Relu,
+    Sigmoid,
+    Exp,
+    Log,
+    AddScalar(f32),
+    MulScalar(f32),
+    /// `1[x >= t]`, not differentiable (used for the policy's action `1[P >= 0.5]`).
+    Ge(f32),
+    /// `1[x > t]`, not differentiable.
+    Gt(f32),
+    /// `1[x < t]`, not differentiable.
+    Lt(f32),
+}
+
+impl UnaryOp {
+    fn code(self) -> (u32, f32) {
+        match self {
+            UnaryOp::Relu => (0, 0.0),
+            UnaryOp::Sigmoid => (1, 0.0),
+            UnaryOp::Exp => (2, 0.0),
+            UnaryOp::Log => (3, 0.0),
+            UnaryOp::AddScalar(s) => (4, s),
+            UnaryOp::MulScalar(s) => (5, s),
+            UnaryOp::Ge(s) => (6, s),
+            UnaryOp::Gt(s) => (7, s),
+            UnaryOp::Lt(s) => (8, s),
+        }
+    }
+    fn differentiable(self) -> bool {
+        !matches!(self, UnaryOp::Ge(_) | UnaryOp::Gt(_) | UnaryOp::Lt(_))
+    }
+}
+
+/// Binary ops. `ReluGrad` and `SigmoidGrad` are the backward kernels of relu and sigmoid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    /// `grad * 1[x > 0]` with `(grad, x)`.
+    ReluGrad,
+    /// `grad * y * (1 - y)` with `(grad, y = sigmoid(x))`.
+    SigmoidGrad,
+}
+
+impl BinaryOp {
+    fn code(self) -> u32 {
+        match self {
+            BinaryOp::Add => 0,
+            BinaryOp::Sub => 1,
+            BinaryOp::Mul => 2,
+            BinaryOp::Div => 3,
+            BinaryOp::ReluGrad => 4,
+            BinaryOp::SigmoidGrad => 5,
+        }
+    }
+}
+
+/// The broadcast shape of two shapes (NumPy rules: align trailing dims; a dim of 1 stretches).
+pub fn broadcast_shapes(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let mut out = vec![0; rank];
+    for i in 0..rank {
+        let da = if i + a.len() >= rank {
+            a[i + a.len() - rank]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= rank {
+            b[i + b.len() - rank]
+        } else {
+            1
+        };
+        out[i] = match (da, db) {
+            (x, y) if x == y => x,
+            (1, y) => y,
+            (x, 1) => x,
+            _ => {
+                return Err(Error::shape(
+                    op,
+                    format!("shapes {a:?} and {b:?} do not broadcast"),
+                ))
+            }
+        };
+    }
+    Ok(out)
+}
+
+/// Strides for reading a tensor of `shape` at every position of `out` (0 on broadcast dims).
+fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
+    let pad = out.len() - shape.len();
+    let own = strides(shape);
+    (0..out.len())
+        .map(|i| {
+            if i < pad || shape[i - pad] == 1 {
+                0
+            } else {
+                own[i - pad]
+            }
+        })
+        .collect()
+}
+
+fn check_rank(op: &'static str, shape: &[usize]) -> Result<()> {
+    if shape.len() > MAX_RANK {
+        return Err(Error::shape(
+            op,
+            format!("rank {} exceeds the maximum of {MAX_RANK}", shape.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Allocates the output and dispatches one element-wise kernel over `shape`.
+fn launch(
+    gpu: &Gpu,
+    kernel: Kernel,
+    shape: &[usize],
+    scalars: [f32; 2],
+    strides_ab: [&[usize]; 2],
+    inputs: &[&Storage],
+) -> Result<Storage> {
+    let n = numel(shape);
+    let out = gpu.alloc(n, shape)?;
+    let mut params = vec![
+        n as u32,
+        shape.len() as u32,
+        scalars[0].to_bits(),
+        scalars[1].to_bits(),
+    ];
+    params.extend(pack8(shape));
+    params.extend(pack8(strides_ab[0]));
+    params.extend(pack8(strides_ab[1]));
+    gpu.dispatch(&kernel, &params, &[&out], inputs, gpu.grid(n.div_ceil(256)))?;
+    Ok(out)
+}
+
+/// Applies a unary op element-wise.
+pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
+    let (code, s) = op.code();
+    let constants = [("UNARY", code as f64)];
+    let kernel = Kernel::new(&ELEMENTWISE, "unary").with(&constants);
+    let storage = launch(
+        x.gpu(),
+        kernel,
+        x.shape(),
+        [s, 0.0],
+        [&[], &[]],
+        &[x.storage()],
+    )?;
+    if !op.differentiable() {
+        return Ok(Tensor::from_storage(
+            std::sync::Arc::new(storage),
+            x.shape(),
+            false,
+        ));
+    }
+    let shape = x.shape().to_vec();
+    // relu and log need their input, sigmoid and exp their output; a second handle to the
+    // output is made after tracking, so the closure only captures the input here.
+    let needs_x = matches!(op, UnaryOp::Relu | UnaryOp::Log);
+    let needs_y = matches!(op, UnaryOp::Sigmoid | UnaryOp::Exp);
+    if !needs_y {
+        return Ok(autodiff::track(storage, &shape, &[x], || Op::Unary {
+            op,
+            x: needs_x.then(|| x.clone()),
+            y: None,
+        }));
+    }
+    // The output must be saved: wrap it first, then record a node that holds it.
+    let record = x.requires_grad() && autodiff::is_recording();
+    let y = Tensor::from_storage(std::sync::Arc::new(storage), &shape, record);
+    if record {
+        autodiff::push(
+            Op::Unary {
+                op,
+                x: None,
+                y: Some(y.detach()),
+            },
+            &[x],
+            &y,
+        );
+    }
+    Ok(y)
+}
+
+/// Applies a binary op element-wise with broadcasting.
+pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let name = "binary op";
+    let shape = broadcast_shapes(name, a.shape(), b.shape())?;
+    check_rank(name, &shape)?;
+    let constants = [("BINARY", op.code() as f64)];
+    let storage = if a.shape() == b.shape() {
+        let kernel = Kernel::new(&ELEMENTWISE, "binary").with(&constants);
+        launch(
+            a.gpu(),
+            kernel,
+            &shape,
+            [0.0; 2],
+            [&[], &[]],
+            &[a.storage(), b.storage()],
+        )?
+    } else {
+        let kernel = Kernel::new(&ELEMENTWISE, "binary_bcast").with(&constants);
+        let sa = broadcast_strides(a.shape(), &shape);
+        let sb = broadcast_strides(b.shape(), &shape);
+        launch(
+            a.gpu(),
+            kernel,
+            &shape,
+            [0.0; 2],
+            [&sa, &sb],
+            &[a.storage(), b.storage()],
+        )?
+    };
+    Ok(autodiff::track(storage, &shape, &[a, b], || Op::Binary {
+        op,
+        a: a.clone(),
+        b: b.clone(),
+    }))
+}
+
+/// Copies `x` broadcast to `shape` (NumPy rules).
+pub fn expand(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    let out = broadcast_shapes("expand", x.shape(), shape)?;
+    if out != shape {
+        return Err(Error::shape(
+            "expand",
+            format!("cannot expand shape {:?} to {shape:?}", x.shape()),
+        ));
+    }
+    check_rank("expand", shape)?;
+    let sx = broadcast_strides(x.shape(), shape);
+    let kernel = Kernel::new(&ELEMENTWISE, "expand");
+    let storage = launch(x.gpu(), kernel, shape, [0.0; 2], [&sx, &[]], &[x.storage()])?;
+    Ok(autodiff::track(storage, shape, &[x], || Op::Expand {
+        x_shape: x.shape().to_vec(),
+    }))
+}
+
+/// `mask != 0 ? a : b`, with all three broadcast to a common shape. Differentiable in `a`
+/// and `b`; the mask is a constant.
+pub fn where_(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let shape = broadcast_shapes("where", mask.shape(), a.shape())?;
+    let shape = broadcast_shapes("where", &shape, b.shape())?;
+    let full = |t: &Tensor| -> Result<Tensor> {
+        if t.shape() == shape.as_slice() {
+            Ok(t.clone())
+        } else {
+            autodiff::no_grad(|| expand(&t.detach(), &shape))
+        }
+    };
+    let (m, fa, fb) = (full(mask)?, full(a)?, full(b)?);
+    let kernel = Kernel::new(&ELEMENTWISE, "where_select");
+    let storage = launch(
+        a.gpu(),
+        kernel,
+        &shape,
+        [0.0; 2],
+        [&[], &[]],
+        &[m.storage(), fa.storage(), fb.storage()],
+    )?;
+    Ok(autodiff::track(storage, &shape, &[a, b], || Op::Where {
+        mask: m.detach(),
+        a_shape: a.shape().to_vec(),
+        b_shape: b.shape().to_vec(),
+    }))
+}
+
+pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinaryOp::Add, a, b)
+}
+pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinaryOp::Sub, a, b)
+}
+pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinaryOp::Mul, a, b)
+}
+pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    binary(BinaryOp::Div, a, b)
+}
+pub fn relu(x: &Tensor) -> Result<Tensor> {
+    unary(UnaryOp::Relu, x)
+}
+pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
+    unary(UnaryOp::Sigmoid, x)
+}
+pub fn exp(x: &Tensor) -> Result<Tensor> {
+    unary(UnaryOp::Exp, x)
+}
+pub fn log(x: &Tensor) -> Result<Tensor> {
+    unary(UnaryOp::Log, x)
+}
+pub fn add_scalar(x: &Tensor, s: f32) -> Result<Tensor> {
+    unary(UnaryOp::AddScalar(s), x)
+}
+pub fn mul_scalar(x: &Tensor, s: f32) -> Result<Tensor> {
+    unary(UnaryOp::MulScalar(s), x)
+}
+pub fn neg(x: &Tensor) -> Result<Tensor> {
+    unary(UnaryOp::MulScalar(-1.0), x)
+}
+/// `1[x >= t]` as 0/1 values.
+pub fn ge_scalar(x: &Tensor, t: f32) -> Result<Tensor> {
+    unary(UnaryOp::Ge(t), x)
+}
+/// `1[x > t]` as 0/1 values.
+pub fn gt_scalar(x: &Tensor, t: f32) -> Result<Tensor> {
+    unary(UnaryOp::Gt(t), x)
+}
+/// `1[x < t]` as 0/1 values.
+pub fn lt_scalar(x: &Tensor, t: f32) -> Result<Tensor> {
+    unary(UnaryOp::Lt(t), x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broadcast_rules() {
+        assert_eq!(
+            broadcast_shapes("t", &[2, 3, 4, 5], &[1, 3, 1, 1]).unwrap(),
+            vec![2, 3, 4, 5]
+        );
+        assert_eq!(broadcast_shapes("t", &[4, 1], &[3]).unwrap(), vec![4, 3]);
+        assert_eq!(broadcast_shapes("t", &[], &[2, 2]).unwrap(), vec![2, 2]);
+        assert!(broadcast_shapes("t", &[2, 3], &[4]).is_err());
+        assert_eq!(
+            broadcast_strides(&[1, 3, 1, 1], &[2, 3, 4, 5]),
+            vec![0, 1, 0, 0]
+        );
+        assert_eq!(broadcast_strides(&[4, 5], &[2, 3, 4, 5]), vec![0, 0, 5, 1]);
+    }
+}
