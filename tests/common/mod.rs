@@ -1,0 +1,265 @@
+//! Helpers shared by the integration tests: the GPU context, seeded random data, CPU
+//! reference implementations, and the finite-difference gradient-check harness.
+#![allow(dead_code)]
+
+use apga_gpu::{ops, Gpu, Result, Tape, Tensor};
+use rand::{rngs::StdRng, Rng, SeedableRng};
+
+/// The shared GPU context. A machine without an adapter fails here with the message that
+/// names the fix (a GPU driver, or `apt-get install mesa-vulkan-drivers`); nothing is skipped.
+pub fn gpu() -> Gpu {
+    match Gpu::shared() {
+        Ok(g) => g,
+        Err(e) => panic!("these tests need a GPU adapter: {e}"),
+    }
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// `n` values uniform in [lo, hi).
+pub fn uniform(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// `n` values with |x| in [lo, hi) and a random sign (keeps inputs away from kinks and poles).
+pub fn away_from_zero(rng: &mut StdRng, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let v = rng.random_range(lo..hi);
+            if rng.random_bool(0.5) {
+                v
+            } else {
+                -v
+            }
+        })
+        .collect()
+}
+
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+pub fn tensor(data: &[f32], shape: &[usize]) -> Tensor {
+    Tensor::from_slice(&gpu(), data, shape).expect("upload")
+}
+
+/// Asserts |a - b| <= atol + rtol * max(|a|, |b|) element-wise, naming the first mismatch.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let ok = approx::relative_eq!(*g, *w, epsilon = atol, max_relative = rtol)
+            || (g.is_nan() && w.is_nan())
+            || (g.is_infinite() && g == w);
+        assert!(
+            ok,
+            "{what}: element {i}: got {g}, want {w} (atol {atol}, rtol {rtol})"
+        );
+    }
+}
+
+// ---------- CPU references ----------
+
+fn row_major_strides(shape: &[usize]) -> Vec<usize> {
+    let mut s = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        s[i] = s[i + 1] * shape[i + 1];
+    }
+    s
+}
+
+/// Index into a (possibly broadcast) operand of the element at multi-index `idx` of `out`.
+fn bcast_index(idx: &[usize], shape: &[usize]) -> usize {
+    let pad = idx.len() - shape.len();
+    let st = row_major_strides(shape);
+    shape
+        .iter()
+        .enumerate()
+        .map(|(d, &s)| if s == 1 { 0 } else { idx[pad + d] * st[d] })
+        .sum()
+}
+
+fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
+    let mut idx = vec![0; shape.len()];
+    for d in (0..shape.len()).rev() {
+        idx[d] = i % shape[d];
+        i /= shape[d];
+    }
+    idx
+}
+
+pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Vec<usize> {
+    ops::broadcast_shapes("test", a, b).expect("broadcastable")
+}
+
+/// NumPy-style broadcast binary op on the CPU.
+pub fn cpu_binary(
+    a: &[f32],
+    sa: &[usize],
+    b: &[f32],
+    sb: &[usize],
+    f: impl Fn(f32, f32) -> f32,
+) -> (Vec<f32>, Vec<usize>) {
+    let out = broadcast_shape(sa, sb);
+    let v = (0..numel(&out))
+        .map(|i| {
+            let idx = unravel(i, &out);
+            f(a[bcast_index(&idx, sa)], b[bcast_index(&idx, sb)])
+        })
+        .collect();
+    (v, out)
+}
+
+/// Sum over `axes` (keepdim layout) on the CPU, in f64.
+pub fn cpu_sum(x: &[f32], shape: &[usize], axes: &[usize]) -> Vec<f32> {
+    let kept: Vec<usize> = shape
+        .iter()
+        .enumerate()
+        .map(|(d, &s)| if axes.contains(&d) { 1 } else { s })
+        .collect();
+    let mut acc = vec![0f64; numel(&kept)];
+    let kst = row_major_strides(&kept);
+    for (i, v) in x.iter().enumerate() {
+        let idx = unravel(i, shape);
+        let o: usize = idx
+            .iter()
+            .enumerate()
+            .map(|(d, &j)| if axes.contains(&d) { 0 } else { j * kst[d] })
+            .sum();
+        acc[o] += *v as f64;
+    }
+    acc.into_iter().map(|v| v as f32).collect()
+}
+
+/// `op(a) @ op(b)` on the CPU in f64; `a` is stored [m,k] or [k,m] (ta), `b` [k,n] or [n,k].
+pub fn cpu_matmul(
+    a: &[f32],
+    b: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+) -> Vec<f32> {
+    let mut c = vec![0f32; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f64;
+            for p in 0..k {
+                let av = if ta { a[p * m + i] } else { a[i * k + p] };
+                let bv = if tb { b[j * k + p] } else { b[p * n + j] };
+                s += av as f64 * bv as f64;
+            }
+            c[i * n + j] = s as f32;
+        }
+    }
+    c
+}
+
+// ---------- finite-difference gradient check ----------
+
+/// Settings of one gradient check.
+pub struct GradCheck {
+    /// Central-difference step.
+    pub eps: f32,
+    pub atol: f32,
+    pub rtol: f32,
+    /// At most this many coordinates per input are perturbed (a seeded random subset beyond).
+    pub max_coords: usize,
+}
+
+impl Default for GradCheck {
+    fn default() -> Self {
+        GradCheck {
+            eps: 1e-2,
+            atol: 2e-3,
+            rtol: 1e-2,
+            max_coords: 40,
+        }
+    }
+}
+
+impl GradCheck {
+    /// Checks the tape's gradients of `f` against central finite differences.
+    ///
+    /// The op sits mid-graph: the loss is `sum(f(inputs) * r)` for a fixed random `r`, so the
+    /// op's backward receives a random upstream gradient, and the loss's own ops (mul, sum)
+    /// are exercised too. `wrt[i]` says whether input `i` is checked (and requires a grad).
+    /// Numerical losses are evaluated on the host in f64 from the op's GPU output.
+    pub fn run(
+        &self,
+        name: &str,
+        inputs: &[(Vec<f32>, Vec<usize>)],
+        wrt: &[bool],
+        f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    ) {
+        let g = gpu();
+        let make = |vals: &[(Vec<f32>, Vec<usize>)], grad: bool| -> Vec<Tensor> {
+            vals.iter()
+                .zip(wrt)
+                .map(|((v, s), w)| {
+                    let t = Tensor::from_slice(&g, v, s).expect("upload");
+                    if grad && *w {
+                        t.with_grad()
+                    } else {
+                        t
+                    }
+                })
+                .collect()
+        };
+        // Analytic gradients through the tape.
+        let xs = make(inputs, true);
+        let tape = Tape::new();
+        let y = f(&xs).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));
+        let mut r_rng = rng(0x5eed ^ y.numel() as u64);
+        let r = uniform(&mut r_rng, y.numel(), -1.0, 1.0);
+        let rt = Tensor::from_slice(&g, &r, y.shape()).expect("upload r");
+        let loss = ops::sum_all(&ops::mul(&y, &rt).expect("mul")).expect("sum");
+        let grads = tape
+            .backward(&loss)
+            .unwrap_or_else(|e| panic!("{name}: backward failed: {e}"));
+        let loss_of = |vals: &[(Vec<f32>, Vec<usize>)]| -> f64 {
+            let ts = make(vals, false);
+            let out = f(&ts).expect("forward").to_vec().expect("read");
+            out.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        for (i, ((vals, shape), w)) in inputs.iter().zip(wrt).enumerate() {
+            if !*w {
+                continue;
+            }
+            let analytic = grads
+                .get(&xs[i])
+                .unwrap_or_else(|| panic!("{name}: no gradient reached input {i}"))
+                .to_vec()
+                .expect("read grad");
+            assert_eq!(
+                analytic.len(),
+                vals.len(),
+                "{name}: grad {i} shape {shape:?}"
+            );
+            let mut coords: Vec<usize> = (0..vals.len()).collect();
+            if coords.len() > self.max_coords {
+                let mut cr = rng(i as u64 + 17);
+                coords = (0..self.max_coords)
+                    .map(|_| cr.random_range(0..vals.len()))
+                    .collect();
+            }
+            for &j in &coords {
+                let mut plus = inputs.to_vec();
+                plus[i].0[j] += self.eps;
+                let mut minus = inputs.to_vec();
+                minus[i].0[j] -= self.eps;
+                let numeric = ((loss_of(&plus) - loss_of(&minus)) / (2.0 * self.eps as f64)) as f32;
+                let a = analytic[j];
+                let ok =
+                    approx::relative_eq!(a, numeric, epsilon = self.atol, max_relative = self.rtol);
+                assert!(
+                    ok,
+                    "{name}: d loss / d input{i}[{j}] (shape {shape:?}): tape {a}, finite \
+                     difference {numeric}"
+                );
+            }
+        }
+    }
+}

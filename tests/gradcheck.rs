@@ -1,0 +1,343 @@
+//! Finite-difference gradient checks: for every differentiable op, the tape's gradient of
+//! `sum(op(x) * r)` (random r) must match central differences, over several shapes including
+//! odd sizes and sizes that are not multiples of any workgroup or tile size.
+//! Every op added to the engine gets its check here.
+
+mod common;
+
+use apga_gpu::ops::{self, MatmulVariant};
+use common::*;
+
+/// Shapes used for element-wise ops: scalar, odd vectors and matrices, odd NCHW.
+const SHAPES: &[&[usize]] = &[&[], &[7], &[3, 5], &[2, 3, 5, 7], &[1, 1, 9, 1]];
+
+fn unary_check(
+    name: &str,
+    f: fn(&apga_gpu::Tensor) -> apga_gpu::Result<apga_gpu::Tensor>,
+    lo: f32,
+    hi: f32,
+    signed: bool,
+) {
+    for (s, shape) in SHAPES.iter().enumerate() {
+        let mut r = rng(s as u64);
+        let x = if signed {
+            away_from_zero(&mut r, numel(shape), lo, hi)
+        } else {
+            uniform(&mut r, numel(shape), lo, hi)
+        };
+        GradCheck::default().run(
+            &format!("{name} {shape:?}"),
+            &[(x, shape.to_vec())],
+            &[true],
+            |t| f(&t[0]),
+        );
+    }
+}
+
+#[test]
+fn grad_relu() {
+    // Kept at least 0.05 away from the kink so that x +- eps stays on one side.
+    unary_check("relu", ops::relu, 0.05, 2.0, true);
+}
+
+#[test]
+fn grad_sigmoid() {
+    unary_check("sigmoid", ops::sigmoid, -4.0, 4.0, false);
+}
+
+#[test]
+fn grad_exp() {
+    unary_check("exp", ops::exp, -2.0, 2.0, false);
+}
+
+#[test]
+fn grad_log() {
+    unary_check("log", ops::log, 0.3, 3.0, false);
+}
+
+#[test]
+fn grad_scalar_ops() {
+    unary_check("add_scalar", |x| ops::add_scalar(x, 0.75), -2.0, 2.0, false);
+    unary_check("mul_scalar", |x| ops::mul_scalar(x, -1.5), -2.0, 2.0, false);
+    unary_check("neg", ops::neg, -2.0, 2.0, false);
+}
+
+/// Pairs of shapes for binary ops: equal, per-channel mask, per-pixel mask, row/column
+/// vectors, scalar.
+const PAIRS: &[(&[usize], &[usize])] = &[
+    (&[3, 5], &[3, 5]),
+    (&[2, 3, 5, 7], &[1, 3, 1, 1]),
+    (&[2, 3, 5, 7], &[2, 1, 5, 7]),
+    (&[4, 1], &[1, 5]),
+    (&[2, 3, 5], &[]),
+    (&[7], &[2, 1, 7]),
+];
+
+fn binary_check(
+    name: &str,
+    f: fn(&apga_gpu::Tensor, &apga_gpu::Tensor) -> apga_gpu::Result<apga_gpu::Tensor>,
+    b_away: bool,
+) {
+    for (s, (sa, sb)) in PAIRS.iter().enumerate() {
+        let mut r = rng(100 + s as u64);
+        let a = uniform(&mut r, numel(sa), -2.0, 2.0);
+        let b = if b_away {
+            away_from_zero(&mut r, numel(sb), 0.5, 2.0)
+        } else {
+            uniform(&mut r, numel(sb), -2.0, 2.0)
+        };
+        GradCheck::default().run(
+            &format!("{name} {sa:?} x {sb:?}"),
+            &[(a, sa.to_vec()), (b, sb.to_vec())],
+            &[true, true],
+            |t| f(&t[0], &t[1]),
+        );
+    }
+}
+
+#[test]
+fn grad_add() {
+    binary_check("add", ops::add, false);
+}
+
+#[test]
+fn grad_sub() {
+    binary_check("sub", ops::sub, false);
+}
+
+#[test]
+fn grad_mul() {
+    binary_check("mul", ops::mul, false);
+}
+
+#[test]
+fn grad_div() {
+    binary_check("div", ops::div, true);
+}
+
+#[test]
+fn grad_same_tensor_twice_accumulates() {
+    // x * x + x: the gradient 2x + 1 arrives along three paths and must be summed.
+    let mut r = rng(7);
+    let x = uniform(&mut r, 11, -2.0, 2.0);
+    GradCheck::default().run("x*x+x", &[(x, vec![11])], &[true], |t| {
+        ops::add(&ops::mul(&t[0], &t[0])?, &t[0])
+    });
+}
+
+#[test]
+fn grad_where() {
+    for (s, (sm, sab)) in [
+        (&[3usize, 5][..], &[3usize, 5][..]),
+        (&[2, 1, 4, 3], &[2, 3, 4, 3]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut r = rng(200 + s as u64);
+        let mask: Vec<f32> = uniform(&mut r, numel(sm), 0.0, 1.0)
+            .into_iter()
+            .map(|v| if v > 0.5 { 1.0 } else { 0.0 })
+            .collect();
+        let a = uniform(&mut r, numel(sab), -2.0, 2.0);
+        let b = uniform(&mut r, numel(sab), -2.0, 2.0);
+        GradCheck::default().run(
+            &format!("where mask {sm:?} values {sab:?}"),
+            &[(mask, sm.to_vec()), (a, sab.to_vec()), (b, sab.to_vec())],
+            &[false, true, true],
+            |t| ops::where_(&t[0], &t[1], &t[2]),
+        );
+    }
+}
+
+#[test]
+fn grad_expand() {
+    for (s, (from, to)) in [
+        (&[1usize, 3, 1, 1][..], &[2usize, 3, 5, 7][..]),
+        (&[5][..], &[3, 5][..]),
+        (&[][..], &[4, 3][..]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut r = rng(300 + s as u64);
+        let x = uniform(&mut r, numel(from), -2.0, 2.0);
+        let to = to.to_vec();
+        GradCheck::default().run(
+            &format!("expand {from:?} -> {to:?}"),
+            &[(x, from.to_vec())],
+            &[true],
+            |t| ops::expand(&t[0], &to),
+        );
+    }
+}
+
+/// (shape, axes) for reductions, including a reduction longer than one chunk (two passes)
+/// and one with many short outputs (one invocation per output).
+const REDUCTIONS: &[(&[usize], &[usize])] = &[
+    (&[2, 3, 5, 7], &[0, 2, 3]),
+    (&[2, 3, 5, 7], &[1]),
+    (&[2, 3, 5, 7], &[3]),
+    (&[3, 5], &[0]),
+    (&[2, 4500], &[1]),
+    (&[5000, 3], &[1]),
+    (&[9], &[0]),
+];
+
+#[test]
+fn grad_sum_axes() {
+    for (s, (shape, axes)) in REDUCTIONS.iter().enumerate() {
+        for keepdim in [false, true] {
+            let mut r = rng(400 + s as u64);
+            let x = uniform(&mut r, numel(shape), -1.0, 1.0);
+            GradCheck::default().run(
+                &format!("sum {shape:?} axes {axes:?} keepdim {keepdim}"),
+                &[(x, shape.to_vec())],
+                &[true],
+                |t| ops::sum(&t[0], axes, keepdim),
+            );
+        }
+    }
+}
+
+#[test]
+fn grad_mean_axes() {
+    for (s, (shape, axes)) in REDUCTIONS.iter().enumerate() {
+        let mut r = rng(500 + s as u64);
+        let x = uniform(&mut r, numel(shape), -1.0, 1.0);
+        GradCheck::default().run(
+            &format!("mean {shape:?} axes {axes:?}"),
+            &[(x, shape.to_vec())],
+            &[true],
+            |t| ops::mean(&t[0], axes, false),
+        );
+    }
+}
+
+#[test]
+fn grad_sum_and_mean_all() {
+    for (s, shape) in [&[7usize][..], &[2, 3, 5, 7], &[3, 3000]]
+        .iter()
+        .enumerate()
+    {
+        let mut r = rng(600 + s as u64);
+        let x = uniform(&mut r, numel(shape), -1.0, 1.0);
+        let inputs = [(x, shape.to_vec())];
+        GradCheck::default().run(&format!("sum_all {shape:?}"), &inputs, &[true], |t| {
+            ops::sum_all(&t[0])
+        });
+        GradCheck::default().run(&format!("mean_all {shape:?}"), &inputs, &[true], |t| {
+            ops::mean_all(&t[0])
+        });
+    }
+}
+
+#[test]
+fn grad_sum_to() {
+    for (s, (from, to)) in [
+        (&[2usize, 3, 5, 7][..], &[1usize, 3, 1, 1][..]),
+        (&[2, 3, 5, 7][..], &[2, 1, 5, 7][..]),
+        (&[4, 5][..], &[5][..]),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut r = rng(700 + s as u64);
+        let x = uniform(&mut r, numel(from), -1.0, 1.0);
+        let to = to.to_vec();
+        GradCheck::default().run(
+            &format!("sum_to {from:?} -> {to:?}"),
+            &[(x, from.to_vec())],
+            &[true],
+            |t| ops::sum_to(&t[0], &to),
+        );
+    }
+}
+
+#[test]
+fn grad_reshape() {
+    let mut r = rng(800);
+    let x = uniform(&mut r, 30, -1.0, 1.0);
+    GradCheck::default().run(
+        "reshape [2,3,5] -> [6,5]",
+        &[(x, vec![2, 3, 5])],
+        &[true],
+        |t| {
+            // Multiply after the reshape so the upstream gradient is not uniform.
+            let y = ops::reshape(&t[0], &[6, 5])?;
+            ops::mul(&y, &y)
+        },
+    );
+}
+
+/// (m, n, k) for matmul: odd, crossing a 64-wide tile, and vec4-compatible.
+const MATMULS: &[(usize, usize, usize)] = &[(5, 3, 7), (1, 1, 1), (9, 12, 8), (66, 5, 3)];
+
+fn matmul_check(variant: Option<MatmulVariant>) {
+    for (s, &(m, n, k)) in MATMULS.iter().enumerate() {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let dims = apga_gpu::ops::matmul::Dims { m, n, k, ta, tb };
+            if variant.is_some_and(|v| !v.supports(&dims)) {
+                continue;
+            }
+            let mut r = rng(900 + s as u64);
+            let a = uniform(&mut r, m * k, -1.0, 1.0);
+            let b = uniform(&mut r, k * n, -1.0, 1.0);
+            let sa = if ta { vec![k, m] } else { vec![m, k] };
+            let sb = if tb { vec![n, k] } else { vec![k, n] };
+            GradCheck::default().run(
+                &format!("matmul {variant:?} m{m} n{n} k{k} ta {ta} tb {tb}"),
+                &[(a, sa), (b, sb)],
+                &[true, true],
+                |t| match variant {
+                    Some(v) => ops::matmul_with(v, &t[0], &t[1], ta, tb),
+                    None => ops::matmul_t(&t[0], &t[1], ta, tb),
+                },
+            );
+        }
+    }
+}
+
+#[test]
+fn grad_matmul_autotuned() {
+    matmul_check(None);
+}
+
+#[test]
+fn grad_matmul_every_variant() {
+    for v in MatmulVariant::ALL {
+        matmul_check(Some(v));
+    }
+}
+
+#[test]
+fn grad_composite_mlp() {
+    // A two-layer perceptron with a broadcast bias: relu(x W1^T + b1) W2^T, checked in every
+    // parameter at once.
+    let mut r = rng(1000);
+    let x = uniform(&mut r, 4 * 5, -1.0, 1.0);
+    let w1 = uniform(&mut r, 6 * 5, -1.0, 1.0);
+    let b1 = uniform(&mut r, 6, -0.5, 0.5);
+    let w2 = uniform(&mut r, 3 * 6, -1.0, 1.0);
+    GradCheck {
+        atol: 5e-3,
+        ..Default::default()
+    }
+    .run(
+        "mlp",
+        &[
+            (x, vec![4, 5]),
+            (w1, vec![6, 5]),
+            (b1, vec![6]),
+            (w2, vec![3, 6]),
+        ],
+        &[true, true, true, true],
+        |t| {
+            let h = ops::relu(&ops::add(
+                &ops::matmul_t(&t[0], &t[1], false, true)?,
+                &t[2],
+            )?)?;
+            ops::matmul_t(&h, &t[3], false, true)
+        },
+    );
+}
