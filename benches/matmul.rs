@@ -1,1 +1,116 @@
-fn main() {}
+//! Matmul microbenchmark: every kernel variant at 256, 512 and 1024, in ms and GFLOP/s, the
+//! variant the autotuner picks for this adapter, and PyTorch's time for the same sgemm on the
+//! same machine (from `benches/matmul_torch.py`, when python3 with torch is installed).
+//!
+//! Run: `cargo bench --bench matmul` (add `-- 256` to choose sizes).
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use apga_gpu::autotune;
+use apga_gpu::ops::{self, MatmulVariant};
+use apga_gpu::{Gpu, GpuOptions, Tensor};
+
+fn torch_ms(sizes: &[usize]) -> Result<(String, HashMap<String, f64>), String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/matmul_torch.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args(sizes.iter().map(|s| s.to_string()))
+        .output()
+        .map_err(|e| format!("python3 not runnable: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "PyTorch twin failed: {}",
+            err.lines().last().unwrap_or("no output")
+        ));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("PyTorch twin output: {e}"))?;
+    let label = format!(
+        "PyTorch {} {} ({} threads)",
+        v["torch"].as_str().unwrap_or("?"),
+        v["device"].as_str().unwrap_or("?"),
+        v["threads"]
+    );
+    let ms = v["ms"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, x)| x.as_f64().map(|f| (k.clone(), f)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((label, ms))
+}
+
+fn main() {
+    let mut sizes: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    if sizes.is_empty() {
+        sizes = vec![256, 512, 1024];
+    }
+    let gpu = match Gpu::new(GpuOptions::default()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let info = gpu.info();
+    println!(
+        "matmul on {} ({:?}, driver {} {})",
+        info.name, info.backend, info.driver, info.driver_info
+    );
+    println!(
+        "bounds checks in trusted kernels: {} (APGA_RUNTIME_CHECKS=1 turns them on)",
+        if gpu.runtime_checks() { "on" } else { "off" }
+    );
+    let torch = torch_ms(&sizes);
+    match &torch {
+        Ok((label, _)) => println!("beside: {label}"),
+        Err(e) => println!("beside: PyTorch not measured ({e})"),
+    }
+    println!();
+    println!(
+        "{:>6}  {:<10} {:>10} {:>9}  {:>12} {:>9}  {:>8}",
+        "n", "variant", "ms", "GFLOP/s", "PyTorch ms", "GFLOP/s", "ours/pt"
+    );
+    for &n in &sizes {
+        let flops = 2.0 * (n as f64).powi(3);
+        let data: Vec<f32> = (0..n * n).map(|i| ((i % 97) as f32) / 97.0 - 0.5).collect();
+        let a = Tensor::from_slice(&gpu, &data, &[n, n]).expect("upload");
+        let b = Tensor::from_slice(&gpu, &data, &[n, n]).expect("upload");
+        let pt = torch
+            .as_ref()
+            .ok()
+            .and_then(|(_, m)| m.get(&n.to_string()).copied());
+        let auto = ops::matmul::chosen_variant(&a, &b, false, false).expect("autotune");
+        for v in MatmulVariant::ALL {
+            let dt = autotune::measure(&gpu, &mut || {
+                ops::matmul_with(v, &a, &b, false, false).map(|_| ())
+            })
+            .expect("run");
+            let ms = dt.as_secs_f64() * 1e3;
+            let gf = flops / dt.as_secs_f64() / 1e9;
+            let (pt_ms, pt_gf, ratio) = match pt {
+                Some(p) => (
+                    format!("{p:.3}"),
+                    format!("{:.1}", flops / (p / 1e3) / 1e9),
+                    format!("{:.2}x", ms / p),
+                ),
+                None => ("n/a".into(), "n/a".into(), "n/a".into()),
+            };
+            let name = format!("{}{}", v.name(), if v == auto { "*" } else { "" });
+            println!("{n:>6}  {name:<10} {ms:>10.3} {gf:>9.2}  {pt_ms:>12} {pt_gf:>9}  {ratio:>8}");
+        }
+    }
+    println!(
+        "\n* = variant the autotuner chose for this adapter and shape class (cached in {})",
+        autotune::cache_dir()
+            .map(|d| d.join("autotune.json").display().to_string())
+            .unwrap_or_else(|| "memory only".into())
+    );
+}

@@ -4,19 +4,23 @@
 use crate::gpu::Shader;
 
 macro_rules! shader {
-    ($ident:ident, $name:literal) => {
+    ($ident:ident, $name:literal, trusted = $trusted:literal) => {
         pub static $ident: Shader = Shader {
             name: $name,
             source: include_str!(concat!("../shaders/", $name, ".wgsl")),
+            trusted: $trusted,
         };
     };
 }
 
-shader!(ELEMENTWISE, "elementwise");
-shader!(REDUCE, "reduce");
-shader!(MATMUL_TILED, "matmul_tiled");
-shader!(MATMUL_BLOCKED, "matmul_blocked");
-shader!(MATMUL_VEC4, "matmul_vec4");
+// Trusted kernels run without wgpu's bounds checks unless APGA_RUNTIME_CHECKS=1; only kernels
+// whose every load index is clamped into the operand (and whose operand sizes the host checks)
+// are trusted.
+shader!(ELEMENTWISE, "elementwise", trusted = false);
+shader!(REDUCE, "reduce", trusted = false);
+shader!(MATMUL_TILED, "matmul_tiled", trusted = true);
+shader!(MATMUL_BLOCKED, "matmul_blocked", trusted = true);
+shader!(MATMUL_VEC4, "matmul_vec4", trusted = true);
 
 /// Every shader the engine uses.
 pub static ALL: &[&Shader] = &[

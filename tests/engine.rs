@@ -233,3 +233,22 @@ fn grid_splits_large_dispatches_over_two_dimensions() {
         );
     }
 }
+
+#[test]
+fn runs_on_the_backend_wgpu_backend_asks_for() {
+    // CI runs the op tests a second time with WGPU_BACKEND=gl; this proves which back end ran.
+    let g = gpu();
+    let info = g.info();
+    println!(
+        "adapter: {} ({:?}, {:?})",
+        info.name, info.backend, info.device_type
+    );
+    if let Ok(b) = std::env::var("WGPU_BACKEND") {
+        let want = b.to_lowercase();
+        let got = format!("{:?}", info.backend).to_lowercase();
+        assert!(
+            want.contains(&got) || (want == "gl" && got == "gl"),
+            "asked for {b}, got {got}"
+        );
+    }
+}

@@ -231,8 +231,7 @@ fn reductions_match_cpu() {
     assert!((s.item().unwrap() as f64 - want).abs() < 1e-3, "sum_all");
 }
 
-#[test]
-fn matmul_every_variant_matches_cpu() {
+fn matmul_variants_match_cpu_on(g: &apga_gpu::Gpu) {
     let mut r = rng(5);
     // Odd sizes, a 64-tile boundary, vec4-compatible sizes, a tall-skinny product.
     let sizes = [
@@ -250,7 +249,8 @@ fn matmul_every_variant_matches_cpu() {
             let b = uniform(&mut r, k * n, -1.0, 1.0);
             let sa = if ta { [k, m] } else { [m, k] };
             let sb = if tb { [n, k] } else { [k, n] };
-            let (at, bt) = (tensor(&a, &sa), tensor(&b, &sb));
+            let at = apga_gpu::Tensor::from_slice(g, &a, &sa).unwrap();
+            let bt = apga_gpu::Tensor::from_slice(g, &b, &sb).unwrap();
             let want = cpu_matmul(&a, &b, m, n, k, ta, tb);
             let d = ops::matmul::Dims { m, n, k, ta, tb };
             for v in MatmulVariant::ALL.into_iter().filter(|v| v.supports(&d)) {
@@ -268,4 +268,23 @@ fn matmul_every_variant_matches_cpu() {
             assert_close(&format!("matmul auto {d:?}"), &got, &want, 1e-4, 1e-4);
         }
     }
+}
+
+/// Trusted kernels (built without wgpu's bounds checks by default) at every edge shape.
+#[test]
+fn matmul_every_variant_matches_cpu() {
+    matmul_variants_match_cpu_on(&gpu());
+}
+
+/// The same kernels with wgpu's bounds checks forced on (`APGA_RUNTIME_CHECKS=1`).
+#[test]
+fn matmul_every_variant_matches_cpu_with_bounds_checks() {
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        runtime_checks: true,
+        autotune: false,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("this test needs a GPU adapter: {e}"));
+    assert!(g.runtime_checks());
+    matmul_variants_match_cpu_on(&g);
 }

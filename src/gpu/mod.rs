@@ -21,6 +21,10 @@ pub struct Shader {
     /// File stem, used as the cache key and in error messages.
     pub name: &'static str,
     pub source: &'static str,
+    /// Every storage index of every entry point is proven in bounds (clamped or guarded by
+    /// sizes the host validates, and exercised at edge shapes by the tests), so the module may
+    /// be built without wgpu's per-access bounds checks unless `runtime_checks` is set.
+    pub trusted: bool,
 }
 
 /// One entry point of a shader plus its pipeline-overridable constants (the specialisation).
@@ -52,15 +56,24 @@ pub struct GpuOptions {
     pub device: Option<String>,
     /// Choose kernel variants by measurement (cached on disk); `false` uses the defaults.
     pub autotune: bool,
+    /// Keep wgpu's bounds checks on storage accesses in every kernel, trusted ones included
+    /// (`APGA_RUNTIME_CHECKS=1`). Off by default: trusted kernels run without them.
+    pub runtime_checks: bool,
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
         GpuOptions {
             device: None,
-            autotune: std::env::var("APGA_NO_AUTOTUNE").map_or(true, |v| v.is_empty() || v == "0"),
+            autotune: !env_flag("APGA_NO_AUTOTUNE"),
+            runtime_checks: env_flag("APGA_RUNTIME_CHECKS"),
         }
     }
+}
+
+/// Whether an environment variable is set to something other than empty or `0`.
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Binding layout convention of every kernel: binding 0 is a uniform parameter block,
@@ -108,6 +121,7 @@ pub(crate) struct GpuInner {
     params_buffer: wgpu::Buffer,
     param_slot: usize,
     errors: Arc<Mutex<Vec<String>>>,
+    runtime_checks: bool,
     pub(crate) autotuner: Mutex<Autotuner>,
 }
 
@@ -188,6 +202,7 @@ impl Gpu {
                 params_buffer,
                 param_slot,
                 errors,
+                runtime_checks: options.runtime_checks,
                 autotuner: Mutex::new(autotuner),
             }),
         })
@@ -217,6 +232,10 @@ impl Gpu {
     }
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.device
+    }
+    /// Whether trusted kernels keep wgpu's bounds checks in this context.
+    pub fn runtime_checks(&self) -> bool {
+        self.inner.runtime_checks
     }
     pub(crate) fn inner(&self) -> &GpuInner {
         &self.inner
@@ -432,10 +451,23 @@ impl Gpu {
             modules
                 .entry(kernel.shader.name)
                 .or_insert_with(|| {
-                    device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.shader.name),
                         source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
-                    })
+                    };
+                    if kernel.shader.trusted && !self.inner.runtime_checks {
+                        // SAFETY: a trusted shader clamps or guards every storage index by
+                        // sizes the host has validated against the bound buffers (see
+                        // `Shader::trusted`); its tests run with the checks on and off.
+                        unsafe {
+                            device.create_shader_module_trusted(
+                                desc,
+                                wgpu::ShaderRuntimeChecks::unchecked(),
+                            )
+                        }
+                    } else {
+                        device.create_shader_module(desc)
+                    }
                 })
                 .clone()
         };

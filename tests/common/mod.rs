@@ -224,6 +224,7 @@ impl GradCheck {
             let out = f(&ts).expect("forward").to_vec().expect("read");
             out.iter().zip(&r).map(|(a, b)| *a as f64 * *b as f64).sum()
         };
+        let mut checked = 0;
         for (i, ((vals, shape), w)) in inputs.iter().zip(wrt).enumerate() {
             if !*w {
                 continue;
@@ -259,7 +260,9 @@ impl GradCheck {
                     "{name}: d loss / d input{i}[{j}] (shape {shape:?}): tape {a}, finite \
                      difference {numeric}"
                 );
+                checked += 1;
             }
         }
+        println!("gradcheck ok: {name} ({checked} coordinates)");
     }
 }
