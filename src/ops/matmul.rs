@@ -45,7 +45,7 @@ impl MatmulVariant {
         match self {
             MatmulVariant::Tiled | MatmulVariant::Blocked => true,
             MatmulVariant::Vec4x4 | MatmulVariant::Vec8x8 => {
-                !d.ta && !d.tb && d.k % 4 == 0 && d.n % 4 == 0
+                !d.ta && !d.tb && d.k.is_multiple_of(4) && d.n.is_multiple_of(4)
             }
         }
     }
@@ -163,7 +163,7 @@ fn shape_class(d: &Dims) -> String {
         autotune::bucket(d.m),
         autotune::bucket(d.n),
         autotune::bucket(d.k),
-        if d.k % 4 == 0 && d.n % 4 == 0 {
+        if d.k.is_multiple_of(4) && d.n.is_multiple_of(4) {
             "v4"
         } else {
             "s"
