@@ -50,6 +50,38 @@ pub enum Op {
     },
     /// Same values, new shape.
     Reshape { x_shape: Vec<usize> },
+    /// conv2d; inputs (x, w[, b]).
+    Conv2d {
+        x: Tensor,
+        w: Tensor,
+        geom: ops::conv::ConvGeom,
+    },
+    /// conv_transpose2d; inputs (x, w[, b]); `geom` is that of the equivalent convolution.
+    ConvTranspose2d {
+        x: Tensor,
+        w: Tensor,
+        geom: ops::conv::ConvGeom,
+    },
+    /// Concatenation along `axis` of inputs with `sizes` entries each.
+    Concat { axis: usize, sizes: Vec<usize> },
+    /// `len` entries at `start` copied out of an axis of `full` entries.
+    Narrow {
+        axis: usize,
+        start: usize,
+        full: usize,
+    },
+    /// Input placed at `start` of a larger zero tensor.
+    Pad {
+        axis: usize,
+        start: usize,
+        len: usize,
+    },
+    /// Input 1 written in place into input 0 at `start` (`len` entries).
+    WriteSlice {
+        axis: usize,
+        start: usize,
+        len: usize,
+    },
 }
 
 /// One recorded op: its rule, the ids of its inputs (and whether each wants a gradient), and
@@ -169,6 +201,35 @@ impl Op {
                 vec![ga, gb]
             }
             Op::Reshape { x_shape } => vec![Some(ops::reshape(g, x_shape)?)],
+            Op::Conv2d { x, w, geom } => {
+                ops::conv::conv2d_backward(geom, x, w, g, [want(0), want(1), want(2)])?.to_vec()
+            }
+            Op::ConvTranspose2d { x, w, geom } => {
+                ops::conv::conv_transpose2d_backward(geom, x, w, g, [want(0), want(1), want(2)])?
+                    .to_vec()
+            }
+            Op::Concat { axis, sizes } => {
+                let mut start = 0;
+                let mut out = Vec::with_capacity(sizes.len());
+                for (i, &len) in sizes.iter().enumerate() {
+                    out.push(want(i).then(|| ops::narrow(g, *axis, start, len)).transpose()?);
+                    start += len;
+                }
+                out
+            }
+            Op::Narrow { axis, start, full } => {
+                vec![Some(ops::pad_axis(g, *axis, *start, *full)?)]
+            }
+            Op::Pad { axis, start, len } => vec![Some(ops::narrow(g, *axis, *start, *len)?)],
+            Op::WriteSlice { axis, start, len } => {
+                let gb = if want(0) {
+                    let mask = ops::layout::slice_mask(g.gpu(), g.shape(), *axis, *start, *len)?;
+                    Some(ops::mul(g, &mask)?)
+                } else {
+                    None
+                };
+                vec![gb, want(1).then(|| ops::narrow(g, *axis, *start, *len)).transpose()?]
+            }
         })
     }
 }

@@ -21,6 +21,9 @@ shader!(REDUCE, "reduce", trusted = false);
 shader!(MATMUL_TILED, "matmul_tiled", trusted = true);
 shader!(MATMUL_BLOCKED, "matmul_blocked", trusted = true);
 shader!(MATMUL_VEC4, "matmul_vec4", trusted = true);
+shader!(CONV2D, "conv2d", trusted = false);
+shader!(CONV2D_WGRAD, "conv2d_wgrad", trusted = false);
+shader!(LAYOUT, "layout", trusted = false);
 
 /// Every shader the engine uses.
 pub static ALL: &[&Shader] = &[
@@ -29,4 +32,7 @@ pub static ALL: &[&Shader] = &[
     &MATMUL_TILED,
     &MATMUL_BLOCKED,
     &MATMUL_VEC4,
+    &CONV2D,
+    &CONV2D_WGRAD,
+    &LAYOUT,
 ];

@@ -341,3 +341,86 @@ fn grad_composite_mlp() {
         },
     );
 }
+
+/// (n, ci, h, w, co, k, stride, pad): odd sizes, stride 2 on odd inputs, 1x1, 7x7 stem-like.
+const CONVS: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+    (1, 2, 5, 5, 3, 3, 1, 1),
+    (2, 3, 7, 5, 5, 3, 2, 1),
+    (2, 5, 4, 3, 9, 1, 1, 0),
+    (1, 3, 9, 9, 4, 7, 2, 3),
+];
+
+#[test]
+fn grad_conv2d() {
+    for (s, &(n, ci, h, w, co, k, st, p)) in CONVS.iter().enumerate() {
+        let mut r = rng(1100 + s as u64);
+        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+        let wt = uniform(&mut r, co * ci * k * k, -0.5, 0.5);
+        let b = uniform(&mut r, co, -0.5, 0.5);
+        GradCheck::default().run(
+            &format!("conv2d {:?}", (n, ci, h, w, co, k, st, p)),
+            &[(x, vec![n, ci, h, w]), (wt, vec![co, ci, k, k]), (b, vec![co])],
+            &[true, true, true],
+            |t| ops::conv2d(&t[0], &t[1], Some(&t[2]), st, p),
+        );
+    }
+}
+
+#[test]
+fn grad_conv_transpose2d() {
+    // (n, ci, h, w, co, k, stride, pad, output_padding); the first is UNet11's decoder shape.
+    for (s, &(n, ci, h, w, co, k, st, p, op)) in [
+        (1usize, 3usize, 3usize, 3usize, 2usize, 3usize, 2usize, 1usize, 1usize),
+        (2, 2, 3, 4, 3, 3, 1, 1, 0),
+        (1, 2, 2, 3, 3, 4, 2, 1, 0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut r = rng(1200 + s as u64);
+        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+        let wt = uniform(&mut r, ci * co * k * k, -0.5, 0.5);
+        let b = uniform(&mut r, co, -0.5, 0.5);
+        GradCheck::default().run(
+            &format!("conv_transpose2d {:?}", (n, ci, h, w, co, k, st, p, op)),
+            &[(x, vec![n, ci, h, w]), (wt, vec![ci, co, k, k]), (b, vec![co])],
+            &[true, true, true],
+            |t| ops::conv_transpose2d(&t[0], &t[1], Some(&t[2]), st, p, op),
+        );
+    }
+}
+
+#[test]
+fn grad_concat_narrow_pad() {
+    let mut r = rng(1300);
+    let a = uniform(&mut r, 2 * 3 * 4, -1.0, 1.0);
+    let b = uniform(&mut r, 2 * 2 * 4, -1.0, 1.0);
+    let inputs = [(a, vec![2, 3, 4]), (b, vec![2, 2, 4])];
+    GradCheck::default().run("concat axis 1", &inputs, &[true, true], |t| {
+        ops::concat(&[&t[0], &t[1]], 1)
+    });
+    GradCheck::default().run("narrow axis 1", &inputs[..1], &[true], |t| ops::narrow(&t[0], 1, 1, 2));
+    GradCheck::default().run("pad axis 2", &inputs[..1], &[true], |t| ops::pad_axis(&t[0], 2, 1, 7));
+}
+
+#[test]
+fn grad_write_slice_block_buffer() {
+    // A miniature dense block: the buffer starts as the input padded to 5 channels; each
+    // "layer" reads the channels written so far and writes its own.
+    let mut r = rng(1400);
+    let x = uniform(&mut r, 2 * 2 * 3, -1.0, 1.0);
+    let w1 = uniform(&mut r, 2, -1.0, 1.0);
+    let w2 = uniform(&mut r, 4, -1.0, 1.0);
+    GradCheck::default().run(
+        "dense block via write_slice",
+        &[(x, vec![2, 2, 3]), (w1, vec![1, 2, 1]), (w2, vec![1, 4, 1])],
+        &[true, true, true],
+        |t| {
+            let block = ops::pad_axis(&t[0], 1, 0, 5)?;
+            let f1 = ops::sigmoid(&ops::sum(&ops::mul(&ops::narrow(&block, 1, 0, 2)?, &t[1])?, &[1], true)?)?;
+            let block = ops::write_slice(&block, &ops::concat(&[&f1, &f1], 1)?, 1, 2)?;
+            let f2 = ops::sum(&ops::mul(&ops::narrow(&block, 1, 0, 4)?, &t[2])?, &[1], true)?;
+            ops::write_slice(&block, &f2, 1, 4)
+        },
+    );
+}

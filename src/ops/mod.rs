@@ -2,7 +2,9 @@
 //! backward rule (in `autodiff.rs`) needs. Submodules group ops by kernel family, one WGSL file
 //! in `shaders/` each.
 
+pub mod conv;
 pub mod elementwise;
+pub mod layout;
 pub mod matmul;
 pub mod reduce;
 pub mod shape;
@@ -11,6 +13,8 @@ pub use elementwise::{
     add, add_scalar, binary, broadcast_shapes, div, exp, expand, ge_scalar, gt_scalar, log,
     lt_scalar, mul, mul_scalar, neg, relu, sigmoid, sub, unary, where_, BinaryOp, UnaryOp,
 };
+pub use conv::{conv2d, conv_transpose2d};
+pub use layout::{concat, narrow, pad_axis, write_slice};
 pub use matmul::{matmul, matmul_t, matmul_with, MatmulVariant};
 pub use reduce::{mean, mean_all, sum, sum_all, sum_to};
 pub use shape::reshape;

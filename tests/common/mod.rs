@@ -266,3 +266,90 @@ impl GradCheck {
         println!("gradcheck ok: {name} ({checked} coordinates)");
     }
 }
+
+/// conv2d on the CPU in f64: x [n, ci, h, w], w [co, ci, kh, kw], optional bias.
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_conv2d(
+    x: &[f32],
+    [n, ci, h, wd]: [usize; 4],
+    w: &[f32],
+    [co, _, kh, kw]: [usize; 4],
+    b: Option<&[f32]>,
+    stride: usize,
+    pad: usize,
+) -> (Vec<f32>, [usize; 4]) {
+    let oh = (h + 2 * pad - kh) / stride + 1;
+    let ow = (wd + 2 * pad - kw) / stride + 1;
+    let mut out = vec![0f32; n * co * oh * ow];
+    for b_ in 0..n {
+        for o in 0..co {
+            for y in 0..oh {
+                for x_ in 0..ow {
+                    let mut s = b.map_or(0.0, |b| b[o] as f64);
+                    for c in 0..ci {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (y * stride + ky) as isize - pad as isize;
+                                let ix = (x_ * stride + kx) as isize - pad as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= wd as isize {
+                                    continue;
+                                }
+                                let xv = x[((b_ * ci + c) * h + iy as usize) * wd + ix as usize];
+                                let wv = w[((o * ci + c) * kh + ky) * kw + kx];
+                                s += xv as f64 * wv as f64;
+                            }
+                        }
+                    }
+                    out[((b_ * co + o) * oh + y) * ow + x_] = s as f32;
+                }
+            }
+        }
+    }
+    (out, [n, co, oh, ow])
+}
+
+/// conv_transpose2d on the CPU (scatter form, the definition): x [n, ci, h, w],
+/// w [ci, co, kh, kw].
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_conv_transpose2d(
+    x: &[f32],
+    [n, ci, h, wd]: [usize; 4],
+    w: &[f32],
+    [_, co, kh, kw]: [usize; 4],
+    b: Option<&[f32]>,
+    stride: usize,
+    pad: usize,
+    out_pad: usize,
+) -> (Vec<f32>, [usize; 4]) {
+    let oh = (h - 1) * stride + kh + out_pad - 2 * pad;
+    let ow = (wd - 1) * stride + kw + out_pad - 2 * pad;
+    let mut acc = vec![0f64; n * co * oh * ow];
+    for b_ in 0..n {
+        for c in 0..ci {
+            for y in 0..h {
+                for x_ in 0..wd {
+                    let xv = x[((b_ * ci + c) * h + y) * wd + x_] as f64;
+                    for o in 0..co {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let oy = (y * stride + ky) as isize - pad as isize;
+                                let ox = (x_ * stride + kx) as isize - pad as isize;
+                                if oy < 0 || ox < 0 || oy >= oh as isize || ox >= ow as isize {
+                                    continue;
+                                }
+                                let wv = w[((c * co + o) * kh + ky) * kw + kx] as f64;
+                                acc[((b_ * co + o) * oh + oy as usize) * ow + ox as usize] += xv * wv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(b) = b {
+        for (i, v) in acc.iter_mut().enumerate() {
+            *v += b[(i / (oh * ow)) % co] as f64;
+        }
+    }
+    (acc.into_iter().map(|v| v as f32).collect(), [n, co, oh, ow])
+}

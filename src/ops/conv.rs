@@ -1,0 +1,377 @@
+//! Convolutions (`shaders/conv2d.wgsl`, `shaders/conv2d_wgrad.wgsl`): conv2d and
+//! conv_transpose2d with PyTorch semantics (NCHW, weights [out, in, kh, kw] for conv2d and
+//! [in, out, kh, kw] for conv_transpose2d), without a materialised im2col.
+//!
+//! Three kernels serve both ops: `fwd` (conv2d forward; conv_transpose2d's input gradient),
+//! `dgrad` (conv2d's input gradient; conv_transpose2d's forward) and `wgrad` (the weight
+//! gradient of both, with the roles of input and output gradient swapped for the transpose).
+
+use crate::autodiff::{self, Op};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernel, Storage};
+use crate::ops::{reshape, sum};
+use crate::shaders::{CONV2D, CONV2D_WGRAD, LAYOUT};
+use crate::tensor::Tensor;
+
+/// Geometry of a convolution: input [n, ci, h, w], output [n, co, oh, ow], kernel kh x kw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub ci: usize,
+    pub h: usize,
+    pub w: usize,
+    pub co: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl ConvGeom {
+    /// Multiply-adds of the forward pass (each direction costs the same).
+    pub fn macs(&self) -> usize {
+        self.n * self.co * self.oh * self.ow * self.ci * self.kh * self.kw
+    }
+}
+
+/// A channel slice of an NCHW buffer: channels `off..off + c` of `total`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Slice {
+    pub total: usize,
+    pub off: usize,
+}
+
+impl Slice {
+    pub fn whole(c: usize) -> Slice {
+        Slice { total: c, off: 0 }
+    }
+}
+
+fn round8(c: usize) -> usize {
+    c.div_ceil(8) * 8
+}
+
+/// Copies conv weights [co, ci, kh, kw] into the layout a kernel blocks over: `[ci*kh*kw,
+/// round8(co)]` for `fwd` (`for_dgrad = false`) or `[co*kh*kw, round8(ci)]` for `dgrad`.
+fn relayout_weight(w: &Tensor, for_dgrad: bool) -> Result<Storage> {
+    let [co, ci, kh, kw] = w.dims4("conv weight")?;
+    let kk = kh * kw;
+    let (rows, cols, inner, s_outer, s_inner, s_col) = if for_dgrad {
+        (co * kk, ci, kk, ci * kk, 1, kk)
+    } else {
+        (ci * kk, co, kk, kk, 1, ci * kk)
+    };
+    let cpad = round8(cols);
+    let gpu = w.gpu();
+    let out = gpu.alloc(rows * cpad, &[rows, cpad])?;
+    let params = [rows, cols, cpad, inner, s_outer, s_inner, s_col, 0]
+        .into_iter()
+        .chain([0; 8])
+        .map(|v| v as u32)
+        .collect::<Vec<_>>();
+    gpu.dispatch(
+        &Kernel::new(&LAYOUT, "relayout"),
+        &params,
+        &[&out],
+        &[w.storage()],
+        gpu.grid((rows * cpad).div_ceil(256)),
+    )?;
+    Ok(out)
+}
+
+fn params(g: &ConvGeom, cpad: usize, src: Slice, dst: Slice, rows_per_chunk: usize) -> [u32; 20] {
+    [
+        g.n, g.ci, g.h, g.w, g.co, g.oh, g.ow, g.kh, g.kw, g.stride, g.pad, cpad, src.total,
+        src.off, dst.total, dst.off, rows_per_chunk, 0, 0, 0,
+    ]
+    .map(|v| v as u32)
+}
+
+fn check_groups(gpu: &Gpu, op: &'static str, g: &ConvGeom, wg: [u32; 3]) -> Result<()> {
+    let max = gpu.limits().max_compute_workgroups_per_dimension;
+    if wg.iter().any(|&v| v > max) {
+        return Err(Error::shape(
+            op,
+            format!("{g:?} needs {wg:?} workgroups; the adapter allows {max} per dimension"),
+        ));
+    }
+    Ok(())
+}
+
+/// The bias storage, or zeros when the layer has none (the kernels always read one).
+fn bias_storage(gpu: &Gpu, bias: Option<&Tensor>, c: usize) -> Result<std::sync::Arc<Storage>> {
+    match bias {
+        Some(b) => Ok(b.storage_arc().clone()),
+        None => Ok(std::sync::Arc::new(gpu.zeros(c, &[c])?)),
+    }
+}
+
+/// Forward kernel: `out[:, dst] = conv(src[:, src], w) + bias`.
+pub(crate) fn fwd_into(
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+) -> Result<()> {
+    let gpu = w.gpu();
+    let wt = relayout_weight(w, false)?;
+    let pixel_blocks = g.n * g.oh * g.ow.div_ceil(4);
+    let wg = [pixel_blocks.div_ceil(64) as u32, g.co.div_ceil(8) as u32, 1];
+    check_groups(gpu, "conv2d", g, wg)?;
+    gpu.dispatch(
+        &Kernel::new(&CONV2D, "fwd"),
+        &params(g, round8(g.co), src, dst, 0),
+        &[out],
+        &[x, &wt, bias],
+        wg,
+    )
+}
+
+/// Input-gradient kernel: `out[:, dst] = conv_transpose(dy[:, src], w) + bias`, out being
+/// [n, ci, h, w] of geometry `g`.
+pub(crate) fn dgrad_into(
+    g: &ConvGeom,
+    dy: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+) -> Result<()> {
+    let gpu = w.gpu();
+    let wt = relayout_weight(w, true)?;
+    let pixel_blocks = g.n * g.h * g.w.div_ceil(4);
+    let wg = [pixel_blocks.div_ceil(64) as u32, g.ci.div_ceil(8) as u32, 1];
+    check_groups(gpu, "conv2d input gradient", g, wg)?;
+    gpu.dispatch(
+        &Kernel::new(&CONV2D, "dgrad"),
+        &params(g, round8(g.ci), src, dst, 0),
+        &[out],
+        &[dy, &wt, bias],
+        wg,
+    )
+}
+
+/// Weight gradient [co, ci, kh, kw] of a convolution of geometry `g` from its input `x` and
+/// output gradient `dy`.
+pub(crate) fn wgrad(gpu: &Gpu, g: &ConvGeom, x: &Storage, src: Slice, dy: &Storage, dys: Slice) -> Result<Tensor> {
+    let ktot = g.ci * g.kh * g.kw;
+    let rows = g.n * g.oh;
+    let blocks = ktot.div_ceil(4) * g.co.div_ceil(4);
+    // Enough chunks to give ~4096 invocations, each chunk at least one row, partial sums at
+    // most 32 MiB, and at most 1024 chunks.
+    let by_parallelism = 4096usize.div_ceil(blocks);
+    let by_memory = ((32 << 20) / (4 * g.co * ktot)).max(1);
+    let chunks = by_parallelism.min(by_memory).min(rows).clamp(1, 1024);
+    let rows_per_chunk = rows.div_ceil(chunks);
+    let chunks = rows.div_ceil(rows_per_chunk);
+    let partial = gpu.alloc(chunks * g.co * ktot, &[chunks, g.co, ktot])?;
+    let wg = [
+        ktot.div_ceil(4).div_ceil(8) as u32,
+        g.co.div_ceil(4).div_ceil(8) as u32,
+        chunks as u32,
+    ];
+    check_groups(gpu, "conv2d weight gradient", g, wg)?;
+    gpu.dispatch(
+        &Kernel::new(&CONV2D_WGRAD, "wgrad"),
+        &params(g, 0, src, dys, rows_per_chunk),
+        &[&partial],
+        &[x, dy],
+        wg,
+    )?;
+    let shape = [g.co, g.ci, g.kh, g.kw];
+    let partial = Tensor::from_storage(std::sync::Arc::new(partial), &[chunks, g.co * ktot], false);
+    if chunks == 1 {
+        return reshape(&partial, &shape);
+    }
+    reshape(&sum(&partial, &[0], false)?, &shape)
+}
+
+fn check_bias(op: &'static str, bias: Option<&Tensor>, c: usize) -> Result<()> {
+    match bias {
+        Some(b) if b.shape() != [c] => Err(Error::shape(
+            op,
+            format!("bias has shape {:?}, expected [{c}]", b.shape()),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Output side of a convolution, or an error when the kernel does not fit.
+fn conv_out(op: &'static str, size: usize, k: usize, stride: usize, pad: usize) -> Result<usize> {
+    if stride == 0 {
+        return Err(Error::shape(op, "stride must be at least 1"));
+    }
+    if size + 2 * pad < k {
+        return Err(Error::shape(
+            op,
+            format!("kernel {k} is larger than the padded input {size} + 2 * {pad}"),
+        ));
+    }
+    Ok((size + 2 * pad - k) / stride + 1)
+}
+
+/// 2-D convolution, `torch.nn.functional.conv2d(x, w, b, stride, padding)`: x [n, ci, h, w],
+/// w [co, ci, kh, kw], b [co].
+pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+    let op = "conv2d";
+    let [n, ci, h, wd] = x.dims4(op)?;
+    let [co, wci, kh, kw] = w.dims4(op)?;
+    if wci != ci {
+        return Err(Error::shape(
+            op,
+            format!("input has {ci} channels, weight {:?} expects {wci}", w.shape()),
+        ));
+    }
+    check_bias(op, b, co)?;
+    let g = ConvGeom {
+        n,
+        ci,
+        h,
+        w: wd,
+        co,
+        oh: conv_out(op, h, kh, stride, padding)?,
+        ow: conv_out(op, wd, kw, stride, padding)?,
+        kh,
+        kw,
+        stride,
+        pad: padding,
+    };
+    let gpu = x.gpu();
+    let out_shape = [n, co, g.oh, g.ow];
+    let out = gpu.alloc(n * co * g.oh * g.ow, &out_shape)?;
+    let bias = bias_storage(gpu, b, co)?;
+    fwd_into(&g, x.storage(), Slice::whole(ci), w, &bias, &out, Slice::whole(co))?;
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    Ok(autodiff::track(out, &out_shape, &inputs, || Op::Conv2d {
+        x: x.clone(),
+        w: w.clone(),
+        geom: g,
+    }))
+}
+
+/// Transposed 2-D convolution, `torch.nn.functional.conv_transpose2d(x, w, b, stride,
+/// padding, output_padding)`: x [n, ci, h, w], w [ci, co, kh, kw], b [co]; output side
+/// (h - 1) * stride - 2 * padding + kh + output_padding.
+pub fn conv_transpose2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    output_padding: usize,
+) -> Result<Tensor> {
+    let op = "conv_transpose2d";
+    let [n, ci, h, wd] = x.dims4(op)?;
+    let [wci, co, kh, kw] = w.dims4(op)?;
+    if wci != ci {
+        return Err(Error::shape(
+            op,
+            format!("input has {ci} channels, weight {:?} expects {wci}", w.shape()),
+        ));
+    }
+    check_bias(op, b, co)?;
+    if stride == 0 || output_padding >= stride {
+        return Err(Error::shape(
+            op,
+            format!("output_padding {output_padding} must be smaller than stride {stride}"),
+        ));
+    }
+    let side = |s: usize, k: usize| -> Result<usize> {
+        ((s - 1) * stride + k + output_padding)
+            .checked_sub(2 * padding)
+            .filter(|&v| v > 0)
+            .ok_or_else(|| Error::shape(op, format!("padding {padding} leaves no output")))
+    };
+    let (oh, ow) = (side(h, kh)?, side(wd, kw)?);
+    // As a convolution, the transposed conv's output is the conv's input and vice versa.
+    let g = ConvGeom {
+        n,
+        ci: co,
+        h: oh,
+        w: ow,
+        co: ci,
+        oh: h,
+        ow: wd,
+        kh,
+        kw,
+        stride,
+        pad: padding,
+    };
+    if conv_out(op, oh, kh, stride, padding)? != h || conv_out(op, ow, kw, stride, padding)? != wd {
+        return Err(Error::shape(op, format!("inconsistent geometry {g:?}")));
+    }
+    let gpu = x.gpu();
+    let out_shape = [n, co, oh, ow];
+    let out = gpu.alloc(n * co * oh * ow, &out_shape)?;
+    let bias = bias_storage(gpu, b, co)?;
+    dgrad_into(&g, x.storage(), Slice::whole(ci), w, &bias, &out, Slice::whole(co))?;
+    let mut inputs = vec![x, w];
+    inputs.extend(b);
+    Ok(autodiff::track(out, &out_shape, &inputs, || Op::ConvTranspose2d {
+        x: x.clone(),
+        w: w.clone(),
+        geom: g,
+    }))
+}
+
+/// Backward of conv2d: gradients of (x, w, b) given the output gradient `gy`.
+pub(crate) fn conv2d_backward(
+    g: &ConvGeom,
+    x: &Tensor,
+    w: &Tensor,
+    gy: &Tensor,
+    want: [bool; 3],
+) -> Result<[Option<Tensor>; 3]> {
+    let gpu = x.gpu();
+    let gx = if want[0] {
+        let shape = [g.n, g.ci, g.h, g.w];
+        let out = gpu.alloc(g.n * g.ci * g.h * g.w, &shape)?;
+        let zeros = gpu.zeros(g.ci, &[g.ci])?;
+        dgrad_into(g, gy.storage(), Slice::whole(g.co), w, &zeros, &out, Slice::whole(g.ci))?;
+        Some(Tensor::from_storage(std::sync::Arc::new(out), &shape, false))
+    } else {
+        None
+    };
+    let gw = if want[1] {
+        Some(wgrad(gpu, g, x.storage(), Slice::whole(g.ci), gy.storage(), Slice::whole(g.co))?)
+    } else {
+        None
+    };
+    let gb = if want[2] { Some(sum(gy, &[0, 2, 3], false)?) } else { None };
+    Ok([gx, gw, gb])
+}
+
+/// Backward of conv_transpose2d (geometry `g` as built by `conv_transpose2d`).
+pub(crate) fn conv_transpose2d_backward(
+    g: &ConvGeom,
+    x: &Tensor,
+    w: &Tensor,
+    gy: &Tensor,
+    want: [bool; 3],
+) -> Result<[Option<Tensor>; 3]> {
+    let gpu = x.gpu();
+    // x is the "output" [n, g.co, g.oh, g.ow] of the equivalent convolution, gy its "input".
+    let gx = if want[0] {
+        let shape = [g.n, g.co, g.oh, g.ow];
+        let out = gpu.alloc(g.n * g.co * g.oh * g.ow, &shape)?;
+        let zeros = gpu.zeros(g.co, &[g.co])?;
+        fwd_into(g, gy.storage(), Slice::whole(g.ci), w, &zeros, &out, Slice::whole(g.co))?;
+        Some(Tensor::from_storage(std::sync::Arc::new(out), &shape, false))
+    } else {
+        None
+    };
+    let gw = if want[1] {
+        Some(wgrad(gpu, g, gy.storage(), Slice::whole(g.ci), x.storage(), Slice::whole(g.co))?)
+    } else {
+        None
+    };
+    let gb = if want[2] { Some(sum(gy, &[0, 2, 3], false)?) } else { None };
+    Ok([gx, gw, gb])
+}

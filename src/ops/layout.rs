@@ -1,0 +1,198 @@
+//! Data movement along one axis (`shaders/layout.wgsl`): concatenation, narrowing, padding
+//! into a larger zero tensor, and in-place writes of a slice into a preallocated buffer (how a
+//! DenseNet block writes each layer's new channels into one block buffer instead of copying
+//! every previous channel at every layer).
+
+use std::sync::Arc;
+
+use crate::autodiff::{self, Op};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernel, Storage};
+use crate::shaders::LAYOUT;
+use crate::tensor::{numel, Tensor};
+
+/// `shape` seen as [outer, shape[axis], inner].
+fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
+    (
+        numel(&shape[..axis]),
+        shape[axis],
+        numel(&shape[axis + 1..]),
+    )
+}
+
+/// Copies `len` slices of the axis: src[o, src_off + c, i] -> dst[o, dst_off + c, i].
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn copy_slices(
+    gpu: &Gpu,
+    src: &Storage,
+    dst: &Storage,
+    outer: usize,
+    len: usize,
+    inner: usize,
+    (src_total, src_off): (usize, usize),
+    (dst_total, dst_off): (usize, usize),
+) -> Result<()> {
+    let n = outer * len * inner;
+    if n == 0 {
+        return Ok(());
+    }
+    let params = [
+        0, 0, 0, 0, 0, 0, 0, 0,
+        outer, len, inner, src_total, src_off, dst_total, dst_off, 0,
+    ]
+    .map(|v| v as u32);
+    gpu.dispatch(
+        &Kernel::new(&LAYOUT, "copy_channels"),
+        &params,
+        &[dst],
+        &[src],
+        gpu.grid(n.div_ceil(256)),
+    )
+}
+
+fn check_axis(op: &'static str, shape: &[usize], axis: usize) -> Result<()> {
+    if axis >= shape.len() {
+        return Err(Error::shape(
+            op,
+            format!("axis {axis} out of range for shape {shape:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Concatenates tensors along `axis` (all other dims equal), like `torch.cat`.
+pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor> {
+    let first = xs
+        .first()
+        .ok_or_else(|| Error::shape("concat", "needs at least one tensor"))?;
+    check_axis("concat", first.shape(), axis)?;
+    let mut shape = first.shape().to_vec();
+    shape[axis] = 0;
+    for x in xs {
+        let same_rank = x.rank() == first.rank();
+        let same_dims = same_rank
+            && x
+                .shape()
+                .iter()
+                .zip(first.shape())
+                .enumerate()
+                .all(|(d, (a, b))| d == axis || a == b);
+        if !same_dims {
+            return Err(Error::shape(
+                "concat",
+                format!(
+                    "shapes {:?} and {:?} differ outside axis {axis}",
+                    first.shape(),
+                    x.shape()
+                ),
+            ));
+        }
+        shape[axis] += x.shape()[axis];
+    }
+    let gpu = first.gpu();
+    let out = gpu.alloc(numel(&shape), &shape)?;
+    let (outer, total, inner) = split(&shape, axis);
+    let mut off = 0;
+    for x in xs {
+        let c = x.shape()[axis];
+        copy_slices(gpu, x.storage(), &out, outer, c, inner, (c, 0), (total, off))?;
+        off += c;
+    }
+    let sizes: Vec<usize> = xs.iter().map(|x| x.shape()[axis]).collect();
+    Ok(autodiff::track(out, &shape, xs, || Op::Concat { axis, sizes }))
+}
+
+/// A copy of `len` entries of `axis` starting at `start`, like `torch.narrow(...).clone()`.
+pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+    check_axis("narrow", x.shape(), axis)?;
+    let full = x.shape()[axis];
+    if start + len > full {
+        return Err(Error::shape(
+            "narrow",
+            format!("range {start}..{} exceeds axis {axis} of shape {:?}", start + len, x.shape()),
+        ));
+    }
+    let mut shape = x.shape().to_vec();
+    shape[axis] = len;
+    let gpu = x.gpu();
+    let out = gpu.alloc(numel(&shape), &shape)?;
+    let (outer, _, inner) = split(x.shape(), axis);
+    copy_slices(gpu, x.storage(), &out, outer, len, inner, (full, start), (len, 0))?;
+    Ok(autodiff::track(out, &shape, &[x], || Op::Narrow {
+        axis,
+        start,
+        full,
+    }))
+}
+
+/// `x` placed at `start` along `axis` of a zero tensor whose axis has `full` entries (the
+/// backward of `narrow`; also how a DenseNet block buffer starts from the block's input).
+pub fn pad_axis(x: &Tensor, axis: usize, start: usize, full: usize) -> Result<Tensor> {
+    check_axis("pad", x.shape(), axis)?;
+    let len = x.shape()[axis];
+    if start + len > full {
+        return Err(Error::shape(
+            "pad",
+            format!("{len} entries at {start} do not fit an axis of {full}"),
+        ));
+    }
+    let mut shape = x.shape().to_vec();
+    shape[axis] = full;
+    let gpu = x.gpu();
+    let out = gpu.zeros(numel(&shape), &shape)?;
+    let (outer, _, inner) = split(x.shape(), axis);
+    copy_slices(gpu, x.storage(), &out, outer, len, inner, (len, 0), (full, start))?;
+    Ok(autodiff::track(out, &shape, &[x], || Op::Pad { axis, start, len }))
+}
+
+/// Writes `x` into `buffer` at `start` along `axis`, in place, and returns the updated buffer
+/// as a new tensor sharing the storage. The entries written must not have been read through
+/// an earlier handle of the buffer (a DenseNet block writes each channel range once, after the
+/// layers that read only the channels before it). Gradient: the written slice goes to `x`,
+/// the rest to `buffer`.
+pub fn write_slice(buffer: &Tensor, x: &Tensor, axis: usize, start: usize) -> Result<Tensor> {
+    check_axis("write_slice", buffer.shape(), axis)?;
+    let len = x.shape().get(axis).copied().unwrap_or(0);
+    let mut expect = buffer.shape().to_vec();
+    expect[axis] = len;
+    if x.shape() != expect.as_slice() || start + len > buffer.shape()[axis] {
+        return Err(Error::shape(
+            "write_slice",
+            format!(
+                "cannot write shape {:?} at {start} along axis {axis} of {:?}",
+                x.shape(),
+                buffer.shape()
+            ),
+        ));
+    }
+    let full = buffer.shape()[axis];
+    let (outer, _, inner) = split(buffer.shape(), axis);
+    copy_slices(
+        x.gpu(),
+        x.storage(),
+        buffer.storage(),
+        outer,
+        len,
+        inner,
+        (len, 0),
+        (full, start),
+    )?;
+    let record = (buffer.requires_grad() || x.requires_grad()) && autodiff::is_recording();
+    let out = Tensor::from_storage(Arc::clone(buffer.storage_arc()), buffer.shape(), record);
+    if record {
+        autodiff::push(Op::WriteSlice { axis, start, len }, &[buffer, x], &out);
+    }
+    Ok(out)
+}
+
+/// A per-entry mask along `axis` (ones except zeros in `start..start + len`), broadcastable
+/// against a tensor of `shape`.
+pub(crate) fn slice_mask(gpu: &Gpu, shape: &[usize], axis: usize, start: usize, len: usize) -> Result<Tensor> {
+    let full = shape[axis];
+    let mut mshape = vec![1; shape.len()];
+    mshape[axis] = full;
+    let values: Vec<f32> = (0..full)
+        .map(|i| if i >= start && i < start + len { 0.0 } else { 1.0 })
+        .collect();
+    Tensor::from_slice(gpu, &values, &mshape)
+}
