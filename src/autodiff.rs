@@ -76,6 +76,35 @@ pub enum Op {
         start: usize,
         len: usize,
     },
+    /// Batch norm (optionally with fused ReLU); inputs (x, gamma, beta).
+    BatchNorm2d {
+        x: Tensor,
+        gamma: Tensor,
+        beta: Tensor,
+        stats: Tensor,
+        cfg: ops::BatchNormConfig,
+    },
+    /// Max pooling with the saved in-plane index of each window's maximum.
+    MaxPool2d {
+        argmax: Tensor,
+        geom: ops::pool::PoolGeom,
+    },
+    /// Average pooling.
+    AvgPool2d { geom: ops::pool::PoolGeom },
+    /// 1-D resampling of `axis` from `in_len` entries.
+    Resample1d {
+        axis: usize,
+        in_len: usize,
+        mode: ops::Interpolation,
+    },
+    /// Per-row softmax cross-entropy; saved softmax and labels.
+    CrossEntropy { probs: Tensor, labels: Tensor },
+    /// Element-wise binary cross-entropy on probabilities or (if `logits`) logits.
+    Bce {
+        p: Tensor,
+        target: Tensor,
+        logits: bool,
+    },
     /// Input 1 written in place into input 0 at `start` (`len` entries).
     WriteSlice {
         axis: usize,
@@ -212,10 +241,36 @@ impl Op {
                 let mut start = 0;
                 let mut out = Vec::with_capacity(sizes.len());
                 for (i, &len) in sizes.iter().enumerate() {
-                    out.push(want(i).then(|| ops::narrow(g, *axis, start, len)).transpose()?);
+                    out.push(
+                        want(i)
+                            .then(|| ops::narrow(g, *axis, start, len))
+                            .transpose()?,
+                    );
                     start += len;
                 }
                 out
+            }
+            Op::BatchNorm2d {
+                x,
+                gamma,
+                beta,
+                stats,
+                cfg,
+            } => ops::norm::batch_norm2d_backward(x, gamma, beta, stats, cfg, g, want(0))?.to_vec(),
+            Op::MaxPool2d { argmax, geom } => {
+                vec![Some(ops::pool::pool_backward(geom, Some(argmax), g)?)]
+            }
+            Op::AvgPool2d { geom } => vec![Some(ops::pool::pool_backward(geom, None, g)?)],
+            Op::Resample1d { axis, in_len, mode } => {
+                vec![Some(ops::resample::resample1d_backward(
+                    g, *axis, *in_len, *mode,
+                )?)]
+            }
+            Op::CrossEntropy { probs, labels } => {
+                vec![Some(ops::loss::cross_entropy_backward(probs, labels, g)?)]
+            }
+            Op::Bce { p, target, logits } => {
+                vec![Some(ops::loss::bce_backward(p, target, *logits, g)?)]
             }
             Op::Narrow { axis, start, full } => {
                 vec![Some(ops::pad_axis(g, *axis, *start, *full)?)]
@@ -228,7 +283,12 @@ impl Op {
                 } else {
                     None
                 };
-                vec![gb, want(1).then(|| ops::narrow(g, *axis, *start, *len)).transpose()?]
+                vec![
+                    gb,
+                    want(1)
+                        .then(|| ops::narrow(g, *axis, *start, *len))
+                        .transpose()?,
+                ]
             }
         })
     }

@@ -24,6 +24,11 @@ shader!(MATMUL_VEC4, "matmul_vec4", trusted = true);
 shader!(CONV2D, "conv2d", trusted = false);
 shader!(CONV2D_WGRAD, "conv2d_wgrad", trusted = false);
 shader!(LAYOUT, "layout", trusted = false);
+shader!(BATCHNORM, "batchnorm", trusted = false);
+shader!(POOL, "pool", trusted = false);
+shader!(RESAMPLE, "resample", trusted = false);
+shader!(LOSS, "loss", trusted = false);
+shader!(OPTIM, "optim", trusted = false);
 
 /// Every shader the engine uses.
 pub static ALL: &[&Shader] = &[
@@ -35,4 +40,9 @@ pub static ALL: &[&Shader] = &[
     &CONV2D,
     &CONV2D_WGRAD,
     &LAYOUT,
+    &BATCHNORM,
+    &POOL,
+    &RESAMPLE,
+    &LOSS,
+    &OPTIM,
 ];

@@ -10,10 +10,10 @@ use common::*;
 const CONVS: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
     (1, 1, 5, 5, 1, 3, 1, 1),
     (2, 3, 7, 9, 5, 3, 1, 1),
-    (2, 3, 11, 9, 10, 7, 2, 3),  // DenseNet stem shape, odd input
-    (3, 13, 6, 5, 9, 1, 1, 0),   // bottleneck 1x1, channels no multiple of 8
+    (2, 3, 11, 9, 10, 7, 2, 3), // DenseNet stem shape, odd input
+    (3, 13, 6, 5, 9, 1, 1, 0),  // bottleneck 1x1, channels no multiple of 8
     (1, 4, 9, 7, 17, 3, 2, 0),
-    (2, 2, 4, 4, 3, 3, 1, 2),    // padding larger than half the kernel
+    (2, 2, 4, 4, 3, 3, 1, 2), // padding larger than half the kernel
 ];
 
 #[test]
@@ -24,7 +24,15 @@ fn conv2d_matches_cpu() {
         let wt = uniform(&mut r, co * ci * k * k, -1.0, 1.0);
         let b = uniform(&mut r, co, -1.0, 1.0);
         for bias in [false, true] {
-            let (want, shape) = cpu_conv2d(&x, [n, ci, h, w], &wt, [co, ci, k, k], bias.then_some(&b[..]), s, p);
+            let (want, shape) = cpu_conv2d(
+                &x,
+                [n, ci, h, w],
+                &wt,
+                [co, ci, k, k],
+                bias.then_some(&b[..]),
+                s,
+                p,
+            );
             let bt = tensor(&b, &[co]);
             let got = ops::conv2d(
                 &tensor(&x, &[n, ci, h, w]),
@@ -35,13 +43,29 @@ fn conv2d_matches_cpu() {
             )
             .unwrap();
             assert_eq!(got.shape(), &shape);
-            assert_close(&format!("conv2d {:?} bias {bias}", (n, ci, h, w, co, k, s, p)), &got.to_vec().unwrap(), &want, 1e-4, 1e-4);
+            assert_close(
+                &format!("conv2d {:?} bias {bias}", (n, ci, h, w, co, k, s, p)),
+                &got.to_vec().unwrap(),
+                &want,
+                1e-4,
+                1e-4,
+            );
         }
     }
 }
 
 /// (n, ci, h, w, co, k, stride, pad, output_padding)
-const TCONVS: &[(usize, usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+const TCONVS: &[(
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+)] = &[
     (1, 3, 4, 4, 2, 3, 2, 1, 1), // UNet11 decoder geometry
     (2, 5, 3, 5, 9, 3, 2, 1, 1),
     (1, 2, 5, 4, 3, 3, 1, 1, 0),
@@ -56,7 +80,8 @@ fn conv_transpose2d_matches_cpu() {
         let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
         let wt = uniform(&mut r, ci * co * k * k, -1.0, 1.0);
         let b = uniform(&mut r, co, -1.0, 1.0);
-        let (want, shape) = cpu_conv_transpose2d(&x, [n, ci, h, w], &wt, [ci, co, k, k], Some(&b), s, p, op);
+        let (want, shape) =
+            cpu_conv_transpose2d(&x, [n, ci, h, w], &wt, [ci, co, k, k], Some(&b), s, p, op);
         let got = ops::conv_transpose2d(
             &tensor(&x, &[n, ci, h, w]),
             &tensor(&wt, &[ci, co, k, k]),
@@ -67,7 +92,13 @@ fn conv_transpose2d_matches_cpu() {
         )
         .unwrap();
         assert_eq!(got.shape(), &shape);
-        assert_close(&format!("conv_transpose2d {:?}", (n, ci, h, w, co, k, s, p, op)), &got.to_vec().unwrap(), &want, 1e-4, 1e-4);
+        assert_close(
+            &format!("conv_transpose2d {:?}", (n, ci, h, w, co, k, s, p, op)),
+            &got.to_vec().unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
     }
 }
 
@@ -78,11 +109,20 @@ fn conv_shape_errors_are_values() {
     let e = ops::conv2d(&x, &w, None, 1, 1).unwrap_err().to_string();
     assert!(e.contains("3 channels"), "{e}");
     let w = tensor(&[0.0; 5 * 3 * 7 * 7], &[5, 3, 7, 7]);
-    assert!(ops::conv2d(&x, &w, None, 1, 0).is_err(), "kernel larger than input");
+    assert!(
+        ops::conv2d(&x, &w, None, 1, 0).is_err(),
+        "kernel larger than input"
+    );
     assert!(ops::conv2d(&x, &w, None, 0, 3).is_err(), "stride 0");
     let wt = tensor(&[0.0; 3 * 2 * 3 * 3], &[3, 2, 3, 3]);
-    assert!(ops::conv_transpose2d(&x, &wt, None, 2, 1, 2).is_err(), "output_padding >= stride");
-    assert!(ops::conv2d(&tensor(&[0.0; 4], &[4]), &w, None, 1, 0).is_err(), "not NCHW");
+    assert!(
+        ops::conv_transpose2d(&x, &wt, None, 2, 1, 2).is_err(),
+        "output_padding >= stride"
+    );
+    assert!(
+        ops::conv2d(&tensor(&[0.0; 4], &[4]), &w, None, 1, 0).is_err(),
+        "not NCHW"
+    );
 }
 
 #[test]
@@ -99,7 +139,10 @@ fn concat_narrow_and_slices_match_cpu() {
     }
     let back = ops::narrow(&c, 1, 3, 2).unwrap().to_vec().unwrap();
     assert_eq!(back, b);
-    let padded = ops::pad_axis(&tensor(&b, &[2, 2, 5]), 1, 1, 4).unwrap().to_vec().unwrap();
+    let padded = ops::pad_axis(&tensor(&b, &[2, 2, 5]), 1, 1, 4)
+        .unwrap()
+        .to_vec()
+        .unwrap();
     assert_eq!(&padded[0..5], &[0.0; 5]);
     assert_eq!(&padded[5..15], &b[0..10]);
     // A block buffer written in place, channel range by channel range.
@@ -109,4 +152,244 @@ fn concat_narrow_and_slices_match_cpu() {
     assert!(ops::concat(&[&tensor(&a, &[2, 3, 5]), &tensor(&b, &[1, 2, 10])], 1).is_err());
     assert!(ops::narrow(&c, 1, 4, 2).is_err());
     assert!(ops::write_slice(&block, &tensor(&b, &[2, 2, 5]), 1, 4).is_err());
+}
+
+#[test]
+fn batch_norm_matches_cpu_in_train_and_eval() {
+    let mut r = rng(14);
+    for &(n, c, h, w) in &[
+        (1usize, 3usize, 5usize, 7usize),
+        (4, 5, 3, 3),
+        (2, 13, 1, 1),
+    ] {
+        let x = uniform(&mut r, n * c * h * w, -2.0, 3.0);
+        let gamma = uniform(&mut r, c, 0.5, 1.5);
+        let beta = uniform(&mut r, c, -0.5, 0.5);
+        let rm0 = uniform(&mut r, c, -0.2, 0.2);
+        let rv0 = uniform(&mut r, c, 0.5, 1.5);
+        for (training, relu) in [(true, false), (true, true), (false, false), (false, true)] {
+            let rm = tensor(&rm0, &[c]);
+            let rv = tensor(&rv0, &[c]);
+            let cfg = ops::BatchNormConfig {
+                training,
+                relu,
+                ..Default::default()
+            };
+            let got = ops::batch_norm2d(
+                &tensor(&x, &[n, c, h, w]),
+                &tensor(&gamma, &[c]),
+                &tensor(&beta, &[c]),
+                Some((&rm, &rv)),
+                cfg,
+            )
+            .unwrap();
+            let (want, wrm, wrv) = cpu_batch_norm(
+                &x,
+                [n, c, h, w],
+                &gamma,
+                &beta,
+                &rm0,
+                &rv0,
+                training,
+                0.1,
+                1e-5,
+                relu,
+            );
+            let what = format!("batch_norm {:?} train {training} relu {relu}", (n, c, h, w));
+            assert_close(&what, &got.to_vec().unwrap(), &want, 1e-4, 1e-4);
+            assert_close(
+                &format!("{what} running mean"),
+                &rm.to_vec().unwrap(),
+                &wrm,
+                1e-6,
+                1e-5,
+            );
+            assert_close(
+                &format!("{what} running var"),
+                &rv.to_vec().unwrap(),
+                &wrv,
+                1e-6,
+                1e-5,
+            );
+        }
+    }
+    let x = tensor(&[1.0; 3], &[1, 3, 1, 1]);
+    let g = tensor(&[1.0; 3], &[3]);
+    let e = ops::batch_norm2d(&x, &g, &g, None, Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than one value"), "{e}");
+    let eval = ops::BatchNormConfig {
+        training: false,
+        ..Default::default()
+    };
+    assert!(
+        ops::batch_norm2d(&x, &g, &g, None, eval).is_err(),
+        "eval needs running stats"
+    );
+}
+
+#[test]
+fn pooling_matches_cpu() {
+    let mut r = rng(15);
+    // (n, c, h, w, k, s, p): DenseNet stem 3/2/1 on odd sizes, VGG 2/2/0, transition 2/2.
+    for &(n, c, h, w, k, s, p) in &[
+        (1usize, 1usize, 7usize, 7usize, 3usize, 2usize, 1usize),
+        (2, 3, 9, 8, 3, 2, 1),
+        (2, 5, 8, 6, 2, 2, 0),
+        (1, 2, 7, 5, 2, 2, 0),
+        (1, 3, 6, 6, 3, 1, 1),
+    ] {
+        let x = uniform(&mut r, n * c * h * w, -1.0, 1.0);
+        let t = tensor(&x, &[n, c, h, w]);
+        let (want, shape) = cpu_pool(&x, [n, c, h, w], k, s, p, true);
+        let got = ops::max_pool2d(&t, k, s, p).unwrap();
+        assert_eq!(got.shape(), &shape);
+        assert_close(
+            &format!("max_pool {:?}", (n, c, h, w, k, s, p)),
+            &got.to_vec().unwrap(),
+            &want,
+            0.0,
+            0.0,
+        );
+        let (want, _) = cpu_pool(&x, [n, c, h, w], k, s, p, false);
+        let got = ops::avg_pool2d(&t, k, s, p).unwrap();
+        assert_close(
+            &format!("avg_pool {:?}", (n, c, h, w, k, s, p)),
+            &got.to_vec().unwrap(),
+            &want,
+            1e-6,
+            1e-5,
+        );
+    }
+    let x = uniform(&mut r, 2 * 3 * 5 * 7, -1.0, 1.0);
+    let got = ops::global_avg_pool2d(&tensor(&x, &[2, 3, 5, 7])).unwrap();
+    assert_eq!(got.shape(), &[2, 3, 1, 1]);
+    let want: Vec<f32> = x.chunks(35).map(|c| c.iter().sum::<f32>() / 35.0).collect();
+    assert_close("global_avg_pool", &got.to_vec().unwrap(), &want, 1e-6, 1e-5);
+    assert!(
+        ops::max_pool2d(&tensor(&x, &[2, 3, 5, 7]), 3, 2, 2).is_err(),
+        "padding > k/2"
+    );
+}
+
+#[test]
+fn upsampling_matches_cpu() {
+    let mut r = rng(16);
+    // GradCAM's 7x7 -> 224x224, odd ratios up and down, one axis unchanged.
+    for &(n, c, h, w, oh, ow) in &[
+        (1usize, 1usize, 7usize, 7usize, 224usize, 224usize),
+        (2, 3, 5, 4, 9, 11),
+        (1, 2, 9, 8, 4, 3),
+        (1, 1, 3, 5, 3, 10),
+    ] {
+        let x = uniform(&mut r, n * c * h * w, -1.0, 1.0);
+        let t = tensor(&x, &[n, c, h, w]);
+        for bilinear in [false, true] {
+            let want = cpu_upsample(&x, [n, c, h, w], [oh, ow], bilinear);
+            let got = if bilinear {
+                ops::upsample_bilinear2d(&t, [oh, ow])
+            } else {
+                ops::upsample_nearest2d(&t, [oh, ow])
+            }
+            .unwrap();
+            assert_eq!(got.shape(), &[n, c, oh, ow]);
+            assert_close(
+                &format!("upsample bilinear {bilinear} {:?}", (h, w, oh, ow)),
+                &got.to_vec().unwrap(),
+                &want,
+                1e-5,
+                1e-5,
+            );
+        }
+    }
+}
+
+#[test]
+fn losses_match_cpu() {
+    let mut r = rng(17);
+    let (rows, k) = (5, 3);
+    let z = uniform(&mut r, rows * k, -3.0, 3.0);
+    let labels = [0usize, 2, 1, 1, 0];
+    let got = ops::cross_entropy(&tensor(&z, &[rows, k]), &labels)
+        .unwrap()
+        .item()
+        .unwrap();
+    let want: f64 = (0..rows)
+        .map(|i| {
+            let row = &z[i * k..(i + 1) * k];
+            let m = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let lse = m + row.iter().map(|v| (*v as f64 - m).exp()).sum::<f64>().ln();
+            lse - row[labels[i]] as f64
+        })
+        .sum::<f64>()
+        / rows as f64;
+    assert!(
+        (got as f64 - want).abs() < 1e-5,
+        "cross_entropy {got} vs {want}"
+    );
+    let e = ops::cross_entropy(&tensor(&z, &[rows, k]), &[0, 3, 0, 0, 0])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("label 3"), "{e}");
+
+    // Probabilities including exact 0 and 1 (the -100 clamp) and targets in [0, 1].
+    let p = [0.0f32, 1.0, 0.3, 0.999, 1e-8, 0.5];
+    let t = [1.0f32, 0.0, 0.3, 1.0, 0.0, 0.5];
+    let got = ops::binary_cross_entropy(&tensor(&p, &[6]), &tensor(&t, &[6]))
+        .unwrap()
+        .item()
+        .unwrap();
+    let want: f64 = p
+        .iter()
+        .zip(&t)
+        .map(|(&p, &t)| {
+            -(t as f64 * (p as f64).ln().max(-100.0)
+                + (1.0 - t as f64) * (1.0 - p as f64).ln().max(-100.0))
+        })
+        .sum::<f64>()
+        / 6.0;
+    assert!(
+        (got as f64 - want).abs() < 1e-4 * want.abs().max(1.0),
+        "bce {got} vs {want}"
+    );
+
+    let z = [-50.0f32, -3.0, 0.0, 2.5, 40.0];
+    let t = [0.0f32, 1.0, 0.5, 0.0, 1.0];
+    let got = ops::binary_cross_entropy_with_logits(&tensor(&z, &[5]), &tensor(&t, &[5]))
+        .unwrap()
+        .item()
+        .unwrap();
+    let want: f64 = z
+        .iter()
+        .zip(&t)
+        .map(|(&z, &t)| {
+            let (z, t) = (z as f64, t as f64);
+            z.max(0.0) - z * t + (1.0 + (-z.abs()).exp()).ln()
+        })
+        .sum::<f64>()
+        / 5.0;
+    assert!(
+        (got as f64 - want).abs() < 1e-5,
+        "bce_with_logits {got} vs {want}"
+    );
+}
+
+#[test]
+fn linear_matches_cpu() {
+    let mut r = rng(18);
+    let x = uniform(&mut r, 3 * 5, -1.0, 1.0);
+    let w = uniform(&mut r, 4 * 5, -1.0, 1.0);
+    let b = uniform(&mut r, 4, -1.0, 1.0);
+    let got = ops::linear(
+        &tensor(&x, &[3, 5]),
+        &tensor(&w, &[4, 5]),
+        Some(&tensor(&b, &[4])),
+    )
+    .unwrap();
+    let mut want = cpu_matmul(&x, &w, 3, 4, 5, false, true);
+    for (i, v) in want.iter_mut().enumerate() {
+        *v += b[i % 4];
+    }
+    assert_close("linear", &got.to_vec().unwrap(), &want, 1e-5, 1e-5);
 }

@@ -359,7 +359,11 @@ fn grad_conv2d() {
         let b = uniform(&mut r, co, -0.5, 0.5);
         GradCheck::default().run(
             &format!("conv2d {:?}", (n, ci, h, w, co, k, st, p)),
-            &[(x, vec![n, ci, h, w]), (wt, vec![co, ci, k, k]), (b, vec![co])],
+            &[
+                (x, vec![n, ci, h, w]),
+                (wt, vec![co, ci, k, k]),
+                (b, vec![co]),
+            ],
             &[true, true, true],
             |t| ops::conv2d(&t[0], &t[1], Some(&t[2]), st, p),
         );
@@ -370,7 +374,9 @@ fn grad_conv2d() {
 fn grad_conv_transpose2d() {
     // (n, ci, h, w, co, k, stride, pad, output_padding); the first is UNet11's decoder shape.
     for (s, &(n, ci, h, w, co, k, st, p, op)) in [
-        (1usize, 3usize, 3usize, 3usize, 2usize, 3usize, 2usize, 1usize, 1usize),
+        (
+            1usize, 3usize, 3usize, 3usize, 2usize, 3usize, 2usize, 1usize, 1usize,
+        ),
         (2, 2, 3, 4, 3, 3, 1, 1, 0),
         (1, 2, 2, 3, 3, 4, 2, 1, 0),
     ]
@@ -383,7 +389,11 @@ fn grad_conv_transpose2d() {
         let b = uniform(&mut r, co, -0.5, 0.5);
         GradCheck::default().run(
             &format!("conv_transpose2d {:?}", (n, ci, h, w, co, k, st, p, op)),
-            &[(x, vec![n, ci, h, w]), (wt, vec![ci, co, k, k]), (b, vec![co])],
+            &[
+                (x, vec![n, ci, h, w]),
+                (wt, vec![ci, co, k, k]),
+                (b, vec![co]),
+            ],
             &[true, true, true],
             |t| ops::conv_transpose2d(&t[0], &t[1], Some(&t[2]), st, p, op),
         );
@@ -399,8 +409,12 @@ fn grad_concat_narrow_pad() {
     GradCheck::default().run("concat axis 1", &inputs, &[true, true], |t| {
         ops::concat(&[&t[0], &t[1]], 1)
     });
-    GradCheck::default().run("narrow axis 1", &inputs[..1], &[true], |t| ops::narrow(&t[0], 1, 1, 2));
-    GradCheck::default().run("pad axis 2", &inputs[..1], &[true], |t| ops::pad_axis(&t[0], 2, 1, 7));
+    GradCheck::default().run("narrow axis 1", &inputs[..1], &[true], |t| {
+        ops::narrow(&t[0], 1, 1, 2)
+    });
+    GradCheck::default().run("pad axis 2", &inputs[..1], &[true], |t| {
+        ops::pad_axis(&t[0], 2, 1, 7)
+    });
 }
 
 #[test]
@@ -417,10 +431,171 @@ fn grad_write_slice_block_buffer() {
         &[true, true, true],
         |t| {
             let block = ops::pad_axis(&t[0], 1, 0, 5)?;
-            let f1 = ops::sigmoid(&ops::sum(&ops::mul(&ops::narrow(&block, 1, 0, 2)?, &t[1])?, &[1], true)?)?;
+            let f1 = ops::sigmoid(&ops::sum(
+                &ops::mul(&ops::narrow(&block, 1, 0, 2)?, &t[1])?,
+                &[1],
+                true,
+            )?)?;
             let block = ops::write_slice(&block, &ops::concat(&[&f1, &f1], 1)?, 1, 2)?;
-            let f2 = ops::sum(&ops::mul(&ops::narrow(&block, 1, 0, 4)?, &t[2])?, &[1], true)?;
+            let f2 = ops::sum(
+                &ops::mul(&ops::narrow(&block, 1, 0, 4)?, &t[2])?,
+                &[1],
+                true,
+            )?;
             ops::write_slice(&block, &f2, 1, 4)
         },
+    );
+}
+
+#[test]
+fn grad_batch_norm2d() {
+    for (s, &(n, c, h, w)) in [(2usize, 3usize, 3usize, 4usize), (1, 2, 5, 3), (3, 5, 1, 1)]
+        .iter()
+        .enumerate()
+    {
+        for (training, relu) in [(true, false), (false, false), (true, true), (false, true)] {
+            let mut r = rng(1500 + s as u64);
+            let x = uniform(&mut r, n * c * h * w, -2.0, 2.0);
+            let gamma = uniform(&mut r, c, 0.5, 1.5);
+            // With ReLU, betas far from 0 keep pre-activations away from the kink.
+            let beta = if relu {
+                away_from_zero(&mut r, c, 1.0, 2.0)
+            } else {
+                uniform(&mut r, c, -0.5, 0.5)
+            };
+            let rm = tensor(&uniform(&mut r, c, -0.3, 0.3), &[c]);
+            let rv = tensor(&uniform(&mut r, c, 0.5, 1.5), &[c]);
+            let cfg = ops::BatchNormConfig {
+                training,
+                relu,
+                ..Default::default()
+            };
+            GradCheck {
+                eps: 1e-3,
+                atol: 3e-3,
+                rtol: 2e-2,
+                ..Default::default()
+            }
+            .run(
+                &format!(
+                    "batch_norm2d {:?} train {training} relu {relu}",
+                    (n, c, h, w)
+                ),
+                &[(x, vec![n, c, h, w]), (gamma, vec![c]), (beta, vec![c])],
+                &[true, true, true],
+                // Training uses no running stats here, so repeated forwards stay identical.
+                |t| ops::batch_norm2d(&t[0], &t[1], &t[2], (!training).then_some((&rm, &rv)), cfg),
+            );
+        }
+    }
+}
+
+/// Distinct values 0.1 apart in random order, so a finite-difference step never changes
+/// which element of a pooling window is the maximum.
+fn separated(r: &mut rand::rngs::StdRng, n: usize) -> Vec<f32> {
+    use rand::seq::SliceRandom;
+    let mut v: Vec<f32> = (0..n).map(|i| i as f32 * 0.1 - n as f32 * 0.05).collect();
+    v.shuffle(r);
+    v
+}
+
+#[test]
+fn grad_pooling() {
+    for (s, &(n, c, h, w, k, st, p)) in [
+        (1usize, 2usize, 7usize, 7usize, 3usize, 2usize, 1usize),
+        (2, 1, 6, 5, 2, 2, 0),
+        (1, 2, 5, 5, 3, 1, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut r = rng(1600 + s as u64);
+        let x = separated(&mut r, n * c * h * w);
+        let inputs = [(x, vec![n, c, h, w])];
+        let what = format!("{:?}", (n, c, h, w, k, st, p));
+        GradCheck::default().run(&format!("max_pool2d {what}"), &inputs, &[true], |t| {
+            ops::max_pool2d(&t[0], k, st, p)
+        });
+        GradCheck::default().run(&format!("avg_pool2d {what}"), &inputs, &[true], |t| {
+            ops::avg_pool2d(&t[0], k, st, p)
+        });
+    }
+    let mut r = rng(1650);
+    let x = uniform(&mut r, 2 * 3 * 4 * 5, -1.0, 1.0);
+    GradCheck::default().run(
+        "global_avg_pool2d",
+        &[(x, vec![2, 3, 4, 5])],
+        &[true],
+        |t| ops::global_avg_pool2d(&t[0]),
+    );
+}
+
+#[test]
+fn grad_upsampling() {
+    for (s, &(h, w, oh, ow)) in [
+        (3usize, 3usize, 7usize, 10usize),
+        (5, 4, 3, 3),
+        (2, 3, 16, 5),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut r = rng(1700 + s as u64);
+        let x = uniform(&mut r, 2 * h * w, -1.0, 1.0);
+        let inputs = [(x, vec![1, 2, h, w])];
+        GradCheck::default().run(
+            &format!("upsample nearest {:?}", (h, w, oh, ow)),
+            &inputs,
+            &[true],
+            |t| ops::upsample_nearest2d(&t[0], [oh, ow]),
+        );
+        GradCheck::default().run(
+            &format!("upsample bilinear {:?}", (h, w, oh, ow)),
+            &inputs,
+            &[true],
+            |t| ops::upsample_bilinear2d(&t[0], [oh, ow]),
+        );
+    }
+}
+
+#[test]
+fn grad_losses() {
+    let mut r = rng(1800);
+    let z = uniform(&mut r, 4 * 3, -2.0, 2.0);
+    GradCheck::default().run("cross_entropy", &[(z, vec![4, 3])], &[true], |t| {
+        ops::cross_entropy(&t[0], &[2, 0, 1, 2])
+    });
+    let p = uniform(&mut r, 7, 0.05, 0.95);
+    let target: Vec<f32> = uniform(&mut r, 7, 0.0, 1.0);
+    GradCheck {
+        eps: 1e-3,
+        ..Default::default()
+    }
+    .run(
+        "binary_cross_entropy",
+        &[(p, vec![7]), (target.clone(), vec![7])],
+        &[true, false],
+        |t| ops::binary_cross_entropy(&t[0], &t[1]),
+    );
+    let z = uniform(&mut r, 7, -4.0, 4.0);
+    GradCheck::default().run(
+        "binary_cross_entropy_with_logits",
+        &[(z, vec![7]), (target, vec![7])],
+        &[true, false],
+        |t| ops::binary_cross_entropy_with_logits(&t[0], &t[1]),
+    );
+}
+
+#[test]
+fn grad_linear() {
+    let mut r = rng(1900);
+    let x = uniform(&mut r, 3 * 5, -1.0, 1.0);
+    let w = uniform(&mut r, 4 * 5, -1.0, 1.0);
+    let b = uniform(&mut r, 4, -1.0, 1.0);
+    GradCheck::default().run(
+        "linear",
+        &[(x, vec![3, 5]), (w, vec![4, 5]), (b, vec![4])],
+        &[true, true, true],
+        |t| ops::linear(&t[0], &t[1], Some(&t[2])),
     );
 }

@@ -83,8 +83,26 @@ fn relayout_weight(w: &Tensor, for_dgrad: bool) -> Result<Storage> {
 
 fn params(g: &ConvGeom, cpad: usize, src: Slice, dst: Slice, rows_per_chunk: usize) -> [u32; 20] {
     [
-        g.n, g.ci, g.h, g.w, g.co, g.oh, g.ow, g.kh, g.kw, g.stride, g.pad, cpad, src.total,
-        src.off, dst.total, dst.off, rows_per_chunk, 0, 0, 0,
+        g.n,
+        g.ci,
+        g.h,
+        g.w,
+        g.co,
+        g.oh,
+        g.ow,
+        g.kh,
+        g.kw,
+        g.stride,
+        g.pad,
+        cpad,
+        src.total,
+        src.off,
+        dst.total,
+        dst.off,
+        rows_per_chunk,
+        0,
+        0,
+        0,
     ]
     .map(|v| v as u32)
 }
@@ -159,7 +177,14 @@ pub(crate) fn dgrad_into(
 
 /// Weight gradient [co, ci, kh, kw] of a convolution of geometry `g` from its input `x` and
 /// output gradient `dy`.
-pub(crate) fn wgrad(gpu: &Gpu, g: &ConvGeom, x: &Storage, src: Slice, dy: &Storage, dys: Slice) -> Result<Tensor> {
+pub(crate) fn wgrad(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    dy: &Storage,
+    dys: Slice,
+) -> Result<Tensor> {
     let ktot = g.ci * g.kh * g.kw;
     let rows = g.n * g.oh;
     let blocks = ktot.div_ceil(4) * g.co.div_ceil(4);
@@ -218,14 +243,23 @@ fn conv_out(op: &'static str, size: usize, k: usize, stride: usize, pad: usize) 
 
 /// 2-D convolution, `torch.nn.functional.conv2d(x, w, b, stride, padding)`: x [n, ci, h, w],
 /// w [co, ci, kh, kw], b [co].
-pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding: usize) -> Result<Tensor> {
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let op = "conv2d";
     let [n, ci, h, wd] = x.dims4(op)?;
     let [co, wci, kh, kw] = w.dims4(op)?;
     if wci != ci {
         return Err(Error::shape(
             op,
-            format!("input has {ci} channels, weight {:?} expects {wci}", w.shape()),
+            format!(
+                "input has {ci} channels, weight {:?} expects {wci}",
+                w.shape()
+            ),
         ));
     }
     check_bias(op, b, co)?;
@@ -246,7 +280,15 @@ pub fn conv2d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, stride: usize, padding
     let out_shape = [n, co, g.oh, g.ow];
     let out = gpu.alloc(n * co * g.oh * g.ow, &out_shape)?;
     let bias = bias_storage(gpu, b, co)?;
-    fwd_into(&g, x.storage(), Slice::whole(ci), w, &bias, &out, Slice::whole(co))?;
+    fwd_into(
+        &g,
+        x.storage(),
+        Slice::whole(ci),
+        w,
+        &bias,
+        &out,
+        Slice::whole(co),
+    )?;
     let mut inputs = vec![x, w];
     inputs.extend(b);
     Ok(autodiff::track(out, &out_shape, &inputs, || Op::Conv2d {
@@ -273,7 +315,10 @@ pub fn conv_transpose2d(
     if wci != ci {
         return Err(Error::shape(
             op,
-            format!("input has {ci} channels, weight {:?} expects {wci}", w.shape()),
+            format!(
+                "input has {ci} channels, weight {:?} expects {wci}",
+                w.shape()
+            ),
         ));
     }
     check_bias(op, b, co)?;
@@ -311,13 +356,23 @@ pub fn conv_transpose2d(
     let out_shape = [n, co, oh, ow];
     let out = gpu.alloc(n * co * oh * ow, &out_shape)?;
     let bias = bias_storage(gpu, b, co)?;
-    dgrad_into(&g, x.storage(), Slice::whole(ci), w, &bias, &out, Slice::whole(co))?;
+    dgrad_into(
+        &g,
+        x.storage(),
+        Slice::whole(ci),
+        w,
+        &bias,
+        &out,
+        Slice::whole(co),
+    )?;
     let mut inputs = vec![x, w];
     inputs.extend(b);
-    Ok(autodiff::track(out, &out_shape, &inputs, || Op::ConvTranspose2d {
-        x: x.clone(),
-        w: w.clone(),
-        geom: g,
+    Ok(autodiff::track(out, &out_shape, &inputs, || {
+        Op::ConvTranspose2d {
+            x: x.clone(),
+            w: w.clone(),
+            geom: g,
+        }
     }))
 }
 
@@ -334,17 +389,40 @@ pub(crate) fn conv2d_backward(
         let shape = [g.n, g.ci, g.h, g.w];
         let out = gpu.alloc(g.n * g.ci * g.h * g.w, &shape)?;
         let zeros = gpu.zeros(g.ci, &[g.ci])?;
-        dgrad_into(g, gy.storage(), Slice::whole(g.co), w, &zeros, &out, Slice::whole(g.ci))?;
-        Some(Tensor::from_storage(std::sync::Arc::new(out), &shape, false))
+        dgrad_into(
+            g,
+            gy.storage(),
+            Slice::whole(g.co),
+            w,
+            &zeros,
+            &out,
+            Slice::whole(g.ci),
+        )?;
+        Some(Tensor::from_storage(
+            std::sync::Arc::new(out),
+            &shape,
+            false,
+        ))
     } else {
         None
     };
     let gw = if want[1] {
-        Some(wgrad(gpu, g, x.storage(), Slice::whole(g.ci), gy.storage(), Slice::whole(g.co))?)
+        Some(wgrad(
+            gpu,
+            g,
+            x.storage(),
+            Slice::whole(g.ci),
+            gy.storage(),
+            Slice::whole(g.co),
+        )?)
     } else {
         None
     };
-    let gb = if want[2] { Some(sum(gy, &[0, 2, 3], false)?) } else { None };
+    let gb = if want[2] {
+        Some(sum(gy, &[0, 2, 3], false)?)
+    } else {
+        None
+    };
     Ok([gx, gw, gb])
 }
 
@@ -362,16 +440,39 @@ pub(crate) fn conv_transpose2d_backward(
         let shape = [g.n, g.co, g.oh, g.ow];
         let out = gpu.alloc(g.n * g.co * g.oh * g.ow, &shape)?;
         let zeros = gpu.zeros(g.co, &[g.co])?;
-        fwd_into(g, gy.storage(), Slice::whole(g.ci), w, &zeros, &out, Slice::whole(g.co))?;
-        Some(Tensor::from_storage(std::sync::Arc::new(out), &shape, false))
+        fwd_into(
+            g,
+            gy.storage(),
+            Slice::whole(g.ci),
+            w,
+            &zeros,
+            &out,
+            Slice::whole(g.co),
+        )?;
+        Some(Tensor::from_storage(
+            std::sync::Arc::new(out),
+            &shape,
+            false,
+        ))
     } else {
         None
     };
     let gw = if want[1] {
-        Some(wgrad(gpu, g, gy.storage(), Slice::whole(g.ci), x.storage(), Slice::whole(g.co))?)
+        Some(wgrad(
+            gpu,
+            g,
+            gy.storage(),
+            Slice::whole(g.ci),
+            x.storage(),
+            Slice::whole(g.co),
+        )?)
     } else {
         None
     };
-    let gb = if want[2] { Some(sum(gy, &[0, 2, 3], false)?) } else { None };
+    let gb = if want[2] {
+        Some(sum(gy, &[0, 2, 3], false)?)
+    } else {
+        None
+    };
     Ok([gx, gw, gb])
 }

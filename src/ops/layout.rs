@@ -37,8 +37,7 @@ pub(crate) fn copy_slices(
         return Ok(());
     }
     let params = [
-        0, 0, 0, 0, 0, 0, 0, 0,
-        outer, len, inner, src_total, src_off, dst_total, dst_off, 0,
+        0, 0, 0, 0, 0, 0, 0, 0, outer, len, inner, src_total, src_off, dst_total, dst_off, 0,
     ]
     .map(|v| v as u32);
     gpu.dispatch(
@@ -71,8 +70,7 @@ pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor> {
     for x in xs {
         let same_rank = x.rank() == first.rank();
         let same_dims = same_rank
-            && x
-                .shape()
+            && x.shape()
                 .iter()
                 .zip(first.shape())
                 .enumerate()
@@ -95,11 +93,23 @@ pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor> {
     let mut off = 0;
     for x in xs {
         let c = x.shape()[axis];
-        copy_slices(gpu, x.storage(), &out, outer, c, inner, (c, 0), (total, off))?;
+        copy_slices(
+            gpu,
+            x.storage(),
+            &out,
+            outer,
+            c,
+            inner,
+            (c, 0),
+            (total, off),
+        )?;
         off += c;
     }
     let sizes: Vec<usize> = xs.iter().map(|x| x.shape()[axis]).collect();
-    Ok(autodiff::track(out, &shape, xs, || Op::Concat { axis, sizes }))
+    Ok(autodiff::track(out, &shape, xs, || Op::Concat {
+        axis,
+        sizes,
+    }))
 }
 
 /// A copy of `len` entries of `axis` starting at `start`, like `torch.narrow(...).clone()`.
@@ -109,7 +119,11 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
     if start + len > full {
         return Err(Error::shape(
             "narrow",
-            format!("range {start}..{} exceeds axis {axis} of shape {:?}", start + len, x.shape()),
+            format!(
+                "range {start}..{} exceeds axis {axis} of shape {:?}",
+                start + len,
+                x.shape()
+            ),
         ));
     }
     let mut shape = x.shape().to_vec();
@@ -117,7 +131,16 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
     let gpu = x.gpu();
     let out = gpu.alloc(numel(&shape), &shape)?;
     let (outer, _, inner) = split(x.shape(), axis);
-    copy_slices(gpu, x.storage(), &out, outer, len, inner, (full, start), (len, 0))?;
+    copy_slices(
+        gpu,
+        x.storage(),
+        &out,
+        outer,
+        len,
+        inner,
+        (full, start),
+        (len, 0),
+    )?;
     Ok(autodiff::track(out, &shape, &[x], || Op::Narrow {
         axis,
         start,
@@ -141,8 +164,21 @@ pub fn pad_axis(x: &Tensor, axis: usize, start: usize, full: usize) -> Result<Te
     let gpu = x.gpu();
     let out = gpu.zeros(numel(&shape), &shape)?;
     let (outer, _, inner) = split(x.shape(), axis);
-    copy_slices(gpu, x.storage(), &out, outer, len, inner, (len, 0), (full, start))?;
-    Ok(autodiff::track(out, &shape, &[x], || Op::Pad { axis, start, len }))
+    copy_slices(
+        gpu,
+        x.storage(),
+        &out,
+        outer,
+        len,
+        inner,
+        (len, 0),
+        (full, start),
+    )?;
+    Ok(autodiff::track(out, &shape, &[x], || Op::Pad {
+        axis,
+        start,
+        len,
+    }))
 }
 
 /// Writes `x` into `buffer` at `start` along `axis`, in place, and returns the updated buffer
@@ -187,12 +223,24 @@ pub fn write_slice(buffer: &Tensor, x: &Tensor, axis: usize, start: usize) -> Re
 
 /// A per-entry mask along `axis` (ones except zeros in `start..start + len`), broadcastable
 /// against a tensor of `shape`.
-pub(crate) fn slice_mask(gpu: &Gpu, shape: &[usize], axis: usize, start: usize, len: usize) -> Result<Tensor> {
+pub(crate) fn slice_mask(
+    gpu: &Gpu,
+    shape: &[usize],
+    axis: usize,
+    start: usize,
+    len: usize,
+) -> Result<Tensor> {
     let full = shape[axis];
     let mut mshape = vec![1; shape.len()];
     mshape[axis] = full;
     let values: Vec<f32> = (0..full)
-        .map(|i| if i >= start && i < start + len { 0.0 } else { 1.0 })
+        .map(|i| {
+            if i >= start && i < start + len {
+                0.0
+            } else {
+                1.0
+            }
+        })
         .collect();
     Tensor::from_slice(gpu, &values, &mshape)
 }

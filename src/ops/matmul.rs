@@ -238,3 +238,20 @@ pub fn chosen_variant(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Matm
         run(gpu, v, &d, a.storage(), b.storage(), &c)
     })
 }
+
+/// `torch.nn.functional.linear`: `x @ w^T + b` for x [rows, in], w [out, in], b [out].
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let y = matmul_t(x, w, false, true)?;
+    match b {
+        Some(b) => {
+            if b.shape() != [y.shape()[1]] {
+                return Err(Error::shape(
+                    "linear",
+                    format!("bias {:?} for {} outputs", b.shape(), y.shape()[1]),
+                ));
+            }
+            crate::ops::add(&y, b)
+        }
+        None => Ok(y),
+    }
+}

@@ -5,18 +5,26 @@
 pub mod conv;
 pub mod elementwise;
 pub mod layout;
+pub mod loss;
 pub mod matmul;
+pub mod norm;
+pub mod pool;
 pub mod reduce;
+pub mod resample;
 pub mod shape;
 
+pub use conv::{conv2d, conv_transpose2d};
 pub use elementwise::{
     add, add_scalar, binary, broadcast_shapes, div, exp, expand, ge_scalar, gt_scalar, log,
     lt_scalar, mul, mul_scalar, neg, relu, sigmoid, sub, unary, where_, BinaryOp, UnaryOp,
 };
-pub use conv::{conv2d, conv_transpose2d};
 pub use layout::{concat, narrow, pad_axis, write_slice};
-pub use matmul::{matmul, matmul_t, matmul_with, MatmulVariant};
+pub use loss::{binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy};
+pub use matmul::{linear, matmul, matmul_t, matmul_with, MatmulVariant};
+pub use norm::{batch_norm2d, BatchNormConfig};
+pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};
 pub use reduce::{mean, mean_all, sum, sum_all, sum_to};
+pub use resample::{upsample_bilinear2d, upsample_nearest2d, Interpolation};
 pub use shape::reshape;
 
 /// Packs up to 8 dims into the `array<vec4<u32>, 2>` layout the shaders read.

@@ -338,7 +338,8 @@ pub fn cpu_conv_transpose2d(
                                     continue;
                                 }
                                 let wv = w[((c * co + o) * kh + ky) * kw + kx] as f64;
-                                acc[((b_ * co + o) * oh + oy as usize) * ow + ox as usize] += xv * wv;
+                                acc[((b_ * co + o) * oh + oy as usize) * ow + ox as usize] +=
+                                    xv * wv;
                             }
                         }
                     }
@@ -352,4 +353,129 @@ pub fn cpu_conv_transpose2d(
         }
     }
     (acc.into_iter().map(|v| v as f32).collect(), [n, co, oh, ow])
+}
+
+/// Batch norm on the CPU (f64). Training: batch statistics and updated running ones
+/// (unbiased variance); eval: running statistics. Returns (y, new running mean, new running var).
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_batch_norm(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    gamma: &[f32],
+    beta: &[f32],
+    rm: &[f32],
+    rv: &[f32],
+    training: bool,
+    momentum: f64,
+    eps: f64,
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let hw = h * w;
+    let m = (n * hw) as f64;
+    let mut y = vec![0f32; x.len()];
+    let (mut nrm, mut nrv) = (rm.to_vec(), rv.to_vec());
+    for ch in 0..c {
+        let vals: Vec<f64> = (0..n)
+            .flat_map(|b| (0..hw).map(move |p| (b, p)))
+            .map(|(b, p)| x[(b * c + ch) * hw + p] as f64)
+            .collect();
+        let (mean, var) = if training {
+            let mean = vals.iter().sum::<f64>() / m;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
+            nrm[ch] = ((1.0 - momentum) * rm[ch] as f64 + momentum * mean) as f32;
+            nrv[ch] = ((1.0 - momentum) * rv[ch] as f64 + momentum * var * m / (m - 1.0)) as f32;
+            (mean, var)
+        } else {
+            (rm[ch] as f64, rv[ch] as f64)
+        };
+        for b in 0..n {
+            for p in 0..hw {
+                let i = (b * c + ch) * hw + p;
+                let mut v =
+                    (x[i] as f64 - mean) / (var + eps).sqrt() * gamma[ch] as f64 + beta[ch] as f64;
+                if relu {
+                    v = v.max(0.0);
+                }
+                y[i] = v as f32;
+            }
+        }
+    }
+    (y, nrm, nrv)
+}
+
+/// Max (is_max) or average pooling on the CPU, PyTorch semantics.
+pub fn cpu_pool(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    k: usize,
+    s: usize,
+    p: usize,
+    is_max: bool,
+) -> (Vec<f32>, [usize; 4]) {
+    let oh = (h + 2 * p - k) / s + 1;
+    let ow = (w + 2 * p - k) / s + 1;
+    let mut out = vec![0f32; n * c * oh * ow];
+    for pl in 0..n * c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut best = f32::NEG_INFINITY;
+                let mut sum = 0f64;
+                for ky in 0..k {
+                    for kx in 0..k {
+                        let iy = (oy * s + ky) as isize - p as isize;
+                        let ix = (ox * s + kx) as isize - p as isize;
+                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                            continue;
+                        }
+                        let v = x[pl * h * w + iy as usize * w + ix as usize];
+                        best = best.max(v);
+                        sum += v as f64;
+                    }
+                }
+                let hs = (oy * s) as isize - p as isize;
+                let ws = (ox * s) as isize - p as isize;
+                let he = (hs + k as isize).min((h + p) as isize);
+                let we = (ws + k as isize).min((w + p) as isize);
+                let div = ((he - hs) * (we - ws)) as f64;
+                out[(pl * oh + oy) * ow + ox] = if is_max { best } else { (sum / div) as f32 };
+            }
+        }
+    }
+    (out, [n, c, oh, ow])
+}
+
+/// `interpolate(x, size, mode, align_corners=False)` on the CPU, following PyTorch's
+/// formulas (source coordinates in f32).
+pub fn cpu_upsample(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    [oh, ow]: [usize; 2],
+    bilinear: bool,
+) -> Vec<f32> {
+    let taps = |j: usize, in_len: usize, out_len: usize| -> (usize, usize, f32, f32) {
+        let scale = in_len as f32 / out_len as f32;
+        if !bilinear {
+            let i = ((j as f32 * scale).floor() as usize).min(in_len - 1);
+            return (i, i, 1.0, 0.0);
+        }
+        let s = ((j as f32 + 0.5) * scale - 0.5).max(0.0);
+        let i0 = (s as usize).min(in_len - 1);
+        let i1 = (i0 + 1).min(in_len - 1);
+        let l1 = s - i0 as f32;
+        (i0, i1, 1.0 - l1, l1)
+    };
+    let mut out = vec![0f32; n * c * oh * ow];
+    for pl in 0..n * c {
+        for y in 0..oh {
+            let (y0, y1, a0, a1) = taps(y, h, oh);
+            for x_ in 0..ow {
+                let (x0, x1, b0, b1) = taps(x_, w, ow);
+                let v = |yy: usize, xx: usize| x[pl * h * w + yy * w + xx] as f64;
+                let r = a0 as f64 * (b0 as f64 * v(y0, x0) + b1 as f64 * v(y0, x1))
+                    + a1 as f64 * (b0 as f64 * v(y1, x0) + b1 as f64 * v(y1, x1));
+                out[(pl * oh + y) * ow + x_] = r as f32;
+            }
+        }
+    }
+    out
 }

@@ -1,0 +1,168 @@
+//! Losses (`shaders/loss.wgsl`), each the mean over all elements as in PyTorch's default
+//! `reduction="mean"`: softmax cross-entropy with integer labels, binary cross-entropy on
+//! probabilities (logs clamped at -100), and binary cross-entropy with logits.
+
+use crate::autodiff::{self, Op};
+use crate::error::{Error, Result};
+use crate::gpu::Kernel;
+use crate::ops::mean_all;
+use crate::shaders::LOSS;
+use crate::tensor::Tensor;
+
+/// Per-row softmax cross-entropy of `logits` [rows, k] against integer `labels` [rows] given
+/// as a tensor of exact integers.
+pub fn cross_entropy_rows(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+    let op = "cross_entropy";
+    let (&[rows, k], &[lr]) = (logits.shape(), labels.shape()) else {
+        return Err(Error::shape(
+            op,
+            format!(
+                "expects logits [rows, classes] and labels [rows], got {:?} and {:?}",
+                logits.shape(),
+                labels.shape()
+            ),
+        ));
+    };
+    if lr != rows || k == 0 {
+        return Err(Error::shape(
+            op,
+            format!("{rows} rows of logits but {lr} labels"),
+        ));
+    }
+    let gpu = logits.gpu();
+    let loss = gpu.alloc(rows, &[rows])?;
+    let probs = gpu.alloc(rows * k, &[rows, k])?;
+    gpu.dispatch(
+        &Kernel::new(&LOSS, "ce_fwd"),
+        &[rows as u32, k as u32, 0, 0],
+        &[&loss, &probs],
+        &[logits.storage(), labels.storage()],
+        gpu.grid(rows.div_ceil(256)),
+    )?;
+    let probs = Tensor::from_storage(std::sync::Arc::new(probs), &[rows, k], false);
+    Ok(autodiff::track(loss, &[rows], &[logits], || {
+        Op::CrossEntropy {
+            probs,
+            labels: labels.detach(),
+        }
+    }))
+}
+
+/// Mean softmax cross-entropy (`torch.nn.functional.cross_entropy`) of `logits` [rows, k]
+/// against class indices. A label outside 0..k is an error naming it.
+pub fn cross_entropy(logits: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    let k = logits.shape().get(1).copied().unwrap_or(0);
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= k) {
+        return Err(Error::shape(
+            "cross_entropy",
+            format!("label {l} of row {i} is outside the {k} classes"),
+        ));
+    }
+    let values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+    let labels = Tensor::from_slice(logits.gpu(), &values, &[labels.len()])?;
+    mean_all(&cross_entropy_rows(logits, &labels)?)
+}
+
+fn elementwise(
+    op: &'static str,
+    entry: &'static str,
+    x: &Tensor,
+    t: &Tensor,
+) -> Result<crate::gpu::Storage> {
+    if x.shape() != t.shape() {
+        return Err(Error::shape(
+            op,
+            format!("input {:?} and target {:?} differ", x.shape(), t.shape()),
+        ));
+    }
+    let gpu = x.gpu();
+    let n = x.numel();
+    let out = gpu.alloc(n, x.shape())?;
+    gpu.dispatch(
+        &Kernel::new(&LOSS, entry),
+        &[n as u32, 0, 0, 0],
+        &[&out],
+        &[x.storage(), t.storage()],
+        gpu.grid(n.div_ceil(256)),
+    )?;
+    Ok(out)
+}
+
+/// Element-wise binary cross-entropy on probabilities `p` against `target` (a constant: no
+/// gradient flows to it).
+pub fn bce_elementwise(p: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let out = elementwise("binary_cross_entropy", "bce_fwd", p, target)?;
+    Ok(autodiff::track(out, p.shape(), &[p], || Op::Bce {
+        p: p.clone(),
+        target: target.detach(),
+        logits: false,
+    }))
+}
+
+/// Element-wise binary cross-entropy with logits `z` against `target` (a constant).
+pub fn bce_with_logits_elementwise(z: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let out = elementwise("binary_cross_entropy_with_logits", "bcel_fwd", z, target)?;
+    Ok(autodiff::track(out, z.shape(), &[z], || Op::Bce {
+        p: z.clone(),
+        target: target.detach(),
+        logits: true,
+    }))
+}
+
+/// `torch.nn.functional.binary_cross_entropy(p, target)`: mean over all elements, logs
+/// clamped at -100.
+pub fn binary_cross_entropy(p: &Tensor, target: &Tensor) -> Result<Tensor> {
+    mean_all(&bce_elementwise(p, target)?)
+}
+
+/// `torch.nn.functional.binary_cross_entropy_with_logits(z, target)`: mean over all elements.
+pub fn binary_cross_entropy_with_logits(z: &Tensor, target: &Tensor) -> Result<Tensor> {
+    mean_all(&bce_with_logits_elementwise(z, target)?)
+}
+
+/// Gradient of the per-row cross-entropy with respect to the logits.
+pub(crate) fn cross_entropy_backward(
+    probs: &Tensor,
+    labels: &Tensor,
+    gy: &Tensor,
+) -> Result<Tensor> {
+    let (rows, k) = (probs.shape()[0], probs.shape()[1]);
+    let gpu = probs.gpu();
+    let dx = gpu.alloc(rows * k, &[rows, k])?;
+    gpu.dispatch(
+        &Kernel::new(&LOSS, "ce_bwd"),
+        &[rows as u32, k as u32, 0, 0],
+        &[&dx],
+        &[gy.storage(), probs.storage(), labels.storage()],
+        gpu.grid((rows * k).div_ceil(256)),
+    )?;
+    Ok(Tensor::from_storage(
+        std::sync::Arc::new(dx),
+        &[rows, k],
+        false,
+    ))
+}
+
+/// Gradient of the element-wise BCE (on probabilities or logits) with respect to its input.
+pub(crate) fn bce_backward(
+    x: &Tensor,
+    target: &Tensor,
+    logits: bool,
+    gy: &Tensor,
+) -> Result<Tensor> {
+    let gpu = x.gpu();
+    let n = x.numel();
+    let dx = gpu.alloc(n, x.shape())?;
+    gpu.dispatch(
+        &Kernel::new(&LOSS, if logits { "bcel_bwd" } else { "bce_bwd" }),
+        &[n as u32, 0, 0, 0],
+        &[&dx],
+        &[x.storage(), target.storage(), gy.storage()],
+        gpu.grid(n.div_ceil(256)),
+    )?;
+    Ok(Tensor::from_storage(
+        std::sync::Arc::new(dx),
+        x.shape(),
+        false,
+    ))
+}

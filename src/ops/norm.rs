@@ -1,0 +1,190 @@
+//! Batch normalisation (`shaders/batchnorm.wgsl`), `torch.nn.functional.batch_norm` for NCHW
+//! input, with an optional fused ReLU.
+
+use crate::autodiff::{self, Op};
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernel, Storage};
+use crate::shaders::BATCHNORM;
+use crate::tensor::Tensor;
+
+/// Settings of one batch-norm call (PyTorch defaults: momentum 0.1, eps 1e-5).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchNormConfig {
+    /// Normalise with batch statistics (and update the running ones) instead of the running
+    /// statistics.
+    pub training: bool,
+    pub momentum: f32,
+    pub eps: f32,
+    /// Apply ReLU to the output in the same kernel (DenseNet's norm + relu).
+    pub relu: bool,
+}
+
+impl Default for BatchNormConfig {
+    fn default() -> Self {
+        BatchNormConfig {
+            training: true,
+            momentum: 0.1,
+            eps: 1e-5,
+            relu: false,
+        }
+    }
+}
+
+fn params(n: usize, c: usize, hw: usize, cfg: &BatchNormConfig) -> [u32; 12] {
+    [
+        n as u32,
+        c as u32,
+        hw as u32,
+        c as u32,
+        0,
+        cfg.training as u32,
+        cfg.relu as u32,
+        0,
+        cfg.eps.to_bits(),
+        cfg.momentum.to_bits(),
+        0,
+        0,
+    ]
+}
+
+/// `batch_norm(x, running_mean, running_var, gamma, beta, training, momentum, eps)`, then ReLU
+/// if `cfg.relu`. In training the running statistics, if given, are updated in place (running
+/// variance unbiased, as PyTorch); in eval they are required.
+pub fn batch_norm2d(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running: Option<(&Tensor, &Tensor)>,
+    cfg: BatchNormConfig,
+) -> Result<Tensor> {
+    let op = "batch_norm2d";
+    let [n, c, h, w] = x.dims4(op)?;
+    for (name, t) in [("weight", gamma), ("bias", beta)].into_iter().chain(
+        running
+            .iter()
+            .flat_map(|(m, v)| [("running_mean", *m), ("running_var", *v)]),
+    ) {
+        if t.shape() != [c] {
+            return Err(Error::shape(
+                op,
+                format!("{name} has shape {:?}, expected [{c}]", t.shape()),
+            ));
+        }
+    }
+    let hw = h * w;
+    if cfg.training && n * hw < 2 {
+        return Err(Error::shape(
+            op,
+            format!(
+                "training needs more than one value per channel, got input {:?}",
+                x.shape()
+            ),
+        ));
+    }
+    let gpu = x.gpu();
+    let p = params(n, c, hw, &cfg);
+    let stats = gpu.alloc(3 * c, &[3, c])?;
+    if cfg.training {
+        gpu.dispatch(
+            &Kernel::new(&BATCHNORM, "stats"),
+            &p,
+            &[&stats],
+            &[x.storage()],
+            [c as u32, 1, 1],
+        )?;
+        if let Some((rm, rv)) = running {
+            gpu.dispatch(
+                &Kernel::new(&BATCHNORM, "update_running"),
+                &p,
+                &[rm.storage(), rv.storage()],
+                &[&stats],
+                [c.div_ceil(64) as u32, 1, 1],
+            )?;
+        }
+    } else {
+        let (rm, rv) = running
+            .ok_or_else(|| Error::shape(op, "eval mode needs running_mean and running_var"))?;
+        gpu.dispatch(
+            &Kernel::new(&BATCHNORM, "eval_stats"),
+            &p,
+            &[&stats],
+            &[rm.storage(), rv.storage()],
+            [c.div_ceil(64) as u32, 1, 1],
+        )?;
+    }
+    let out = gpu.alloc(x.numel(), x.shape())?;
+    gpu.dispatch(
+        &Kernel::new(&BATCHNORM, "apply"),
+        &p,
+        &[&out],
+        &[x.storage(), &stats, gamma.storage(), beta.storage()],
+        gpu.grid(x.numel().div_ceil(256)),
+    )?;
+    let stats = Tensor::from_storage(std::sync::Arc::new(stats), &[3, c], false);
+    Ok(autodiff::track(out, x.shape(), &[x, gamma, beta], || {
+        Op::BatchNorm2d {
+            x: x.clone(),
+            gamma: gamma.clone(),
+            beta: beta.clone(),
+            stats,
+            cfg,
+        }
+    }))
+}
+
+/// Gradients of (x, gamma, beta) of `batch_norm2d` given the output gradient `gy`.
+pub(crate) fn batch_norm2d_backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    stats: &Tensor,
+    cfg: &BatchNormConfig,
+    gy: &Tensor,
+    want_x: bool,
+) -> Result<[Option<Tensor>; 3]> {
+    let gpu: &Gpu = x.gpu();
+    let [n, c, h, w] = x.dims4("batch_norm2d backward")?;
+    let p = params(n, c, h * w, cfg);
+    let dgamma = gpu.alloc(c, &[c])?;
+    let dbeta = gpu.alloc(c, &[c])?;
+    gpu.dispatch(
+        &Kernel::new(&BATCHNORM, "bwd_reduce"),
+        &p,
+        &[&dgamma, &dbeta],
+        &[
+            x.storage(),
+            gy.storage(),
+            stats.storage(),
+            gamma.storage(),
+            beta.storage(),
+        ],
+        [c as u32, 1, 1],
+    )?;
+    let dx = if want_x {
+        let dx: Storage = gpu.alloc(x.numel(), x.shape())?;
+        gpu.dispatch(
+            &Kernel::new(&BATCHNORM, "bwd_apply"),
+            &p,
+            &[&dx],
+            &[
+                x.storage(),
+                gy.storage(),
+                stats.storage(),
+                gamma.storage(),
+                beta.storage(),
+                &dgamma,
+                &dbeta,
+            ],
+            gpu.grid(x.numel().div_ceil(256)),
+        )?;
+        Some(Tensor::from_storage(
+            std::sync::Arc::new(dx),
+            x.shape(),
+            false,
+        ))
+    } else {
+        None
+    };
+    let wrap = |s| Tensor::from_storage(std::sync::Arc::new(s), &[c], false);
+    Ok([dx, Some(wrap(dgamma)), Some(wrap(dbeta))])
+}

@@ -1,0 +1,129 @@
+//! Layer 5: optimisers. Adam with PyTorch's semantics and defaults, as one GPU kernel per
+//! parameter that updates the parameter and its moment estimates in place
+//! (`shaders/optim.wgsl`).
+
+use crate::autodiff::Grads;
+use crate::error::{Error, Result};
+use crate::gpu::Kernel;
+use crate::shaders::OPTIM;
+use crate::tensor::Tensor;
+
+/// Adam hyper-parameters (`torch.optim.Adam` defaults except the learning rate, which the
+/// paper sets to 1e-4).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// L2 penalty added to the gradient (Adam's, not AdamW's, weight decay).
+    pub weight_decay: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+struct Slot {
+    param: Tensor,
+    m: Tensor,
+    v: Tensor,
+    step: u64,
+}
+
+/// Adam over a fixed list of parameters (leaf tensors that require a gradient).
+pub struct Adam {
+    pub config: AdamConfig,
+    slots: Vec<Slot>,
+}
+
+impl Adam {
+    /// Moment estimates start at zero, as in PyTorch.
+    pub fn new(params: &[Tensor], config: AdamConfig) -> Result<Adam> {
+        let slots = params
+            .iter()
+            .map(|p| {
+                if !p.requires_grad() {
+                    return Err(Error::Autodiff(format!(
+                        "Adam: parameter {p:?} does not require a gradient"
+                    )));
+                }
+                Ok(Slot {
+                    param: p.clone(),
+                    m: Tensor::zeros(p.gpu(), p.shape())?,
+                    v: Tensor::zeros(p.gpu(), p.shape())?,
+                    step: 0,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Adam { config, slots })
+    }
+
+    /// One update of every parameter that received a gradient (others are skipped and keep
+    /// their step count, as PyTorch skips parameters whose `.grad` is None).
+    pub fn step(&mut self, grads: &Grads) -> Result<()> {
+        let c = self.config;
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(&slot.param) else {
+                continue;
+            };
+            if g.shape() != slot.param.shape() {
+                return Err(Error::shape(
+                    "Adam",
+                    format!(
+                        "gradient {:?} for parameter {:?}",
+                        g.shape(),
+                        slot.param.shape()
+                    ),
+                ));
+            }
+            slot.step += 1;
+            let t = slot.step as i32;
+            let bc1 = 1.0 - c.beta1.powi(t);
+            let bc2 = 1.0 - c.beta2.powi(t);
+            let n = slot.param.numel();
+            let f = |v: f64| (v as f32).to_bits();
+            let params = [
+                n as u32,
+                0,
+                0,
+                0,
+                f(c.lr / bc1),
+                f(c.beta1),
+                f(c.beta2),
+                f(c.eps),
+                f(c.weight_decay),
+                f(bc2.sqrt()),
+                0,
+                0,
+            ];
+            let gpu = slot.param.gpu();
+            gpu.dispatch(
+                &Kernel::new(&OPTIM, "adam"),
+                &params,
+                &[slot.param.storage(), slot.m.storage(), slot.v.storage()],
+                &[g.storage()],
+                gpu.grid(n.div_ceil(256)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The parameters, in the order given.
+    pub fn params(&self) -> impl Iterator<Item = &Tensor> {
+        self.slots.iter().map(|s| &s.param)
+    }
+
+    /// First and second moment estimates and step count of parameter `i` (for checkpoints).
+    pub fn state(&self, i: usize) -> Option<(&Tensor, &Tensor, u64)> {
+        self.slots.get(i).map(|s| (&s.m, &s.v, s.step))
+    }
+}
