@@ -91,18 +91,26 @@ fn fwd(@builtin(global_invocation_id) gid: vec3<u32>) {
 // oy = (iy + p - ky) / s and ox = (ix + p - kx) / s integral and in range of
 // src[n, co, oy, ox] * w[co, ci, ky, kx]. Here src is the output gradient [n, co, oh, ow],
 // out is [n, ci, h, w], and wt = weights as [co*kh*kw, cpad] (cpad = ci rounded up to 8).
-// Invocation: 8 input channels x 4 consecutive input columns.
+// Invocation: 8 input channels x 4 input columns of one phase r (ix = r + s * (4b + j)), so
+// that for every kx the four columns are all valid or all skipped together: with stride s
+// only the taps ky = (iy + p) mod s, kx = (r + p) mod s (step s) are visited, instead of
+// masking s*s - 1 of every s*s taps.
 @compute @workgroup_size(64)
 fn dgrad(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let wb = (P.w + 3u) / 4u;
+    let s = P.stride;
+    let per_phase = (P.w + s - 1u) / s;    // columns of the widest phase
+    let nb = (per_phase + 3u) / 4u;        // blocks of 4 per phase
+    let row_blocks = s * nb;
     let pb = gid.x;
-    if (pb >= P.n * P.h * wb) {
+    if (pb >= P.n * P.h * row_blocks) {
         return;
     }
-    let n = pb / (P.h * wb);
-    let rem = pb % (P.h * wb);
-    let iy = rem / wb;
-    let ix0 = (rem % wb) * 4u;
+    let n = pb / (P.h * row_blocks);
+    let rem = pb % (P.h * row_blocks);
+    let iy = rem / row_blocks;
+    let r = (rem % row_blocks) / nb;
+    let b = (rem % row_blocks) % nb;
+    let ix0 = r + s * 4u * b;              // first column; column j is ix0 + s * j
     let ci0 = gid.y * 8u;
     let cq = P.cpad / 4u;
     var acc0: array<vec4<f32>, 4>;
@@ -112,22 +120,26 @@ fn dgrad(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc1[j] = vec4<f32>(0.0);
     }
     let oplane = P.oh * P.ow;
-    let s = i32(P.stride);
+    let ky0 = (iy + P.pad) % s;
+    let kx0 = (r + P.pad) % s;
     for (var co = 0u; co < P.co; co = co + 1u) {
         let base = (n * P.src_c_total + P.src_c_off + co) * oplane;
-        for (var ky = 0u; ky < P.kh; ky = ky + 1u) {
+        for (var ky = ky0; ky < P.kh; ky = ky + s) {
             let ny = i32(iy + P.pad) - i32(ky);
-            let oy = ny / s;
-            let row_ok = ny >= 0 && ny % s == 0 && oy < i32(P.oh);
-            let row = base + u32(clamp(oy, 0, i32(P.oh) - 1)) * P.ow;
-            for (var kx = 0u; kx < P.kw; kx = kx + 1u) {
+            let oy = ny / i32(s);
+            if (ny < 0 || oy >= i32(P.oh)) {
+                continue;
+            }
+            let row = base + u32(oy) * P.ow;
+            for (var kx = kx0; kx < P.kw; kx = kx + s) {
                 let k = (co * P.kh + ky) * P.kw + kx;
                 let w0 = wt[k * cq + ci0 / 4u];
                 let w1 = wt[k * cq + ci0 / 4u + 1u];
+                // ox for column j: (ix0 + p - kx) / s + j, an exact division by the choice of kx.
+                let ox0 = (i32(ix0 + P.pad) - i32(kx)) / i32(s);
                 for (var j = 0u; j < 4u; j = j + 1u) {
-                    let nx = i32(ix0 + j + P.pad) - i32(kx);
-                    let ox = nx / s;
-                    let ok = row_ok && nx >= 0 && nx % s == 0 && ox < i32(P.ow);
+                    let ox = ox0 + i32(j);
+                    let ok = ox >= 0 && ox < i32(P.ow) && ix0 + s * j < P.w;
                     let v = select(0.0, src[row + u32(clamp(ox, 0, i32(P.ow) - 1))], ok);
                     acc0[j] = fma(vec4<f32>(v), w0, acc0[j]);
                     acc1[j] = fma(vec4<f32>(v), w1, acc1[j]);
@@ -138,17 +150,16 @@ fn dgrad(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var c = 0u; c < 8u; c = c + 1u) {
         let ci = ci0 + c;
         if (ci < P.ci) {
-            let b = bias[ci];
             let obase = ((n * P.dst_c_total + P.dst_c_off + ci) * P.h + iy) * P.w;
             for (var j = 0u; j < 4u; j = j + 1u) {
-                if (ix0 + j < P.w) {
+                if (ix0 + s * j < P.w) {
                     var v: f32;
                     if (c < 4u) {
                         v = acc0[j][c];
                     } else {
                         v = acc1[j][c - 4u];
                     }
-                    out[obase + ix0 + j] = v + b;
+                    out[obase + ix0 + s * j] = v + bias[ci];
                 }
             }
         }

@@ -7,7 +7,7 @@ use apga_gpu::ops;
 use common::*;
 
 /// (n, ci, h, w, co, k, stride, pad)
-const CONVS: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+const CONVS: &[ConvCase] = &[
     (1, 1, 5, 5, 1, 3, 1, 1),
     (2, 3, 7, 9, 5, 3, 1, 1),
     (2, 3, 11, 9, 10, 7, 2, 3), // DenseNet stem shape, odd input
@@ -55,17 +55,7 @@ fn conv2d_matches_cpu() {
 }
 
 /// (n, ci, h, w, co, k, stride, pad, output_padding)
-const TCONVS: &[(
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-)] = &[
+const TCONVS: &[ConvTCase] = &[
     (1, 3, 4, 4, 2, 3, 2, 1, 1), // UNet11 decoder geometry
     (2, 5, 3, 5, 9, 3, 2, 1, 1),
     (1, 2, 5, 4, 3, 3, 1, 1, 0),

@@ -343,7 +343,7 @@ fn grad_composite_mlp() {
 }
 
 /// (n, ci, h, w, co, k, stride, pad): odd sizes, stride 2 on odd inputs, 1x1, 7x7 stem-like.
-const CONVS: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+const CONVS: &[ConvCase] = &[
     (1, 2, 5, 5, 3, 3, 1, 1),
     (2, 3, 7, 5, 5, 3, 2, 1),
     (2, 5, 4, 3, 9, 1, 1, 0),

@@ -257,7 +257,7 @@ fn adam_matches_torch_optim_adam() {
         let weight_decay: f64 = f.meta["weight_decay"].parse().unwrap();
         let w = f.t("w0").with_grad();
         let mut adam = optim::Adam::new(
-            &[w.clone()],
+            std::slice::from_ref(&w),
             optim::AdamConfig {
                 lr,
                 weight_decay,

@@ -163,7 +163,8 @@ pub(crate) fn dgrad_into(
 ) -> Result<()> {
     let gpu = w.gpu();
     let wt = relayout_weight(w, true)?;
-    let pixel_blocks = g.n * g.h * g.w.div_ceil(4);
+    // Blocks of 4 columns of one phase (ix mod stride), `stride` phases per row.
+    let pixel_blocks = g.n * g.h * g.stride * g.w.div_ceil(g.stride).div_ceil(4);
     let wg = [pixel_blocks.div_ceil(64) as u32, g.ci.div_ceil(8) as u32, 1];
     check_groups(gpu, "conv2d input gradient", g, wg)?;
     gpu.dispatch(
@@ -377,7 +378,7 @@ pub fn conv_transpose2d(
 }
 
 /// Backward of conv2d: gradients of (x, w, b) given the output gradient `gy`.
-pub(crate) fn conv2d_backward(
+pub fn conv2d_backward(
     g: &ConvGeom,
     x: &Tensor,
     w: &Tensor,
@@ -427,7 +428,7 @@ pub(crate) fn conv2d_backward(
 }
 
 /// Backward of conv_transpose2d (geometry `g` as built by `conv_transpose2d`).
-pub(crate) fn conv_transpose2d_backward(
+pub fn conv_transpose2d_backward(
     g: &ConvGeom,
     x: &Tensor,
     w: &Tensor,

@@ -133,7 +133,7 @@ pub fn batch_norm2d(
 }
 
 /// Gradients of (x, gamma, beta) of `batch_norm2d` given the output gradient `gy`.
-pub(crate) fn batch_norm2d_backward(
+pub fn batch_norm2d_backward(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,

@@ -479,3 +479,18 @@ pub fn cpu_upsample(
     }
     out
 }
+
+/// A convolution case: (n, ci, h, w, co, k, stride, pad).
+pub type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
+/// A transposed-convolution case: (n, ci, h, w, co, k, stride, pad, output_padding).
+pub type ConvTCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+);
