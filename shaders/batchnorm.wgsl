@@ -202,3 +202,21 @@ fn bwd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     dx_out[i] = g * invstd * d;
 }
+
+// ---- scale and shift of the normalisation, for a convolution prologue (one per channel) ----
+// affine = [gamma * invstd; beta - mean * gamma * invstd]
+@group(0) @binding(1) var<storage, read_write> affine_out: array<f32>;
+@group(0) @binding(2) var<storage, read> stats_d: array<f32>;
+@group(0) @binding(3) var<storage, read> gamma_d: array<f32>;
+@group(0) @binding(4) var<storage, read> beta_d: array<f32>;
+
+@compute @workgroup_size(64)
+fn affine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= P.c) {
+        return;
+    }
+    let scale = gamma_d[c] * stats_d[P.c + c];
+    affine_out[c] = scale;
+    affine_out[P.c + c] = beta_d[c] - stats_d[c] * scale;
+}

@@ -23,6 +23,19 @@ struct Params {
 @group(0) @binding(2) var<storage, read> src: array<f32>;
 @group(0) @binding(3) var<storage, read> wt: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
+// Optional prologue (fwd only): the input is read as relu(x * affine[c] + affine[C + c]), the
+// batch norm + ReLU that precedes every DenseNet convolution, so the normalised activations
+// are never stored. `affine` holds [scale; shift] per input channel.
+@group(0) @binding(5) var<storage, read> affine: array<f32>;
+override PROLOGUE: bool = false;
+
+fn load_in(index: u32, c: u32, ok: bool) -> f32 {
+    let v = src[index];
+    if (PROLOGUE) {
+        return select(0.0, max(v * affine[c] + affine[P.ci + c], 0.0), ok);
+    }
+    return select(0.0, v, ok);
+}
 
 // Forward: out[n, co, oy, ox] = bias[co] + sum_{ci,ky,kx} w[co, ci, ky, kx] *
 // src[n, ci, oy*s - p + ky, ox*s - p + kx]. Invocation: 8 output channels x 4 consecutive
@@ -60,7 +73,7 @@ fn fwd(@builtin(global_invocation_id) gid: vec3<u32>) {
                 for (var j = 0u; j < 4u; j = j + 1u) {
                     let ix = i32((ox0 + j) * P.stride + kx) - i32(P.pad);
                     let ok = row_ok && ix >= 0 && ix < i32(P.w);
-                    let v = select(0.0, src[row + u32(clamp(ix, 0, i32(P.w) - 1))], ok);
+                    let v = load_in(row + u32(clamp(ix, 0, i32(P.w) - 1)), ci, ok);
                     acc0[j] = fma(vec4<f32>(v), w0, acc0[j]);
                     acc1[j] = fma(vec4<f32>(v), w1, acc1[j]);
                 }

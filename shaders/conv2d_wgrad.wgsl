@@ -19,6 +19,10 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 @group(0) @binding(2) var<storage, read> src: array<f32>;
 @group(0) @binding(3) var<storage, read> dy: array<f32>;
+// Optional prologue: the input is read as relu(x * affine[c] + affine[ci + c]) (a fused
+// batch norm + ReLU before the convolution; see conv2d.wgsl).
+@group(0) @binding(4) var<storage, read> affine: array<f32>;
+override PROLOGUE: bool = false;
 
 // Weight gradient: partial[chunk, co, k] = sum over the rows (n, oy) of the chunk and every
 // ox of dy[n, co, oy, ox] * src[n, ci, oy*s - p + ky, ox*s - p + kx], k = (ci, ky, kx).
@@ -38,6 +42,7 @@ fn wgrad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let r1 = min(rows, r0 + P.rows_per_chunk);
     // Per column j: input-plane offset (channel ci), kernel offsets ky, kx.
     var cbase: array<u32, 4>;
+    var chan: array<u32, 4>;
     var kyj: array<i32, 4>;
     var kxj: array<i32, 4>;
     var kvalid: array<bool, 4>;
@@ -46,6 +51,7 @@ fn wgrad(@builtin(global_invocation_id) gid: vec3<u32>) {
         kvalid[j] = k0 + j < ktot;
         let ci = k / kk;
         cbase[j] = P.src_c_off + ci;
+        chan[j] = ci;
         kyj[j] = i32((k % kk) / P.kw) - i32(P.pad);
         kxj[j] = i32(k % P.kw) - i32(P.pad);
     }
@@ -78,7 +84,11 @@ fn wgrad(@builtin(global_invocation_id) gid: vec3<u32>) {
             for (var j = 0u; j < 4u; j = j + 1u) {
                 let ix = i32(ox * P.stride) + kxj[j];
                 let ok = rok[j] && ix >= 0 && ix < i32(P.w);
-                xv[j] = select(0.0, src[xrow[j] + u32(clamp(ix, 0, i32(P.w) - 1))], ok);
+                var v = src[xrow[j] + u32(clamp(ix, 0, i32(P.w) - 1))];
+                if (PROLOGUE) {
+                    v = max(v * affine[chan[j]] + affine[P.ci + chan[j]], 0.0);
+                }
+                xv[j] = select(0.0, v, ok);
             }
             for (var i = 0u; i < 4u; i = i + 1u) {
                 acc[i] = fma(vec4<f32>(dy[drow[i] + ox]), xv, acc[i]);

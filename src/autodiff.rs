@@ -105,6 +105,8 @@ pub enum Op {
         target: Tensor,
         logits: bool,
     },
+    /// Fused batch norm + ReLU + convolution on a channel prefix; inputs (x, gamma, beta, w).
+    BnReluConv2d(Box<ops::fused::BnReluConv>),
     /// Input 1 written in place into input 0 at `start` (`len` entries).
     WriteSlice {
         axis: usize,
@@ -257,6 +259,7 @@ impl Op {
                 stats,
                 cfg,
             } => ops::norm::batch_norm2d_backward(x, gamma, beta, stats, cfg, g, want(0))?.to_vec(),
+            Op::BnReluConv2d(saved) => saved.backward(g, [want(0), want(1), want(2), want(3)])?,
             Op::MaxPool2d { argmax, geom } => {
                 vec![Some(ops::pool::pool_backward(geom, Some(argmax), g)?)]
             }

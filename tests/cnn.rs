@@ -383,3 +383,55 @@ fn linear_matches_cpu() {
     }
     assert_close("linear", &got.to_vec().unwrap(), &want, 1e-5, 1e-5);
 }
+
+#[test]
+fn fused_bn_relu_conv_matches_the_unfused_ops() {
+    let mut r = rng(19);
+    // x has 7 channels of which the first 5 are normalised and convolved (a block prefix).
+    let (n, ct, c, h, w, co) = (2, 7, 5, 6, 5, 3);
+    let x = tensor(&uniform(&mut r, n * ct * h * w, -2.0, 2.0), &[n, ct, h, w]);
+    let gamma = tensor(&uniform(&mut r, c, 0.5, 1.5), &[c]);
+    let beta = tensor(&uniform(&mut r, c, -0.5, 0.5), &[c]);
+    for (k, s, p) in [(1, 1, 0), (3, 1, 1), (3, 2, 1)] {
+        let wt = tensor(&uniform(&mut r, co * c * k * k, -0.5, 0.5), &[co, c, k, k]);
+        for training in [true, false] {
+            let rm1 = tensor(&[0.1; 5], &[c]);
+            let rv1 = tensor(&[1.5; 5], &[c]);
+            let rm2 = tensor(&[0.1; 5], &[c]);
+            let rv2 = tensor(&[1.5; 5], &[c]);
+            let cfg = ops::BatchNormConfig {
+                training,
+                ..Default::default()
+            };
+            let fused =
+                ops::bn_relu_conv2d(&x, c, &gamma, &beta, Some((&rm1, &rv1)), cfg, &wt, s, p)
+                    .unwrap();
+            let slice = ops::narrow(&x, 1, 0, c).unwrap();
+            let bn = ops::batch_norm2d(
+                &slice,
+                &gamma,
+                &beta,
+                Some((&rm2, &rv2)),
+                ops::BatchNormConfig { relu: true, ..cfg },
+            )
+            .unwrap();
+            let unfused = ops::conv2d(&bn, &wt, None, s, p).unwrap();
+            let what = format!("bn_relu_conv k{k} s{s} train {training}");
+            assert_eq!(fused.shape(), unfused.shape());
+            assert_close(
+                &what,
+                &fused.to_vec().unwrap(),
+                &unfused.to_vec().unwrap(),
+                1e-5,
+                1e-5,
+            );
+            assert_close(
+                &format!("{what} running var"),
+                &rv1.to_vec().unwrap(),
+                &rv2.to_vec().unwrap(),
+                1e-7,
+                1e-6,
+            );
+        }
+    }
+}

@@ -599,3 +599,64 @@ fn grad_linear() {
         |t| ops::linear(&t[0], &t[1], Some(&t[2])),
     );
 }
+
+#[test]
+fn grad_fused_bn_relu_conv2d() {
+    // (n, c_total, c_in, h, w, co, k, stride, pad)
+    for (s, &(n, ct, c, h, w, co, k, st, p)) in [
+        (
+            2usize, 5usize, 3usize, 4usize, 3usize, 4usize, 1usize, 1usize, 0usize,
+        ),
+        (2, 3, 3, 5, 4, 2, 3, 1, 1),
+        (1, 4, 2, 5, 5, 3, 3, 2, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        for training in [true, false] {
+            let mut r = rng(2000 + s as u64);
+            let x = uniform(&mut r, n * ct * h * w, -2.0, 2.0);
+            let gamma = uniform(&mut r, c, 0.5, 1.5);
+            let beta = away_from_zero(&mut r, c, 1.0, 2.0);
+            let wt = uniform(&mut r, co * c * k * k, -0.5, 0.5);
+            let rm = tensor(&uniform(&mut r, c, -0.3, 0.3), &[c]);
+            let rv = tensor(&uniform(&mut r, c, 0.5, 1.5), &[c]);
+            let cfg = ops::BatchNormConfig {
+                training,
+                ..Default::default()
+            };
+            GradCheck {
+                eps: 1e-3,
+                atol: 3e-3,
+                rtol: 2e-2,
+                ..Default::default()
+            }
+            .run(
+                &format!(
+                    "bn_relu_conv2d {:?} train {training}",
+                    (n, ct, c, h, w, co, k, st, p)
+                ),
+                &[
+                    (x, vec![n, ct, h, w]),
+                    (gamma, vec![c]),
+                    (beta, vec![c]),
+                    (wt, vec![co, c, k, k]),
+                ],
+                &[true, true, true, true],
+                |t| {
+                    ops::bn_relu_conv2d(
+                        &t[0],
+                        c,
+                        &t[1],
+                        &t[2],
+                        (!training).then_some((&rm, &rv)),
+                        cfg,
+                        &t[3],
+                        st,
+                        p,
+                    )
+                },
+            );
+        }
+    }
+}

@@ -126,7 +126,9 @@ fn bias_storage(gpu: &Gpu, bias: Option<&Tensor>, c: usize) -> Result<std::sync:
     }
 }
 
-/// Forward kernel: `out[:, dst] = conv(src[:, src], w) + bias`.
+/// Forward kernel: `out[:, dst] = conv(src[:, src], w) + bias`; with a `prologue` ([scale;
+/// shift] per input channel) the input is read as relu(x * scale + shift).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn fwd_into(
     g: &ConvGeom,
     x: &Storage,
@@ -135,17 +137,19 @@ pub(crate) fn fwd_into(
     bias: &Storage,
     out: &Storage,
     dst: Slice,
+    prologue: Option<&Storage>,
 ) -> Result<()> {
     let gpu = w.gpu();
     let wt = relayout_weight(w, false)?;
     let pixel_blocks = g.n * g.oh * g.ow.div_ceil(4);
     let wg = [pixel_blocks.div_ceil(64) as u32, g.co.div_ceil(8) as u32, 1];
     check_groups(gpu, "conv2d", g, wg)?;
+    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
     gpu.dispatch(
-        &Kernel::new(&CONV2D, "fwd"),
+        &Kernel::new(&CONV2D, "fwd").with(&constants),
         &params(g, round8(g.co), src, dst, 0),
         &[out],
-        &[x, &wt, bias],
+        &[x, &wt, bias, prologue.unwrap_or(bias)],
         wg,
     )
 }
@@ -171,13 +175,13 @@ pub(crate) fn dgrad_into(
         &Kernel::new(&CONV2D, "dgrad"),
         &params(g, round8(g.ci), src, dst, 0),
         &[out],
-        &[dy, &wt, bias],
+        &[dy, &wt, bias, bias],
         wg,
     )
 }
 
 /// Weight gradient [co, ci, kh, kw] of a convolution of geometry `g` from its input `x` and
-/// output gradient `dy`.
+/// output gradient `dy`; `prologue` as in `fwd_into`.
 pub(crate) fn wgrad(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -185,6 +189,7 @@ pub(crate) fn wgrad(
     src: Slice,
     dy: &Storage,
     dys: Slice,
+    prologue: Option<&Storage>,
 ) -> Result<Tensor> {
     let ktot = g.ci * g.kh * g.kw;
     let rows = g.n * g.oh;
@@ -203,11 +208,12 @@ pub(crate) fn wgrad(
         chunks as u32,
     ];
     check_groups(gpu, "conv2d weight gradient", g, wg)?;
+    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
     gpu.dispatch(
-        &Kernel::new(&CONV2D_WGRAD, "wgrad"),
+        &Kernel::new(&CONV2D_WGRAD, "wgrad").with(&constants),
         &params(g, 0, src, dys, rows_per_chunk),
         &[&partial],
-        &[x, dy],
+        &[x, dy, prologue.unwrap_or(dy)],
         wg,
     )?;
     let shape = [g.co, g.ci, g.kh, g.kw];
@@ -289,6 +295,7 @@ pub fn conv2d(
         &bias,
         &out,
         Slice::whole(co),
+        None,
     )?;
     let mut inputs = vec![x, w];
     inputs.extend(b);
@@ -415,6 +422,7 @@ pub fn conv2d_backward(
             Slice::whole(g.ci),
             gy.storage(),
             Slice::whole(g.co),
+            None,
         )?)
     } else {
         None
@@ -449,6 +457,7 @@ pub fn conv_transpose2d_backward(
             &zeros,
             &out,
             Slice::whole(g.co),
+            None,
         )?;
         Some(Tensor::from_storage(
             std::sync::Arc::new(out),
@@ -466,6 +475,7 @@ pub fn conv_transpose2d_backward(
             Slice::whole(g.ci),
             x.storage(),
             Slice::whole(g.co),
+            None,
         )?)
     } else {
         None

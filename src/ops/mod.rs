@@ -4,6 +4,7 @@
 
 pub mod conv;
 pub mod elementwise;
+pub mod fused;
 pub mod layout;
 pub mod loss;
 pub mod matmul;
@@ -18,6 +19,7 @@ pub use elementwise::{
     add, add_scalar, binary, broadcast_shapes, div, exp, expand, ge_scalar, gt_scalar, log,
     lt_scalar, mul, mul_scalar, neg, relu, sigmoid, sub, unary, where_, BinaryOp, UnaryOp,
 };
+pub use fused::bn_relu_conv2d;
 pub use layout::{concat, narrow, pad_axis, write_slice};
 pub use loss::{binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy};
 pub use matmul::{linear, matmul, matmul_t, matmul_with, MatmulVariant};

@@ -30,12 +30,20 @@ impl Default for BatchNormConfig {
     }
 }
 
-fn params(n: usize, c: usize, hw: usize, cfg: &BatchNormConfig) -> [u32; 12] {
+/// Kernel parameters for `c` channels of `hw` pixels read from the first `c` channels of a
+/// buffer of `c_total` channels.
+pub(crate) fn params(
+    n: usize,
+    c: usize,
+    hw: usize,
+    c_total: usize,
+    cfg: &BatchNormConfig,
+) -> [u32; 12] {
     [
         n as u32,
         c as u32,
         hw as u32,
-        c as u32,
+        c_total as u32,
         0,
         cfg.training as u32,
         cfg.relu as u32,
@@ -82,36 +90,8 @@ pub fn batch_norm2d(
         ));
     }
     let gpu = x.gpu();
-    let p = params(n, c, hw, &cfg);
-    let stats = gpu.alloc(3 * c, &[3, c])?;
-    if cfg.training {
-        gpu.dispatch(
-            &Kernel::new(&BATCHNORM, "stats"),
-            &p,
-            &[&stats],
-            &[x.storage()],
-            [c as u32, 1, 1],
-        )?;
-        if let Some((rm, rv)) = running {
-            gpu.dispatch(
-                &Kernel::new(&BATCHNORM, "update_running"),
-                &p,
-                &[rm.storage(), rv.storage()],
-                &[&stats],
-                [c.div_ceil(64) as u32, 1, 1],
-            )?;
-        }
-    } else {
-        let (rm, rv) = running
-            .ok_or_else(|| Error::shape(op, "eval mode needs running_mean and running_var"))?;
-        gpu.dispatch(
-            &Kernel::new(&BATCHNORM, "eval_stats"),
-            &p,
-            &[&stats],
-            &[rm.storage(), rv.storage()],
-            [c.div_ceil(64) as u32, 1, 1],
-        )?;
-    }
+    let p = params(n, c, hw, c, &cfg);
+    let stats = batch_stats(gpu, x.storage(), &p, running, &cfg)?;
     let out = gpu.alloc(x.numel(), x.shape())?;
     gpu.dispatch(
         &Kernel::new(&BATCHNORM, "apply"),
@@ -132,6 +112,120 @@ pub fn batch_norm2d(
     }))
 }
 
+/// Per-channel statistics [mean; invstd; biased var] of the input described by `p`: batch
+/// statistics in training (updating `running` in place), the running ones in eval.
+pub(crate) fn batch_stats(
+    gpu: &Gpu,
+    x: &Storage,
+    p: &[u32; 12],
+    running: Option<(&Tensor, &Tensor)>,
+    cfg: &BatchNormConfig,
+) -> Result<Storage> {
+    let c = p[1] as usize;
+    let stats = gpu.alloc(3 * c, &[3, c])?;
+    if cfg.training {
+        gpu.dispatch(
+            &Kernel::new(&BATCHNORM, "stats"),
+            p,
+            &[&stats],
+            &[x],
+            [c as u32, 1, 1],
+        )?;
+        if let Some((rm, rv)) = running {
+            gpu.dispatch(
+                &Kernel::new(&BATCHNORM, "update_running"),
+                p,
+                &[rm.storage(), rv.storage()],
+                &[&stats],
+                [c.div_ceil(64) as u32, 1, 1],
+            )?;
+        }
+    } else {
+        let (rm, rv) = running.ok_or_else(|| {
+            Error::shape(
+                "batch_norm2d",
+                "eval mode needs running_mean and running_var",
+            )
+        })?;
+        gpu.dispatch(
+            &Kernel::new(&BATCHNORM, "eval_stats"),
+            p,
+            &[&stats],
+            &[rm.storage(), rv.storage()],
+            [c.div_ceil(64) as u32, 1, 1],
+        )?;
+    }
+    Ok(stats)
+}
+
+/// [scale; shift] per channel with `bn(x) = x * scale + shift`, for a convolution prologue.
+pub(crate) fn affine_of(
+    gpu: &Gpu,
+    stats: &Storage,
+    gamma: &Tensor,
+    beta: &Tensor,
+    p: &[u32; 12],
+) -> Result<Storage> {
+    let c = p[1] as usize;
+    let out = gpu.alloc(2 * c, &[2, c])?;
+    gpu.dispatch(
+        &Kernel::new(&BATCHNORM, "affine"),
+        p,
+        &[&out],
+        &[stats, gamma.storage(), beta.storage()],
+        [c.div_ceil(64) as u32, 1, 1],
+    )?;
+    Ok(out)
+}
+
+/// Backward kernels on raw storage: (dx for the `c` channels, dgamma, dbeta), where `dy` is
+/// the gradient of the (ReLU'd, if `cfg.relu`) output.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_raw(
+    gpu: &Gpu,
+    x: &Storage,
+    p: &[u32; 12],
+    stats: &Storage,
+    gamma: &Tensor,
+    beta: &Tensor,
+    dy: &Storage,
+    want_x: bool,
+) -> Result<(Option<Storage>, Storage, Storage)> {
+    let (n, c, hw) = (p[0] as usize, p[1] as usize, p[2] as usize);
+    let dgamma = gpu.alloc(c, &[c])?;
+    let dbeta = gpu.alloc(c, &[c])?;
+    gpu.dispatch(
+        &Kernel::new(&BATCHNORM, "bwd_reduce"),
+        p,
+        &[&dgamma, &dbeta],
+        &[x, dy, stats, gamma.storage(), beta.storage()],
+        [c as u32, 1, 1],
+    )?;
+    let dx = if want_x {
+        let len = n * c * hw;
+        let dx = gpu.alloc(len, &[n, c, hw])?;
+        gpu.dispatch(
+            &Kernel::new(&BATCHNORM, "bwd_apply"),
+            p,
+            &[&dx],
+            &[
+                x,
+                dy,
+                stats,
+                gamma.storage(),
+                beta.storage(),
+                &dgamma,
+                &dbeta,
+            ],
+            gpu.grid(len.div_ceil(256)),
+        )?;
+        Some(dx)
+    } else {
+        None
+    };
+    Ok((dx, dgamma, dbeta))
+}
+
 /// Gradients of (x, gamma, beta) of `batch_norm2d` given the output gradient `gy`.
 pub fn batch_norm2d_backward(
     x: &Tensor,
@@ -144,47 +238,18 @@ pub fn batch_norm2d_backward(
 ) -> Result<[Option<Tensor>; 3]> {
     let gpu: &Gpu = x.gpu();
     let [n, c, h, w] = x.dims4("batch_norm2d backward")?;
-    let p = params(n, c, h * w, cfg);
-    let dgamma = gpu.alloc(c, &[c])?;
-    let dbeta = gpu.alloc(c, &[c])?;
-    gpu.dispatch(
-        &Kernel::new(&BATCHNORM, "bwd_reduce"),
+    let p = params(n, c, h * w, c, cfg);
+    let (dx, dgamma, dbeta) = backward_raw(
+        gpu,
+        x.storage(),
         &p,
-        &[&dgamma, &dbeta],
-        &[
-            x.storage(),
-            gy.storage(),
-            stats.storage(),
-            gamma.storage(),
-            beta.storage(),
-        ],
-        [c as u32, 1, 1],
+        stats.storage(),
+        gamma,
+        beta,
+        gy.storage(),
+        want_x,
     )?;
-    let dx = if want_x {
-        let dx: Storage = gpu.alloc(x.numel(), x.shape())?;
-        gpu.dispatch(
-            &Kernel::new(&BATCHNORM, "bwd_apply"),
-            &p,
-            &[&dx],
-            &[
-                x.storage(),
-                gy.storage(),
-                stats.storage(),
-                gamma.storage(),
-                beta.storage(),
-                &dgamma,
-                &dbeta,
-            ],
-            gpu.grid(x.numel().div_ceil(256)),
-        )?;
-        Some(Tensor::from_storage(
-            std::sync::Arc::new(dx),
-            x.shape(),
-            false,
-        ))
-    } else {
-        None
-    };
+    let dx = dx.map(|d| Tensor::from_storage(std::sync::Arc::new(d), x.shape(), false));
     let wrap = |s| Tensor::from_storage(std::sync::Arc::new(s), &[c], false);
     Ok([dx, Some(wrap(dgamma)), Some(wrap(dbeta))])
 }
