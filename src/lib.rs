@@ -9,6 +9,8 @@ pub mod autotune;
 pub mod cli;
 pub mod error;
 pub mod gpu;
+pub mod models;
+pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod shaders;
