@@ -1,0 +1,504 @@
+//! DenseNet and UNet11 against PyTorch: tiny variants with the full networks' layout and
+//! state-dict keys (fixtures from `tests/fixtures/make_model_fixtures.py`) in train mode
+//! (batch statistics, running-stat updates) and eval mode; the full-size networks' keys and
+//! shapes against torchvision's; state-dict loading and saving, including bad files; and a
+//! few training steps that must lower the loss.
+//!
+//! Opt-in (slow on a software driver): `cargo test --release --test models -- --ignored`
+//! runs both full-size networks at 224x224 and measures DenseNet-169's peak memory; with
+//! `APGA_FULL_STATE_DICTS=DIR` (written by `make_model_fixtures.py --full DIR`) it also loads
+//! full-size state dicts saved by PyTorch.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use apga_gpu::models::{unet, DenseNet, DenseNetConfig, UNet11};
+use apga_gpu::nn::state::{self, LoadOptions};
+use apga_gpu::nn::Module;
+use apga_gpu::optim::{Adam, AdamConfig};
+use apga_gpu::{ops, Tape, Tensor};
+use common::*;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn io(name: &str) -> BTreeMap<String, state::Entry> {
+    state::read(&fixture(name)).expect("fixture")
+}
+
+fn t(e: &state::Entry) -> Tensor {
+    tensor(&e.values, &e.shape)
+}
+
+fn tiny_densenet() -> DenseNet {
+    let cfg = DenseNetConfig {
+        growth_rate: 4,
+        block_config: vec![2, 3],
+        num_init_features: 8,
+        bn_size: 2,
+        num_classes: 3,
+    };
+    DenseNet::new(&gpu(), cfg, 1).expect("densenet")
+}
+
+fn by_key(model: &dyn Module, key: &str) -> Tensor {
+    model
+        .named()
+        .into_iter()
+        .find(|n| n.key == key)
+        .unwrap_or_else(|| panic!("model has no {key}"))
+        .tensor
+}
+
+/// Checks `out`, `loss` and the named gradients of one mode against the fixture.
+fn check_mode(
+    what: &str,
+    model: &dyn Module,
+    f: &BTreeMap<String, state::Entry>,
+    mode: &str,
+    run: impl Fn() -> (Tensor, Tensor),
+    atol: f32,
+) {
+    let tape = Tape::new();
+    let (out, loss) = run();
+    assert_close(
+        &format!("{what} {mode} output"),
+        &out.to_vec().unwrap(),
+        &f[&format!("{mode}.out")].values,
+        atol,
+        1e-3,
+    );
+    assert_close(
+        &format!("{what} {mode} loss"),
+        &[loss.item().unwrap()],
+        &f[&format!("{mode}.loss")].values,
+        atol,
+        1e-4,
+    );
+    let grads = tape.backward(&loss).unwrap();
+    let mut n = 0;
+    for (k, e) in f
+        .iter()
+        .filter(|(k, _)| k.starts_with(&format!("{mode}.grad.")))
+    {
+        let key = &k[mode.len() + 6..];
+        let g = grads
+            .get(&by_key(model, key))
+            .unwrap_or_else(|| panic!("{what}: no gradient for {key}"));
+        assert_close(
+            &format!("{what} {mode} grad {key}"),
+            &g.to_vec().unwrap(),
+            &e.values,
+            atol,
+            2e-3,
+        );
+        n += 1;
+    }
+    assert!(n >= 8, "{what}: fixture has the gradients");
+    println!("parity ok: {what} {mode} (output, loss, {n} gradients)");
+}
+
+#[test]
+fn tiny_densenet_matches_torchvision_in_train_and_eval() {
+    let f = io("densenet_tiny_io.safetensors");
+    let labels: Vec<usize> = f["labels"].values.iter().map(|&v| v as usize).collect();
+    let x = t(&f["x"]);
+    for mode in ["train", "eval"] {
+        let net = tiny_densenet();
+        state::load(
+            &net,
+            &fixture("densenet_tiny_state.safetensors"),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let training = mode == "train";
+        check_mode(
+            "densenet",
+            &net,
+            &f,
+            mode,
+            || {
+                let logits = net.forward(&x, training).unwrap();
+                let loss = ops::cross_entropy(&logits, &labels).unwrap();
+                (logits, loss)
+            },
+            1e-4,
+        );
+        if training {
+            // Running statistics after one training forward match PyTorch's.
+            let mut n = 0;
+            for (k, e) in f.iter().filter(|(k, _)| k.starts_with("train.after.")) {
+                let key = &k["train.after.".len()..];
+                assert_close(
+                    &format!("densenet {key}"),
+                    &by_key(&net, key).to_vec().unwrap(),
+                    &e.values,
+                    1e-5,
+                    1e-4,
+                );
+                n += 1;
+            }
+            assert!(n > 10);
+        }
+    }
+}
+
+#[test]
+fn tiny_unet11_matches_ternausnet() {
+    let f = io("unet11_tiny_io.safetensors");
+    let x = t(&f["x"]);
+    let target = t(&f["target"]);
+    // Both ways PyTorch writes a UNet11: every name (conv1.* and encoder.0.*), or
+    // safetensors' save_model with one name per shared tensor.
+    for file in [
+        "unet11_tiny_state.safetensors",
+        "unet11_tiny_save_model.safetensors",
+    ] {
+        let net = UNet11::new(&gpu(), 2, 1).unwrap();
+        let opts = LoadOptions {
+            aliases: unet::encoder_aliases(),
+            ..Default::default()
+        };
+        state::load(&net, &fixture(file), &opts).unwrap_or_else(|e| panic!("{file}: {e}"));
+        for mode in ["train", "eval"] {
+            check_mode(
+                &format!("unet11 from {file}"),
+                &net,
+                &f,
+                mode,
+                || {
+                    let logits = net.forward(&x).unwrap();
+                    let loss = ops::binary_cross_entropy_with_logits(&logits, &target).unwrap();
+                    (logits, loss)
+                },
+                1e-4,
+            );
+        }
+    }
+}
+
+#[test]
+fn full_size_keys_and_shapes_match_torchvision_and_ternausnet() {
+    let text = std::fs::read_to_string(fixture("full_size_keys.json")).unwrap();
+    let keys: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let expected = |name: &str| -> BTreeMap<String, Vec<usize>> {
+        keys[name]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| {
+                let shape = kv[1]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|d| d.as_u64().unwrap() as usize)
+                    .collect();
+                (kv[0].as_str().unwrap().to_string(), shape)
+            })
+            .collect()
+    };
+    let ours = |m: &dyn Module, aliases: &[(String, String)]| -> BTreeMap<String, Vec<usize>> {
+        let mut out = BTreeMap::new();
+        for n in m.named() {
+            for (canon, alias) in aliases {
+                if let Some(rest) = n.key.strip_prefix(canon.as_str()) {
+                    out.insert(format!("{alias}{rest}"), n.tensor.shape().to_vec());
+                }
+            }
+            out.insert(n.key, n.tensor.shape().to_vec());
+        }
+        for (k, _) in m.batch_counters() {
+            out.insert(k, vec![]);
+        }
+        out
+    };
+    let g = gpu();
+    let dn = DenseNet::new(&g, DenseNetConfig::densenet169(2), 0).unwrap();
+    assert_eq!(dn.config.num_features(), 1664);
+    assert_eq!(ours(&dn, &[]), expected("densenet169"));
+    drop(dn);
+    let un = UNet11::new(&g, 32, 0).unwrap();
+    let dup: Vec<(String, String)> = unet::encoder_aliases()
+        .into_iter()
+        .map(|(a, b)| (b, a))
+        .collect();
+    assert_eq!(ours(&un, &dup), expected("unet11"));
+}
+
+#[test]
+fn saved_state_dicts_have_pytorchs_keys_and_load_back() {
+    let dir = tempfile::tempdir().unwrap();
+    // DenseNet: the saved key set equals the one torchvision wrote, values round-trip.
+    let net = tiny_densenet();
+    let theirs = state::read(&fixture("densenet_tiny_state.safetensors")).unwrap();
+    state::load(
+        &net,
+        &fixture("densenet_tiny_state.safetensors"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let path = dir.path().join("dn.safetensors");
+    state::save(&net, &path, &[]).unwrap();
+    let mine = state::read(&path).unwrap();
+    assert_eq!(
+        mine.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+    for (k, e) in &theirs {
+        assert_eq!(mine[k].shape, e.shape, "{k}");
+        assert_eq!(mine[k].values, e.values, "{k}");
+    }
+    // UNet11: saved with both names of the encoder convolutions, as PyTorch's state_dict has.
+    let un = UNet11::new(&gpu(), 2, 3).unwrap();
+    let path = dir.path().join("unet.safetensors");
+    let dup: Vec<(String, String)> = unet::encoder_aliases()
+        .into_iter()
+        .map(|(a, b)| (b, a))
+        .collect();
+    state::save(&un, &path, &dup).unwrap();
+    let theirs = state::read(&fixture("unet11_tiny_state.safetensors")).unwrap();
+    let mine = state::read(&path).unwrap();
+    assert_eq!(
+        mine.keys().collect::<Vec<_>>(),
+        theirs.keys().collect::<Vec<_>>()
+    );
+    let back = UNet11::new(&gpu(), 2, 4).unwrap();
+    let opts = LoadOptions {
+        aliases: unet::encoder_aliases(),
+        ..Default::default()
+    };
+    state::load(&back, &path, &opts).unwrap();
+    assert_eq!(
+        by_key(&back, "dec2.block.1.weight").to_vec().unwrap(),
+        by_key(&un, "dec2.block.1.weight").to_vec().unwrap()
+    );
+    // Wrapper prefixes are stripped.
+    let prefixed: BTreeMap<String, state::Entry> = theirs
+        .iter()
+        .map(|(k, v)| (format!("module.{k}"), v.clone()))
+        .collect();
+    state::load_entries(&back, &prefixed, &opts).unwrap();
+}
+
+#[test]
+fn bad_weights_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(fixture("densenet_tiny_state.safetensors")).unwrap();
+    let net = tiny_densenet();
+    let strict = LoadOptions::default();
+    // Truncated file.
+    let p = dir.path().join("truncated.safetensors");
+    std::fs::write(&p, &good[..good.len() / 2]).unwrap();
+    let e = state::load(&net, &p, &strict).unwrap_err().to_string();
+    assert!(
+        e.contains("truncated.safetensors") && e.contains("safetensors"),
+        "{e}"
+    );
+    // Not a file at all.
+    let e = state::load(&net, &dir.path().join("missing.safetensors"), &strict)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing.safetensors"), "{e}");
+    // Wrong dtype: an int32 tensor.
+    let bytes = [0u8; 16];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![4], &bytes).unwrap();
+    let p = dir.path().join("int.safetensors");
+    std::fs::write(
+        &p,
+        safetensors::serialize(vec![("features.conv0.weight", view)], &None).unwrap(),
+    )
+    .unwrap();
+    let e = state::load(&net, &p, &strict).unwrap_err().to_string();
+    assert!(
+        e.contains("features.conv0.weight") && e.contains("I32"),
+        "{e}"
+    );
+    // Missing keys, unexpected keys and wrong shapes, all named in one error.
+    let mut entries = state::read(&fixture("densenet_tiny_state.safetensors")).unwrap();
+    entries.remove("features.norm5.weight");
+    entries.insert(
+        "features.extra.weight".into(),
+        state::Entry {
+            shape: vec![1],
+            values: vec![0.0],
+        },
+    );
+    entries.insert(
+        "features.conv0.weight".into(),
+        state::Entry {
+            shape: vec![8, 3, 3, 3],
+            values: vec![0.0; 216],
+        },
+    );
+    let e = state::load_entries(&net, &entries, &strict).unwrap_err();
+    assert!(e.contains("missing keys: features.norm5.weight"), "{e}");
+    assert!(e.contains("unexpected keys: features.extra.weight"), "{e}");
+    assert!(
+        e.contains("features.conv0.weight: file [8, 3, 3, 3], model [8, 3, 7, 7]"),
+        "{e}"
+    );
+    // A different class count: an error, unless the head may be replaced.
+    let mut entries = state::read(&fixture("densenet_tiny_state.safetensors")).unwrap();
+    let w = entries["classifier.weight"].clone();
+    entries.insert(
+        "classifier.weight".into(),
+        state::Entry {
+            shape: vec![5, w.shape[1]],
+            values: vec![0.0; 5 * w.shape[1]],
+        },
+    );
+    entries.insert(
+        "classifier.bias".into(),
+        state::Entry {
+            shape: vec![5],
+            values: vec![0.0; 5],
+        },
+    );
+    let e = state::load_entries(&net, &entries, &strict).unwrap_err();
+    assert!(
+        e.contains("classifier.weight") && e.contains("replaced"),
+        "{e}"
+    );
+    let opts = LoadOptions {
+        replace_head: Some("classifier.".into()),
+        ..Default::default()
+    };
+    let report = state::load_entries(&net, &entries, &opts).unwrap();
+    assert_eq!(
+        report.replaced,
+        vec![
+            "classifier.weight".to_string(),
+            "classifier.bias".to_string()
+        ]
+    );
+}
+
+fn train_steps(
+    params: Vec<Tensor>,
+    steps: usize,
+    lr: f64,
+    mut loss: impl FnMut() -> Tensor,
+) -> Vec<f32> {
+    let mut adam = Adam::new(
+        &params,
+        AdamConfig {
+            lr,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (0..steps)
+        .map(|_| {
+            let tape = Tape::new();
+            let l = loss();
+            let v = l.item().unwrap();
+            let grads = tape.backward(&l).unwrap();
+            adam.step(&grads).unwrap();
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn both_networks_learn_a_toy_batch() {
+    let g = gpu();
+    let mut r = rng(77);
+    let x = tensor(&uniform(&mut r, 4 * 3 * 32 * 32, 0.0, 1.0), &[4, 3, 32, 32]);
+    let net = tiny_densenet();
+    let labels = [0usize, 1, 2, 1];
+    let losses = train_steps(net.parameters(), 8, 1e-2, || {
+        ops::cross_entropy(&net.forward(&x, true).unwrap(), &labels).unwrap()
+    });
+    println!("densenet losses {losses:?}");
+    assert!(
+        losses[7] < 0.5 * losses[0],
+        "DenseNet loss should fall: {losses:?}"
+    );
+    let un = UNet11::new(&g, 2, 5).unwrap();
+    let target = ops::gt_scalar(
+        &tensor(&uniform(&mut r, 4 * 32 * 32, 0.0, 1.0), &[4, 1, 32, 32]),
+        0.5,
+    )
+    .unwrap();
+    let losses = train_steps(un.parameters(), 8, 1e-2, || {
+        ops::binary_cross_entropy_with_logits(&un.forward(&x).unwrap(), &target).unwrap()
+    });
+    println!("unet losses {losses:?}");
+    assert!(losses[7] < losses[0], "UNet11 loss should fall: {losses:?}");
+}
+
+#[test]
+fn unet_refuses_sides_not_multiple_of_32() {
+    let un = UNet11::new(&gpu(), 2, 0).unwrap();
+    let e = un
+        .forward(&Tensor::zeros(&gpu(), &[1, 3, 48, 64]).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("multiples of 32") && e.contains("48"), "{e}");
+}
+
+/// Opt-in: both full-size networks at 224x224, DenseNet-169's peak memory for a training step
+/// at batch 4, and (with APGA_FULL_STATE_DICTS) PyTorch-written full-size state dicts.
+#[test]
+#[ignore = "full-size networks take minutes on a software driver; run with --ignored"]
+fn full_size_networks_at_224() {
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions::default()).unwrap();
+    let dn = DenseNet::new(&g, DenseNetConfig::densenet169(2), 0).unwrap();
+    let un = UNet11::new(&g, 32, 0).unwrap();
+    if let Ok(dir) = std::env::var("APGA_FULL_STATE_DICTS") {
+        let dir = Path::new(&dir);
+        state::load(
+            &dn,
+            &dir.join("densenet169.safetensors"),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        let opts = LoadOptions {
+            aliases: unet::encoder_aliases(),
+            ..Default::default()
+        };
+        state::load(&un, &dir.join("unet11.safetensors"), &opts).unwrap();
+        println!(
+            "loaded full-size PyTorch state dicts from {}",
+            dir.display()
+        );
+    }
+    let mut r = rng(1);
+    let x = Tensor::from_slice(
+        &g,
+        &uniform(&mut r, 4 * 3 * 224 * 224, 0.0, 1.0),
+        &[4, 3, 224, 224],
+    )
+    .unwrap();
+    g.sync().unwrap();
+    let base = g.memory().in_use;
+    g.reset_peak_memory();
+    let t0 = std::time::Instant::now();
+    let tape = Tape::new();
+    let logits = dn.forward(&x, true).unwrap();
+    let loss = ops::cross_entropy(&logits, &[0, 1, 0, 1]).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    g.sync().unwrap();
+    let peak = g.memory().peak_in_use - base;
+    println!(
+        "DenseNet-169 batch 4 224x224 forward+backward: {:.1} s, loss {}, {} gradients, peak memory above inputs and weights {:.1} MiB",
+        t0.elapsed().as_secs_f64(),
+        loss.item().unwrap(),
+        grads.len(),
+        peak as f64 / (1 << 20) as f64
+    );
+    drop(grads);
+    let t0 = std::time::Instant::now();
+    let m = apga_gpu::no_grad(|| un.forward(&x)).unwrap();
+    assert_eq!(m.shape(), &[4, 1, 224, 224]);
+    println!(
+        "UNet11 batch 4 224x224 forward: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+}
