@@ -65,6 +65,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// A command could not do all it was asked (details were reported as they happened).
+    #[error("{0}")]
+    Incomplete(String),
+
     /// A file was read but its content is not what was expected.
     #[error("{path}: {detail}")]
     Format { path: PathBuf, detail: String },

@@ -7,6 +7,7 @@
 pub mod autodiff;
 pub mod autotune;
 pub mod cli;
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod models;

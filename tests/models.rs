@@ -433,6 +433,130 @@ fn both_networks_learn_a_toy_batch() {
     assert!(losses[7] < losses[0], "UNet11 loss should fall: {losses:?}");
 }
 
+/// Peak memory of a training step (forward + backward) of a one-block DenseNet with `layers`
+/// layers, above what the inputs and weights hold.
+fn block_peak(layers: usize) -> u64 {
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let cfg = DenseNetConfig {
+        growth_rate: 8,
+        block_config: vec![layers],
+        num_init_features: 16,
+        bn_size: 4,
+        num_classes: 2,
+    };
+    let net = DenseNet::new(&g, cfg, 0).unwrap();
+    let x = Tensor::from_slice(&g, &vec![0.5; 2 * 3 * 64 * 64], &[2, 3, 64, 64]).unwrap();
+    g.sync().unwrap();
+    let base = g.memory().in_use;
+    g.reset_peak_memory();
+    let tape = Tape::new();
+    let loss = ops::cross_entropy(&net.forward(&x, true).unwrap(), &[0, 1]).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    g.sync().unwrap();
+    drop(grads);
+    g.memory().peak_in_use - base
+}
+
+/// The same one-block training step built the plain way (torch.cat of all previous channels
+/// before every layer, unfused BN + ReLU + conv), for comparison.
+fn naive_block_peak(layers: usize) -> u64 {
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let (growth, c0, hw) = (8, 16, 16);
+    let mut r = rng(5);
+    let mut w = |shape: &[usize]| {
+        Tensor::from_slice(
+            &g,
+            &uniform(&mut r, shape.iter().product(), -0.1, 0.1),
+            shape,
+        )
+        .unwrap()
+        .with_grad()
+    };
+    let params: Vec<(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)> = (0..layers)
+        .map(|l| {
+            let c = c0 + l * growth;
+            (
+                w(&[c]),
+                w(&[c]),
+                w(&[4 * growth, c, 1, 1]),
+                w(&[4 * growth]),
+                w(&[4 * growth]),
+                w(&[growth, 4 * growth, 3, 3]),
+            )
+        })
+        .collect();
+    let x = w(&[2, c0, hw, hw]);
+    g.sync().unwrap();
+    let base = g.memory().in_use;
+    g.reset_peak_memory();
+    let tape = Tape::new();
+    let cfg = ops::BatchNormConfig {
+        relu: true,
+        ..Default::default()
+    };
+    let mut feats = vec![x.clone()];
+    for (g1, b1, w1, g2, b2, w2) in &params {
+        let refs: Vec<&Tensor> = feats.iter().collect();
+        let cat = ops::concat(&refs, 1).unwrap();
+        let t = ops::conv2d(
+            &ops::batch_norm2d(&cat, g1, b1, None, cfg).unwrap(),
+            w1,
+            None,
+            1,
+            0,
+        )
+        .unwrap();
+        let new = ops::conv2d(
+            &ops::batch_norm2d(&t, g2, b2, None, cfg).unwrap(),
+            w2,
+            None,
+            1,
+            1,
+        )
+        .unwrap();
+        feats.push(new);
+    }
+    let refs: Vec<&Tensor> = feats.iter().collect();
+    let loss = ops::mean_all(&ops::concat(&refs, 1).unwrap()).unwrap();
+    drop(feats);
+    let grads = tape.backward(&loss).unwrap();
+    g.sync().unwrap();
+    drop(grads);
+    g.memory().peak_in_use - base
+}
+
+#[test]
+fn dense_block_memory_grows_linearly_with_layers() {
+    let naive: Vec<u64> = [4, 8, 16].iter().map(|&l| naive_block_peak(l)).collect();
+    let (n1, n2) = ((naive[1] - naive[0]) as f64, (naive[2] - naive[1]) as f64);
+    println!(
+        "plain concatenation, peak for 4/8/16 layers: {naive:?} bytes; increment ratio {:.2}",
+        n2 / n1
+    );
+    assert!(
+        n2 / n1 > 2.8,
+        "the plain construction should show the quadratic growth: {naive:?}"
+    );
+    // Copying every previous channel at every layer (a plain concatenation) makes the saved
+    // activations grow with L^2: doubling L would more than double the increment. The block
+    // buffer and the fused BN+ReLU+conv keep it linear: equal increments per added layer.
+    let p: Vec<u64> = [4, 8, 16].iter().map(|&l| block_peak(l)).collect();
+    let (d1, d2) = ((p[1] - p[0]) as f64, (p[2] - p[1]) as f64);
+    println!("dense block peak memory for 4/8/16 layers: {:?} bytes; increments {d1} then {d2} (ratio {:.2}, 2.0 = linear)", p, d2 / d1);
+    assert!(
+        d2 / d1 < 2.6,
+        "peak memory grows faster than linearly: {p:?}"
+    );
+}
+
 #[test]
 fn unet_refuses_sides_not_multiple_of_32() {
     let un = UNet11::new(&gpu(), 2, 0).unwrap();
@@ -497,6 +621,7 @@ fn full_size_networks_at_224() {
     let t0 = std::time::Instant::now();
     let m = apga_gpu::no_grad(|| un.forward(&x)).unwrap();
     assert_eq!(m.shape(), &[4, 1, 224, 224]);
+    assert!(m.to_vec().unwrap().iter().all(|v| v.is_finite()));
     println!(
         "UNet11 batch 4 224x224 forward: {:.1} s",
         t0.elapsed().as_secs_f64()

@@ -1,7 +1,12 @@
 //! Layer 9: the `apga-gpu` command line.
 
+mod infer;
+
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
+use crate::data::Normalize;
 use crate::error::{Error, Result};
 use crate::gpu::adapter::{self, Request};
 
@@ -27,12 +32,75 @@ pub struct Cli {
 pub enum Command {
     /// List every GPU adapter wgpu sees and mark the one that would be used.
     Devices,
+    /// Classify images with a DenseNet classifier: one line per image (or JSON with --json).
+    Predict(PredictArgs),
+    /// Write the policy's mask for each image: DIR/<name>_mask.png (sigmoid probability x 255)
+    /// and DIR/<name>_overlay.png (the image with the kept region, p > 0.5, tinted).
+    Masks(MasksArgs),
+}
+
+/// Which DenseNet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    Densenet121,
+    Densenet161,
+    Densenet169,
+    Densenet201,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PredictArgs {
+    /// Classifier state dict (.safetensors, torchvision DenseNet keys).
+    #[arg(long)]
+    pub classifier_weights: PathBuf,
+    /// Number of classes of the classifier head.
+    #[arg(long)]
+    pub num_classes: usize,
+    /// Side S of the S x S network input.
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Input normalisation after scaling to [0, 1].
+    #[arg(long, value_enum, default_value_t = Normalize::Imagenet)]
+    pub normalize: Normalize,
+    /// DenseNet variant of the weights.
+    #[arg(long, value_enum, default_value_t = Arch::Densenet169)]
+    pub arch: Arch,
+    /// One JSON object per line: {"image", "logits", "probs"}.
+    #[arg(long)]
+    pub json: bool,
+    /// Images (PNG, JPEG, or any format the image crate reads).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MasksArgs {
+    /// Segmenter (policy) state dict (.safetensors, TernausNet UNet11 keys).
+    #[arg(long)]
+    pub segmenter_weights: PathBuf,
+    /// Side S of the S x S network input (a multiple of 32).
+    #[arg(long, default_value_t = 224)]
+    pub image_size: usize,
+    /// Input normalisation after scaling to [0, 1].
+    #[arg(long, value_enum, default_value_t = Normalize::Imagenet)]
+    pub normalize: Normalize,
+    /// UNet11 decoder width (TernausNet's num_filters).
+    #[arg(long, default_value_t = 32)]
+    pub num_filters: usize,
+    /// Output directory (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Images (PNG, JPEG, or any format the image crate reads).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Devices => devices(cli.device.as_deref()),
+        Command::Predict(args) => infer::predict(cli.device.as_deref(), &args),
+        Command::Masks(args) => infer::masks(cli.device.as_deref(), &args),
     }
 }
 

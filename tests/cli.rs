@@ -1,0 +1,186 @@
+//! The command line end to end: `devices`, `predict` and `masks` on PNG (8- and 16-bit) and
+//! JPEG files, JSON output, and the errors a user can provoke (a broken image, weights for a
+//! different class count, an input size UNet11 cannot take).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use apga_gpu::models::{unet, DenseNet, DenseNetConfig, UNet11};
+use apga_gpu::nn::state;
+use common::gpu;
+
+fn apga(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_apga-gpu"))
+        .args(args)
+        .output()
+        .expect("run apga-gpu");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write_images(dir: &Path) {
+    let (w, h) = (48u32, 40u32);
+    let grey = image::GrayImage::from_fn(w, h, |x, y| image::Luma([((x * 5 + y * 3) % 256) as u8]));
+    grey.save(dir.join("xray.png")).unwrap();
+    let rgb =
+        image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 4) as u8, (y * 6) as u8, 128]));
+    rgb.save(dir.join("photo.jpg")).unwrap();
+    let g16: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
+        image::ImageBuffer::from_fn(w, h, |x, y| image::Luma([(x * 1000 + y * 300) as u16]));
+    g16.save(dir.join("grey16.png")).unwrap();
+    std::fs::write(dir.join("broken.png"), b"\x89PNG\r\n\x1a\nnot an image").unwrap();
+}
+
+#[test]
+fn devices_lists_and_marks_an_adapter() {
+    let (ok, out, err) = apga(&["devices"]);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l.starts_with('*')), "{out}");
+    let (ok, _, err) = apga(&["--device", "no-such-gpu", "devices"]);
+    assert!(!ok && err.contains("no-such-gpu"), "{err}");
+}
+
+#[test]
+fn predict_classifies_png_and_jpeg_and_reports_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    write_images(dir.path());
+    let net = DenseNet::new(&gpu(), DenseNetConfig::densenet169(3), 7).unwrap();
+    let weights = dir.path().join("dn.safetensors");
+    state::save(&net, &weights, &[]).unwrap();
+    let w = weights.to_str().unwrap();
+    let img = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let (a, b, c) = (img("xray.png"), img("photo.jpg"), img("grey16.png"));
+    let (ok, out, err) = apga(&[
+        "predict",
+        "--classifier-weights",
+        w,
+        "--num-classes",
+        "3",
+        "--image-size",
+        "32",
+        &a,
+        &b,
+        &c,
+    ]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(
+        lines[0].starts_with(&a) && lines[0].contains("probs ["),
+        "{out}"
+    );
+    let (ok, out, err) = apga(&[
+        "predict",
+        "--json",
+        "--classifier-weights",
+        w,
+        "--num-classes",
+        "3",
+        "--image-size",
+        "32",
+        &b,
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["image"], b.as_str());
+    let probs: Vec<f64> = v["probs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_f64().unwrap())
+        .collect();
+    assert_eq!(probs.len(), 3);
+    assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-5);
+    assert_eq!(v["logits"].as_array().unwrap().len(), 3);
+    // A broken image: reported by name, the others still classified, exit status 1.
+    let bad = img("broken.png");
+    let (ok, out, err) = apga(&[
+        "predict",
+        "--classifier-weights",
+        w,
+        "--num-classes",
+        "3",
+        "--image-size",
+        "32",
+        &a,
+        &bad,
+    ]);
+    assert!(
+        !ok && err.contains("broken.png") && out.lines().count() == 1,
+        "{out} / {err}"
+    );
+    // Weights for another class count.
+    let (ok, _, err) = apga(&[
+        "predict",
+        "--classifier-weights",
+        w,
+        "--num-classes",
+        "2",
+        "--image-size",
+        "32",
+        &a,
+    ]);
+    assert!(
+        !ok && err.contains("classifier.weight") && err.contains("--num-classes"),
+        "{err}"
+    );
+    // A missing weights file.
+    let (ok, _, err) = apga(&[
+        "predict",
+        "--classifier-weights",
+        "/nonexistent.safetensors",
+        "--num-classes",
+        "2",
+        &a,
+    ]);
+    assert!(!ok && err.contains("/nonexistent.safetensors"), "{err}");
+}
+
+#[test]
+fn masks_writes_grey_masks_and_overlays() {
+    let dir = tempfile::tempdir().unwrap();
+    write_images(dir.path());
+    let net = UNet11::new(&gpu(), 2, 3).unwrap();
+    let weights = dir.path().join("unet.safetensors");
+    let dup: Vec<(String, String)> = unet::encoder_aliases()
+        .into_iter()
+        .map(|(a, b)| (b, a))
+        .collect();
+    state::save(&net, &weights, &dup).unwrap();
+    let out_dir = dir.path().join("out");
+    let img = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let args = |size: &'static str, images: Vec<String>| {
+        let mut v = vec![
+            "masks".to_string(),
+            "--segmenter-weights".into(),
+            weights.to_string_lossy().into_owned(),
+            "--num-filters".into(),
+            "2".into(),
+            "--image-size".into(),
+            size.into(),
+            "--out".into(),
+            out_dir.to_string_lossy().into_owned(),
+        ];
+        v.extend(images);
+        v
+    };
+    let a = args("64", vec![img("xray.png"), img("photo.jpg")]);
+    let (ok, out, err) = apga(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 4, "{out}");
+    for stem in ["xray", "photo"] {
+        let mask = image::open(out_dir.join(format!("{stem}_mask.png"))).unwrap();
+        assert!(matches!(mask, image::DynamicImage::ImageLuma8(_)));
+        assert_eq!((mask.width(), mask.height()), (64, 64));
+        let overlay = image::open(out_dir.join(format!("{stem}_overlay.png"))).unwrap();
+        assert!(matches!(overlay, image::DynamicImage::ImageRgb8(_)));
+    }
+    let a = args("48", vec![img("xray.png")]);
+    let (ok, _, err) = apga(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    assert!(!ok && err.contains("multiple of 32"), "{err}");
+}
