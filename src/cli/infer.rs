@@ -117,7 +117,7 @@ pub fn predict(device: Option<&str>, args: &PredictArgs) -> Result<()> {
 
 pub fn masks(device: Option<&str>, args: &MasksArgs) -> Result<()> {
     let s = args.image_size;
-    if s == 0 || s % 32 != 0 {
+    if s == 0 || !s.is_multiple_of(32) {
         return Err(Error::shape(
             "masks",
             format!("--image-size {s} must be a positive multiple of 32 (UNet11 pools five times)"),

@@ -184,7 +184,7 @@ impl UNet11 {
     /// Per-pixel logits [n, 1, h, w] of images [n, 3, h, w]; h and w must be multiples of 32.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let [_, c, h, w] = x.dims4("UNet11 input")?;
-        if c != 3 || h % 32 != 0 || w % 32 != 0 || h == 0 || w == 0 {
+        if c != 3 || !h.is_multiple_of(32) || !w.is_multiple_of(32) || h == 0 || w == 0 {
             return Err(Error::shape(
                 "UNet11",
                 format!(

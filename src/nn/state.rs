@@ -116,11 +116,8 @@ const WRAPPER_PREFIXES: &[&str] = &["module.", "unet.", "model."];
 
 fn normalise(key: &str, aliases: &[(String, String)]) -> String {
     let mut k = key;
-    loop {
-        match WRAPPER_PREFIXES.iter().find(|p| k.starts_with(*p)) {
-            Some(p) => k = &k[p.len()..],
-            None => break,
-        }
+    while let Some(p) = WRAPPER_PREFIXES.iter().find(|p| k.starts_with(*p)) {
+        k = &k[p.len()..];
     }
     for (from, to) in aliases {
         if let Some(rest) = k.strip_prefix(from.as_str()) {
