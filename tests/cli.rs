@@ -184,3 +184,88 @@ fn masks_writes_grey_masks_and_overlays() {
     let (ok, _, err) = apga(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
     assert!(!ok && err.contains("multiple of 32"), "{err}");
 }
+
+#[test]
+fn data_opens_all_four_sources_and_exports_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("export");
+    let (ok, stdout, err) = apga(&[
+        "data",
+        "--classes",
+        "3",
+        "--export",
+        out.to_str().unwrap(),
+        "--count",
+        "3",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("synthetic (3 classes")
+            && stdout.contains("fracture")
+            && stdout.contains("lesion"),
+        "{stdout}"
+    );
+    for f in [
+        "000_normal.png",
+        "000_normal_roi.png",
+        "001_fracture.png",
+        "002_lesion_roi.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    // folder, csv and mura sources.
+    let root = dir.path().join("set");
+    for class in ["a", "b"] {
+        for i in 0..5 {
+            let p = root.join(class).join(format!("{i}.png"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            image::GrayImage::from_pixel(8, 8, image::Luma([i * 20]))
+                .save(&p)
+                .unwrap();
+        }
+    }
+    let (ok, stdout, err) = apga(&["data", "--data", &format!("folder:{}", root.display())]);
+    assert!(
+        ok && stdout.contains("total") && stdout.contains("      8        2"),
+        "{stdout}{err}"
+    );
+    std::fs::write(
+        root.join("list.csv"),
+        "a/0.png,a\na/1.png,a\nb/0.png,b\nb/1.png,b,val\na/2.png,a,val\n",
+    )
+    .unwrap();
+    let (ok, stdout, err) = apga(&[
+        "data",
+        "--data",
+        &format!("csv:{}", root.join("list.csv").display()),
+    ]);
+    assert!(ok && stdout.contains("csv"), "{stdout}{err}");
+    let mura = dir.path().join("mura/MURA-v1.1");
+    let mut lines = vec![];
+    for (i, label) in ["positive", "negative"].iter().enumerate() {
+        let rel = format!("MURA-v1.1/train/XR_HAND/patient0000{i}/study1_{label}/image1.png");
+        let p = dir.path().join("mura").join(&rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        image::GrayImage::from_pixel(8, 8, image::Luma([9]))
+            .save(&p)
+            .unwrap();
+        lines.push(rel);
+    }
+    std::fs::write(mura.join("train_image_paths.csv"), lines.join("\n")).unwrap();
+    std::fs::write(mura.join("valid_image_paths.csv"), lines.join("\n")).unwrap();
+    let (ok, stdout, err) = apga(&[
+        "data",
+        "--data",
+        &format!("mura:{}", dir.path().join("mura").display()),
+        "--body-part",
+        "hand",
+    ]);
+    assert!(
+        ok && stdout.contains("negative") && stdout.contains("positive"),
+        "{stdout}{err}"
+    );
+    let (ok, _, err) = apga(&["data", "--data", "mura:/nonexistent"]);
+    assert!(!ok && err.contains("/nonexistent"), "{err}");
+    let (ok, _, err) = apga(&["data", "--data", "imagenet"]);
+    assert!(!ok && err.contains("synthetic, mura:PATH"), "{err}");
+}

@@ -1,5 +1,6 @@
 //! Layer 9: the `apga-gpu` command line.
 
+mod data;
 mod infer;
 
 use std::path::PathBuf;
@@ -34,9 +35,75 @@ pub enum Command {
     Devices,
     /// Classify images with a DenseNet classifier: one line per image (or JSON with --json).
     Predict(PredictArgs),
+    /// Open a dataset, print its classes and counts per split, optionally export samples
+    /// (with their ROI masks for synthetic data) as PNG files.
+    Data(DataCommand),
     /// Write the policy's mask for each image: DIR/<name>_mask.png (sigmoid probability x 255)
     /// and DIR/<name>_overlay.png (the image with the kept region, p > 0.5, tinted).
     Masks(MasksArgs),
+}
+
+/// Dataset options shared by every command that reads data.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArgs {
+    /// synthetic | mura:PATH | folder:PATH | csv:FILE
+    #[arg(long, default_value = "synthetic")]
+    pub data: crate::data::DataSpec,
+    /// MURA body part: elbow, finger, forearm, hand, humerus, shoulder, wrist or all.
+    #[arg(long, default_value = "all")]
+    pub body_part: String,
+    /// MURA: N training images per class, sampled with the seed (validation untouched).
+    #[arg(long)]
+    pub k_shot: Option<usize>,
+    /// folder/csv without a validation split: fraction held out per class.
+    #[arg(long, default_value_t = 0.2)]
+    pub val_fraction: f64,
+    /// Skip (and count) missing or unreadable images instead of stopping.
+    #[arg(long)]
+    pub skip_bad_images: bool,
+    /// Synthetic data: number of classes (normal, fracture, lesion, ...).
+    #[arg(long, default_value_t = 2)]
+    pub classes: usize,
+    /// Synthetic data: training images.
+    #[arg(long, default_value_t = 400)]
+    pub train_size: usize,
+    /// Synthetic data: validation images.
+    #[arg(long, default_value_t = 100)]
+    pub val_size: usize,
+}
+
+impl DataArgs {
+    pub fn options(&self, seed: u64, image_size: usize) -> crate::data::DataOptions {
+        crate::data::DataOptions {
+            body_part: self.body_part.clone(),
+            k_shot: self.k_shot,
+            val_fraction: self.val_fraction,
+            seed,
+            skip_bad_images: self.skip_bad_images,
+            synthetic_size: image_size,
+            synthetic_classes: self.classes,
+            synthetic_train: self.train_size,
+            synthetic_val: self.val_size,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DataCommand {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Seed (synthetic images, splits, k-shot sampling).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Side S of the S x S images.
+    #[arg(long, default_value_t = 64)]
+    pub image_size: usize,
+    /// Write the first --count training samples as PNG files into this folder.
+    #[arg(long)]
+    pub export: Option<PathBuf>,
+    /// Samples to export.
+    #[arg(long, default_value_t = 8)]
+    pub count: usize,
 }
 
 /// Which DenseNet.
@@ -101,6 +168,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Devices => devices(cli.device.as_deref()),
         Command::Predict(args) => infer::predict(cli.device.as_deref(), &args),
         Command::Masks(args) => infer::masks(cli.device.as_deref(), &args),
+        Command::Data(args) => data::run(&args),
     }
 }
 

@@ -1,5 +1,15 @@
-//! Layer 8: data. For now the one preprocessing definition every entry point shares.
+//! Layer 8: data. Dataset sources behind one `--data` option (`dataset.rs`), the synthetic
+//! radiograph generator (`synthetic.rs`), the one preprocessing definition every entry point
+//! shares (`preprocess.rs`), batching on worker threads (`loader.rs`) and the baselines'
+//! augmentations (`augment.rs`).
 
+pub mod augment;
+pub mod dataset;
+pub mod loader;
 pub mod preprocess;
+pub mod synthetic;
 
+pub use dataset::{DataOptions, DataSpec, Dataset, Sample, Source};
+pub use loader::{Batch, Loader, LoaderConfig};
 pub use preprocess::{Normalize, Preprocess};
+pub use synthetic::SyntheticConfig;

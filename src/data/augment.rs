@@ -1,0 +1,68 @@
+//! Augmentations the baselines need, on host batches [n, c, s, s].
+
+use rand::{rngs::StdRng, Rng};
+
+/// Cutout variants (see `../shared/design/apga.md`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Cutout {
+    /// The authors' released code: random erasing with probability 1: area fraction
+    /// U(0, 1) of the image, aspect ratio U(0.3, 1/0.3), position uniform, resampled until the
+    /// rectangle fits (up to 100 tries, as torchvision's RandomErasing).
+    RandomErasing,
+    /// DeVries & Taylor (2017): a square of side `side`, centre uniform over the image,
+    /// clipped at the borders.
+    Square { side: usize },
+}
+
+/// Zeroes one rectangle per image, in every channel. Returns the rectangles (y0, x0, h, w).
+pub fn cutout(
+    images: &mut [f32],
+    n: usize,
+    channels: usize,
+    size: usize,
+    mode: Cutout,
+    rng: &mut StdRng,
+) -> Vec<(usize, usize, usize, usize)> {
+    let plane = size * size;
+    let mut rects = Vec::with_capacity(n);
+    for i in 0..n {
+        let rect = match mode {
+            Cutout::RandomErasing => {
+                let area = plane as f64;
+                let mut found = (0, 0, 0, 0);
+                for _ in 0..100 {
+                    let target = rng.random_range(0.0..1.0) * area;
+                    let ratio: f64 = rng.random_range(0.3..1.0 / 0.3);
+                    let h = (target * ratio).sqrt().round() as usize;
+                    let w = (target / ratio).sqrt().round() as usize;
+                    if h > 0 && w > 0 && h < size && w < size {
+                        let y0 = rng.random_range(0..=size - h);
+                        let x0 = rng.random_range(0..=size - w);
+                        found = (y0, x0, h, w);
+                        break;
+                    }
+                }
+                found
+            }
+            Cutout::Square { side } => {
+                let cy = rng.random_range(0..size) as isize;
+                let cx = rng.random_range(0..size) as isize;
+                let half = (side / 2) as isize;
+                let y0 = (cy - half).clamp(0, size as isize) as usize;
+                let x0 = (cx - half).clamp(0, size as isize) as usize;
+                let y1 = (cy - half + side as isize).clamp(0, size as isize) as usize;
+                let x1 = (cx - half + side as isize).clamp(0, size as isize) as usize;
+                (y0, x0, y1 - y0, x1 - x0)
+            }
+        };
+        let (y0, x0, h, w) = rect;
+        for c in 0..channels {
+            let base = (i * channels + c) * plane;
+            for y in y0..y0 + h {
+                images[base + y * size + x0..base + y * size + x0 + w].fill(0.0);
+            }
+        }
+        rects.push(rect);
+    }
+    rects
+}
