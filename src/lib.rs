@@ -4,6 +4,7 @@
 //! Layers, each calling only the one below: [`gpu`] (device, pipelines, buffer pool, command
 //! batching), [`tensor`], [`ops`] (WGSL kernels in `shaders/`), [`autodiff`] (the tape).
 
+pub mod apga;
 pub mod autodiff;
 pub mod autotune;
 pub mod cli;

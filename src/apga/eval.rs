@@ -1,0 +1,207 @@
+//! Evaluation: image-level accuracy, per-class accuracy and the confusion matrix; with a
+//! policy, test-time augmentation by the aiding mask (mean of the softmax on the image and on
+//! the masked image) and, for synthetic data, the kept mask's IoU and coverage against the true
+//! region of interest; for MURA, study-level accuracy (mean probability per study) and
+//! Cohen's kappa.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::apga::step::{aiding_mask, apply_mask, policy_probs};
+use crate::data::{Dataset, Loader, LoaderConfig, Preprocess, Sample};
+use crate::error::Result;
+use crate::models::{DenseNet, UNet11};
+use crate::tensor::Tensor;
+use crate::{no_grad, ops};
+
+/// Metrics of one evaluation.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Metrics {
+    pub images: usize,
+    pub loss: f64,
+    pub accuracy: f64,
+    pub per_class_accuracy: Vec<f64>,
+    /// confusion[true][predicted]
+    pub confusion: Vec<Vec<usize>>,
+    /// Accuracy of the mean softmax on the image and on the aiding-masked image.
+    pub tta_accuracy: Option<f64>,
+    /// MURA: accuracy of the mean probability per study, and Cohen's kappa on studies.
+    pub study_accuracy: Option<f64>,
+    pub study_kappa: Option<f64>,
+    /// Synthetic data: IoU and coverage (|kept and ROI| / |ROI|) of the kept mask P > 0.5.
+    pub mask_iou: Option<f64>,
+    pub mask_coverage: Option<f64>,
+    /// Share of pixels the policy keeps.
+    pub mask_kept_fraction: Option<f64>,
+}
+
+fn softmax_rows(logits: &[f32], k: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(logits.len());
+    for row in logits.chunks(k) {
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+        let s: f64 = e.iter().sum();
+        out.extend(e.iter().map(|v| v / s));
+    }
+    out
+}
+
+fn argmax(row: &[f64]) -> usize {
+    row.iter()
+        .enumerate()
+        .fold((0, f64::MIN), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+        .0
+}
+
+/// Cohen's kappa of paired labels over `k` classes.
+pub fn cohen_kappa(truth: &[usize], pred: &[usize], k: usize) -> f64 {
+    let n = truth.len() as f64;
+    if n == 0.0 {
+        return 0.0;
+    }
+    let agree = truth.iter().zip(pred).filter(|(a, b)| a == b).count() as f64 / n;
+    let expected: f64 = (0..k)
+        .map(|c| {
+            let t = truth.iter().filter(|&&x| x == c).count() as f64 / n;
+            let p = pred.iter().filter(|&&x| x == c).count() as f64 / n;
+            t * p
+        })
+        .sum();
+    if (1.0 - expected).abs() < 1e-12 {
+        1.0
+    } else {
+        (agree - expected) / (1.0 - expected)
+    }
+}
+
+/// Evaluates the classifier (eval mode) on a split, with the policy's test-time augmentation
+/// and mask quality when a policy is given.
+pub fn evaluate(
+    clf: &DenseNet,
+    policy: Option<&UNet11>,
+    ds: &Dataset,
+    split: &[Sample],
+    pre: Preprocess,
+    workers: usize,
+    batch_size: usize,
+) -> Result<Metrics> {
+    let k = ds.classes.len();
+    let cfg = LoaderConfig {
+        batch_size,
+        workers,
+        shuffle: false,
+        ..Default::default()
+    };
+    let samples = Arc::new(split.to_vec());
+    let s = pre.size;
+    let gpu = clf.classifier.weight.gpu().clone();
+    let mut m = Metrics {
+        confusion: vec![vec![0; k]; k],
+        ..Default::default()
+    };
+    let (mut tta_correct, mut loss_sum) = (0usize, 0f64);
+    let (mut inter, mut union, mut roi_px, mut kept_px, mut all_px) =
+        (0f64, 0f64, 0f64, 0f64, 0f64);
+    let mut study_probs: BTreeMap<String, (Vec<f64>, usize, usize)> = BTreeMap::new();
+    for batch in Loader::new(samples.clone(), ds.synthetic, pre, cfg) {
+        let batch = batch?;
+        let n = batch.len();
+        if n == 0 {
+            continue;
+        }
+        let x = Tensor::from_slice(&gpu, &batch.images, &[n, 3, s, s])?;
+        let logits = no_grad(|| clf.forward(&x, false))?;
+        let loss = no_grad(|| ops::cross_entropy(&logits, &batch.labels))?;
+        loss_sum += loss.item()? as f64 * n as f64;
+        let probs = softmax_rows(&logits.to_vec()?, k);
+        let tta_probs = match policy {
+            Some(p) => {
+                let keep = aiding_mask(p, &x)?;
+                let logits_aid = no_grad(|| clf.forward(&apply_mask(&x, &keep)?, false))?;
+                let pa = softmax_rows(&logits_aid.to_vec()?, k);
+                if let Some(rois) = &batch.rois {
+                    let probs_p = no_grad(|| policy_probs(p, &x))?.to_vec()?;
+                    for (pp, r) in probs_p.iter().zip(rois) {
+                        let kept = *pp > 0.5;
+                        let inside = *r > 0.5;
+                        inter += (kept && inside) as u8 as f64;
+                        union += (kept || inside) as u8 as f64;
+                        roi_px += inside as u8 as f64;
+                        kept_px += kept as u8 as f64;
+                        all_px += 1.0;
+                    }
+                } else {
+                    let kv = keep.to_vec()?;
+                    kept_px += kv.iter().map(|v| *v as f64).sum::<f64>();
+                    all_px += kv.len() as f64;
+                }
+                Some(pa)
+            }
+            None => None,
+        };
+        for (j, &label) in batch.labels.iter().enumerate() {
+            let row = &probs[j * k..(j + 1) * k];
+            let pred = argmax(row);
+            m.confusion[label][pred] += 1;
+            if let Some(pa) = &tta_probs {
+                let mixed: Vec<f64> = row
+                    .iter()
+                    .zip(&pa[j * k..(j + 1) * k])
+                    .map(|(a, b)| 0.5 * (a + b))
+                    .collect();
+                tta_correct += (argmax(&mixed) == label) as usize;
+            }
+            if let Some(study) = &samples[batch.indices[j]].study {
+                let e = study_probs
+                    .entry(study.clone())
+                    .or_insert((vec![0.0; k], 0, label));
+                for (acc, p) in e.0.iter_mut().zip(row) {
+                    *acc += p;
+                }
+                e.1 += 1;
+            }
+        }
+        m.images += n;
+    }
+    let correct: usize = (0..k).map(|c| m.confusion[c][c]).sum();
+    m.accuracy = correct as f64 / m.images.max(1) as f64;
+    m.loss = loss_sum / m.images.max(1) as f64;
+    m.per_class_accuracy = (0..k)
+        .map(|c| {
+            let total: usize = m.confusion[c].iter().sum();
+            m.confusion[c][c] as f64 / total.max(1) as f64
+        })
+        .collect();
+    if policy.is_some() {
+        m.tta_accuracy = Some(tta_correct as f64 / m.images.max(1) as f64);
+        m.mask_kept_fraction = Some(kept_px / all_px.max(1.0));
+        if roi_px > 0.0 {
+            m.mask_iou = Some(inter / union.max(1.0));
+            m.mask_coverage = Some(inter / roi_px);
+        }
+    }
+    if !study_probs.is_empty() {
+        let (truth, pred): (Vec<usize>, Vec<usize>) = study_probs
+            .values()
+            .map(|(p, _, label)| (*label, argmax(p)))
+            .unzip();
+        let ok = truth.iter().zip(&pred).filter(|(a, b)| a == b).count();
+        m.study_accuracy = Some(ok as f64 / truth.len() as f64);
+        m.study_kappa = Some(cohen_kappa(&truth, &pred, k));
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cohen_kappa;
+
+    #[test]
+    fn kappa_of_perfect_chance_and_inverse_agreement() {
+        assert!((cohen_kappa(&[0, 1, 0, 1], &[0, 1, 0, 1], 2) - 1.0).abs() < 1e-12);
+        assert!((cohen_kappa(&[0, 1, 0, 1], &[1, 0, 1, 0], 2) + 1.0).abs() < 1e-12);
+        assert!(cohen_kappa(&[0, 0, 1, 1], &[0, 1, 0, 1], 2).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,221 @@
+//! `apga-gpu train`.
+
+use std::path::PathBuf;
+
+use crate::apga::{self, Method, PgVariant, Preset, RunOptions, TrainConfig};
+use crate::data::Normalize;
+use crate::error::{Error, Result};
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Starting configuration (flags and --config override it).
+    #[arg(long, value_enum, default_value_t = Preset::Quick)]
+    pub preset: Preset,
+    /// TOML file with any configuration keys (as in a run's config.toml); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Run directory (default runs/<date-time>-<method>-seed<seed>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Only errors and the final result.
+    #[arg(long)]
+    pub quiet: bool,
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// Policy-gradient step: as the paper writes it, or as the authors' script does it.
+    #[arg(long, value_enum)]
+    pub pg_variant: Option<PgVariant>,
+    /// synthetic | mura:PATH | folder:PATH | csv:FILE
+    #[arg(long)]
+    pub data: Option<String>,
+    /// MURA body part: elbow, finger, forearm, hand, humerus, shoulder, wrist or all.
+    #[arg(long)]
+    pub body_part: Option<String>,
+    /// MURA: N training images per class.
+    #[arg(long)]
+    pub k_shot: Option<usize>,
+    #[arg(long)]
+    pub val_fraction: Option<f64>,
+    /// Synthetic data: classes, training and validation images.
+    #[arg(long)]
+    pub classes: Option<usize>,
+    #[arg(long)]
+    pub train_size: Option<usize>,
+    #[arg(long)]
+    pub val_size: Option<usize>,
+    #[arg(long)]
+    pub skip_bad_images: bool,
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    #[arg(long, value_enum)]
+    pub normalize: Option<Normalize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// densenet121 | densenet161 | densenet169 | densenet201 | tiny
+    #[arg(long)]
+    pub classifier_arch: Option<String>,
+    /// UNet11 decoder filters.
+    #[arg(long)]
+    pub policy_filters: Option<usize>,
+    #[arg(long)]
+    pub lr_classifier: Option<f64>,
+    #[arg(long)]
+    pub lr_policy: Option<f64>,
+    /// Weight of BCE(P, 0) in the policy loss (Eq. 7).
+    #[arg(long)]
+    pub lambda_zeros: Option<f64>,
+    /// Decay of the reward baseline's moving average.
+    #[arg(long)]
+    pub baseline_decay: Option<f64>,
+    /// Epochs of the method phase.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Maximum epochs of baseline pretraining.
+    #[arg(long)]
+    pub pretrain_epochs: Option<usize>,
+    #[arg(long)]
+    pub patience: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Initial classifier weights (.safetensors; a head of another class count is replaced).
+    #[arg(long)]
+    pub classifier_weights: Option<String>,
+    /// Initial segmenter weights (.safetensors, UNet11 keys).
+    #[arg(long)]
+    pub segmenter_weights: Option<String>,
+    /// Data-loading threads.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Folder of cached converged baseline classifiers (default runs/pretrained).
+    #[arg(long)]
+    pub pretrained_cache: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// Preset, then the --config file, then flags.
+    pub fn resolve(&self) -> Result<TrainConfig> {
+        let mut cfg = TrainConfig::preset(self.preset);
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+            // Keys the file leaves out keep the preset's values.
+            let mut base =
+                toml::Value::try_from(&cfg).map_err(|e| Error::Incomplete(e.to_string()))?;
+            let file: toml::Value = toml::from_str(&text).map_err(|e| Error::Format {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            if let (Some(b), Some(f)) = (base.as_table_mut(), file.as_table()) {
+                for (k, v) in f {
+                    if !b.contains_key(k) {
+                        return Err(Error::Format {
+                            path: path.clone(),
+                            detail: format!("unknown key {k:?}"),
+                        });
+                    }
+                    b.insert(k.clone(), v.clone());
+                }
+            }
+            cfg = base
+                .try_into()
+                .map_err(|e: toml::de::Error| Error::Format {
+                    path: path.clone(),
+                    detail: e.to_string(),
+                })?;
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = &self.$f { cfg.$f = v.clone(); } )* };
+        }
+        set!(
+            method,
+            pg_variant,
+            data,
+            body_part,
+            val_fraction,
+            classes,
+            train_size,
+            val_size
+        );
+        set!(
+            image_size,
+            normalize,
+            batch_size,
+            classifier_arch,
+            policy_filters,
+            lr_classifier
+        );
+        set!(
+            lr_policy,
+            lambda_zeros,
+            baseline_decay,
+            epochs,
+            pretrain_epochs,
+            patience,
+            seed,
+            workers
+        );
+        if self.k_shot.is_some() {
+            cfg.k_shot = self.k_shot;
+        }
+        if self.classifier_weights.is_some() {
+            cfg.classifier_weights = self.classifier_weights.clone();
+        }
+        if self.segmenter_weights.is_some() {
+            cfg.segmenter_weights = self.segmenter_weights.clone();
+        }
+        if self.skip_bad_images {
+            cfg.skip_bad_images = true;
+        }
+        Ok(cfg)
+    }
+}
+
+pub fn run(device: Option<&str>, args: &TrainArgs) -> Result<()> {
+    let cfg = args.resolve()?;
+    let opts = RunOptions {
+        out: args.out.clone(),
+        quiet: args.quiet,
+        device: device.map(str::to_string),
+        pretrained_cache: args.pretrained_cache.clone(),
+    };
+    let s = apga::train(cfg, &opts)?;
+    let pct = |v: f64| format!("{:.1}%", 100.0 * v);
+    let opt = |v: Option<f64>| v.map(pct).unwrap_or_else(|| "-".into());
+    println!();
+    println!(
+        "result ({} seed {}, {} steps, {:.0} s; run {})",
+        s.method,
+        s.seed,
+        s.steps,
+        s.seconds,
+        s.run_dir.display()
+    );
+    println!(
+        "  {:<34} {:>9} {:>9} {:>9}",
+        "classifier on validation", "accuracy", "with TTA", "mask IoU"
+    );
+    println!(
+        "  {:<34} {:>9} {:>9} {:>9}",
+        "baseline (converged, no augment.)",
+        pct(s.pretrained.accuracy),
+        "-",
+        "-"
+    );
+    println!(
+        "  {:<34} {:>9} {:>9} {:>9}",
+        format!("{} (best, epoch {})", s.method, s.best_epoch),
+        pct(s.best.accuracy),
+        opt(s.best.tta_accuracy),
+        opt(s.best.mask_iou)
+    );
+    println!(
+        "  {:<34} {:>9} {:>9} {:>9}",
+        format!("{} (last epoch)", s.method),
+        pct(s.final_metrics.accuracy),
+        opt(s.final_metrics.tta_accuracy),
+        opt(s.final_metrics.mask_iou)
+    );
+    Ok(())
+}
