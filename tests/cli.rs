@@ -269,3 +269,50 @@ fn data_opens_all_four_sources_and_exports_samples() {
     let (ok, _, err) = apga(&["data", "--data", "imagenet"]);
     assert!(!ok && err.contains("synthetic, mura:PATH"), "{err}");
 }
+
+#[test]
+fn train_runs_end_to_end_from_the_command_line_with_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, "image_size = 32\ntrain_size = 16\nval_size = 8\nbatch_size = 8\npolicy_filters = 2\nepochs = 1\n").unwrap();
+    let out = dir.path().join("run");
+    let cache = dir.path().join("cache");
+    let (ok, stdout, err) = apga(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pretrain-epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+        "--pretrained-cache",
+        cache.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("baseline (converged") && stdout.contains("apga (best"),
+        "{stdout}"
+    );
+    let written = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        written.contains("image_size = 32") && written.contains("pretrain_epochs = 1"),
+        "{written}"
+    );
+    assert!(out.join("summary.json").is_file());
+    // An unknown key and a bad value are errors naming the file.
+    std::fs::write(&cfg, "imagesize = 32\n").unwrap();
+    let (ok, _, err) = apga(&["train", "--config", cfg.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("tiny.toml") && err.contains("imagesize"),
+        "{err}"
+    );
+    let (ok, _, err) = apga(&[
+        "train",
+        "--image-size",
+        "48",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("multiple of 32"), "{err}");
+}
