@@ -316,3 +316,67 @@ fn train_runs_end_to_end_from_the_command_line_with_a_config_file() {
     ]);
     assert!(!ok && err.contains("multiple of 32"), "{err}");
 }
+
+#[test]
+fn compare_writes_tables_and_eval_reads_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let cache = dir.path().join("cache");
+    let common = [
+        "--image-size",
+        "32",
+        "--train-size",
+        "16",
+        "--val-size",
+        "8",
+        "--batch-size",
+        "8",
+        "--policy-filters",
+        "2",
+        "--epochs",
+        "1",
+        "--pretrain-epochs",
+        "1",
+        "--quiet",
+    ];
+    let mut args = vec![
+        "compare",
+        "--methods",
+        "baseline,apga",
+        "--seeds",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--pretrained-cache",
+        cache.to_str().unwrap(),
+    ];
+    args.extend(common);
+    let (ok, stdout, err) = apga(&args);
+    assert!(ok, "{err}");
+    assert!(
+        stdout.contains("| baseline |") && stdout.contains("| apga |") && stdout.contains("**"),
+        "{stdout}"
+    );
+    let per_seed = std::fs::read_to_string(out.join("per_seed.csv")).unwrap();
+    assert_eq!(per_seed.lines().count(), 5, "{per_seed}");
+    let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
+    assert!(
+        csv.starts_with("method,accuracy_mean,accuracy_std"),
+        "{csv}"
+    );
+    // eval on one of the runs reproduces its recorded best accuracy.
+    let run = out.join("apga-seed0");
+    let (ok, stdout, err) = apga(&["eval", "--run", run.to_str().unwrap(), "--json"]);
+    assert!(ok, "{err}");
+    let m: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(m["accuracy"], summary["best"]["accuracy"]);
+    assert!(m["mask_iou"].is_number() && m["tta_accuracy"].is_number());
+    let (ok, _, err) = apga(&[
+        "eval",
+        "--run",
+        dir.path().join("nothing").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("config.toml"), "{err}");
+}

@@ -48,6 +48,27 @@ pub fn classifier_config(arch: &str, classes: usize) -> Result<DenseNetConfig> {
     })
 }
 
+/// Set by Ctrl-C (see `install_interrupt_handler`): the run saves its checkpoints after the
+/// current step and stops.
+pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes Ctrl-C stop training cleanly (checkpoint saved) instead of killing the process.
+pub fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // A second Ctrl-C while saving: give up at once.
+            std::process::exit(130);
+        }
+        eprintln!(
+            "\ninterrupted: saving a checkpoint after the current step (Ctrl-C again to quit now)"
+        );
+    });
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// What a finished run reports.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -563,6 +584,17 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
                     .join(" "),
             );
             bar.inc(1);
+            if interrupted() {
+                bar.finish_and_clear();
+                state::save(&clf, &run_dir.join("classifier_latest.safetensors"), &[])?;
+                if let Some(p) = &policy {
+                    state::save(p, &run_dir.join("policy_latest.safetensors"), &dup)?;
+                }
+                return Err(Error::Incomplete(format!(
+                    "interrupted at epoch {epoch}, step {steps}: latest checkpoints saved in {}",
+                    run_dir.display()
+                )));
+            }
         }
         bar.finish_and_clear();
         let m = ctx.eval(&clf, policy.as_ref())?;
@@ -610,4 +642,80 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
     let text = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Incomplete(e.to_string()))?;
     crate::autotune::write_atomic(&run_dir.join("summary.json"), &text)?;
     Ok(summary)
+}
+
+/// Evaluates a finished run's best (or latest) checkpoints on its validation split, or on
+/// another dataset given as `data`.
+pub fn evaluate_run(
+    run_dir: &Path,
+    data: Option<&str>,
+    latest: bool,
+    device: Option<&str>,
+) -> Result<Metrics> {
+    let cfg_path = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+    let mut cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::Format {
+        path: cfg_path.clone(),
+        detail: e.to_string(),
+    })?;
+    if let Some(d) = data {
+        cfg.data = d.to_string();
+    }
+    let gpu = Gpu::new(crate::gpu::GpuOptions {
+        device: device.map(str::to_string),
+        ..Default::default()
+    })?;
+    let spec: crate::data::DataSpec = cfg
+        .data
+        .parse()
+        .map_err(|e: String| Error::shape("--data", e))?;
+    let ds = Dataset::open(
+        &spec,
+        &DataOptions {
+            body_part: cfg.body_part.clone(),
+            k_shot: cfg.k_shot,
+            val_fraction: cfg.val_fraction,
+            seed: cfg.seed,
+            skip_bad_images: cfg.skip_bad_images,
+            synthetic_size: cfg.image_size,
+            synthetic_classes: cfg.classes,
+            synthetic_train: cfg.train_size,
+            synthetic_val: cfg.val_size,
+        },
+    )?;
+    let which = if latest { "latest" } else { "best" };
+    let clf = DenseNet::new(
+        &gpu,
+        classifier_config(&cfg.classifier_arch, ds.classes.len())?,
+        0,
+    )?;
+    state::load(
+        &clf,
+        &run_dir.join(format!("classifier_{which}.safetensors")),
+        &LoadOptions::default(),
+    )?;
+    let policy = if cfg.method.has_policy() {
+        let p = UNet11::new(&gpu, cfg.policy_filters, 0)?;
+        let o = LoadOptions {
+            aliases: unet::encoder_aliases(),
+            ..Default::default()
+        };
+        state::load(&p, &run_dir.join(format!("policy_{which}.safetensors")), &o)?;
+        Some(p)
+    } else {
+        None
+    };
+    let pre = Preprocess {
+        size: cfg.image_size,
+        normalize: cfg.normalize,
+    };
+    evaluate(
+        &clf,
+        policy.as_ref(),
+        &ds,
+        &ds.val,
+        pre,
+        cfg.workers,
+        cfg.batch_size,
+    )
 }

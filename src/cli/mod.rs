@@ -40,6 +40,13 @@ pub enum Command {
     /// quick preset (64x64 synthetic radiographs, a small DenseNet and UNet11, minutes on a CPU
     /// driver), ending with baseline-vs-APGA accuracy and the mask's IoU with the true ROI.
     Train(Box<train::TrainArgs>),
+    /// Evaluate a run's best (or --latest) checkpoints on its validation split or on --data:
+    /// accuracy, per-class accuracy, confusion matrix, TTA accuracy and mask IoU with a policy,
+    /// study-level accuracy and kappa for MURA.
+    Eval(EvalArgs),
+    /// Run several methods over several seeds and write the paper's kind of table (mean +- std
+    /// per method, best in bold) as Markdown and CSV, plus the per-seed numbers.
+    Compare(Box<train::CompareArgs>),
     /// Open a dataset, print its classes and counts per split, optionally export samples
     /// (with their ROI masks for synthetic data) as PNG files.
     Data(DataCommand),
@@ -111,6 +118,22 @@ pub struct DataCommand {
     pub count: usize,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// A run directory written by `apga-gpu train`.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Another dataset to evaluate on (default: the run's own validation split).
+    #[arg(long)]
+    pub data: Option<String>,
+    /// Use the latest checkpoints instead of the best.
+    #[arg(long)]
+    pub latest: bool,
+    /// Print the metrics as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Which DenseNet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Arch {
@@ -175,6 +198,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Masks(args) => infer::masks(cli.device.as_deref(), &args),
         Command::Data(args) => data::run(&args),
         Command::Train(args) => train::run(cli.device.as_deref(), &args),
+        Command::Eval(args) => train::eval(cli.device.as_deref(), &args),
+        Command::Compare(args) => train::compare(cli.device.as_deref(), &args),
     }
 }
 

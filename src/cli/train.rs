@@ -172,8 +172,147 @@ impl TrainArgs {
     }
 }
 
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Comma-separated methods.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "baseline,cutout,gradcam,apga"
+    )]
+    pub methods: Vec<Method>,
+    /// Number of seeds (seed, seed + 1, ...).
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// Every training option (the method and out directory are set per run).
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+/// Mean and sample standard deviation.
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n.max(1.0);
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
+    if args.methods.is_empty() || args.seeds == 0 {
+        return Err(Error::shape(
+            "compare",
+            "needs at least one method and one seed",
+        ));
+    }
+    let base = args.train.resolve()?;
+    apga::install_interrupt_handler();
+    let dir = args.train.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "{}-compare",
+            chrono::Local::now().format("%Y%m%d-%H%M%S")
+        ))
+    });
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut rows: Vec<(Method, u64, f64, Option<f64>, Option<f64>)> = Vec::new();
+    for &method in &args.methods {
+        for i in 0..args.seeds {
+            let seed = base.seed + i;
+            let cfg = TrainConfig {
+                method,
+                seed,
+                ..base.clone()
+            };
+            let opts = RunOptions {
+                out: Some(dir.join(format!("{}-seed{seed}", method.name()))),
+                quiet: args.train.quiet,
+                device: device.map(str::to_string),
+                pretrained_cache: args.train.pretrained_cache.clone(),
+            };
+            let s = apga::train(cfg, &opts)?;
+            println!(
+                "{} seed {seed}: accuracy {:.3}",
+                method.name(),
+                s.best.accuracy
+            );
+            rows.push((
+                method,
+                seed,
+                s.best.accuracy,
+                s.best.tta_accuracy,
+                s.best.mask_iou,
+            ));
+        }
+    }
+    let mut per_seed = String::from("method,seed,accuracy,tta_accuracy,mask_iou\n");
+    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
+    for (m, seed, a, t, iou) in &rows {
+        per_seed += &format!("{},{seed},{a:.6},{},{}\n", m.name(), opt(*t), opt(*iou));
+    }
+    let stats: Vec<(Method, (f64, f64), Option<(f64, f64)>, Option<(f64, f64)>)> = args
+        .methods
+        .iter()
+        .map(|&m| {
+            let of = |f: &dyn Fn(&(Method, u64, f64, Option<f64>, Option<f64>)) -> Option<f64>| {
+                let v: Vec<f64> = rows.iter().filter(|r| r.0 == m).filter_map(f).collect();
+                (!v.is_empty()).then(|| mean_std(&v))
+            };
+            (
+                m,
+                of(&|r| Some(r.2)).unwrap_or((0.0, 0.0)),
+                of(&|r| r.3),
+                of(&|r| r.4),
+            )
+        })
+        .collect();
+    let best = stats.iter().map(|s| s.1 .0).fold(f64::MIN, f64::max);
+    let pm = |v: Option<(f64, f64)>| {
+        v.map(|(m, s)| format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s))
+            .unwrap_or_else(|| "-".into())
+    };
+    let mut md = format!(
+        "Validation accuracy (%) over {} seeds, mean ± std; best in bold.\n\n| method | accuracy | with TTA | mask IoU (%) |\n|---|---|---|---|\n",
+        args.seeds
+    );
+    let mut csv =
+        String::from("method,accuracy_mean,accuracy_std,tta_mean,tta_std,iou_mean,iou_std\n");
+    for (m, acc, tta, iou) in &stats {
+        let a = pm(Some(*acc));
+        let a = if acc.0 == best { format!("**{a}**") } else { a };
+        md += &format!("| {} | {a} | {} | {} |\n", m.name(), pm(*tta), pm(*iou));
+        let c = |v: Option<(f64, f64)>| {
+            v.map(|(m, s)| format!("{m:.6},{s:.6}"))
+                .unwrap_or_else(|| ",".into())
+        };
+        csv += &format!(
+            "{},{:.6},{:.6},{},{}\n",
+            m.name(),
+            acc.0,
+            acc.1,
+            c(*tta),
+            c(*iou)
+        );
+    }
+    for (name, text) in [
+        ("compare.md", &md),
+        ("compare.csv", &csv),
+        ("per_seed.csv", &per_seed),
+    ] {
+        crate::autotune::write_atomic(&dir.join(name), text.as_bytes())?;
+    }
+    println!("\n{md}\n(written to {})", dir.display());
+    Ok(())
+}
+
 pub fn run(device: Option<&str>, args: &TrainArgs) -> Result<()> {
     let cfg = args.resolve()?;
+    apga::install_interrupt_handler();
     let opts = RunOptions {
         out: args.out.clone(),
         quiet: args.quiet,
@@ -217,5 +356,45 @@ pub fn run(device: Option<&str>, args: &TrainArgs) -> Result<()> {
         opt(s.final_metrics.tta_accuracy),
         opt(s.final_metrics.mask_iou)
     );
+    Ok(())
+}
+
+pub fn eval(device: Option<&str>, args: &crate::cli::EvalArgs) -> Result<()> {
+    let m = apga::evaluate_run(&args.run, args.data.as_deref(), args.latest, device)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&m).map_err(|e| Error::Incomplete(e.to_string()))?
+        );
+        return Ok(());
+    }
+    let pct = |v: f64| format!("{:.1}%", 100.0 * v);
+    println!("images            {}", m.images);
+    println!("loss              {:.4}", m.loss);
+    println!("accuracy          {}", pct(m.accuracy));
+    let per: Vec<String> = m.per_class_accuracy.iter().map(|a| pct(*a)).collect();
+    println!("per class         {}", per.join("  "));
+    println!("confusion (row = true class, column = predicted)");
+    for row in &m.confusion {
+        println!(
+            "  {}",
+            row.iter().map(|v| format!("{v:>6}")).collect::<String>()
+        );
+    }
+    if let Some(v) = m.tta_accuracy {
+        println!("accuracy with TTA {}", pct(v));
+    }
+    if let (Some(a), Some(k)) = (m.study_accuracy, m.study_kappa) {
+        println!("study accuracy    {}  kappa {k:.3}", pct(a));
+    }
+    if let Some(v) = m.mask_iou {
+        println!(
+            "mask IoU          {v:.3}  coverage {:.3}",
+            m.mask_coverage.unwrap_or(0.0)
+        );
+    }
+    if let Some(v) = m.mask_kept_fraction {
+        println!("mask keeps        {}", pct(v));
+    }
     Ok(())
 }
