@@ -189,6 +189,18 @@ pub struct CompareArgs {
     pub train: TrainArgs,
 }
 
+/// One run of a comparison.
+struct Row {
+    method: Method,
+    seed: u64,
+    accuracy: f64,
+    tta: Option<f64>,
+    iou: Option<f64>,
+}
+
+/// (mean, standard deviation)
+type MeanStd = (f64, f64);
+
 /// Mean and sample standard deviation.
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
@@ -220,7 +232,7 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
         path: dir.clone(),
         source,
     })?;
-    let mut rows: Vec<(Method, u64, f64, Option<f64>, Option<f64>)> = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for &method in &args.methods {
         for i in 0..args.seeds {
             let seed = base.seed + i;
@@ -252,10 +264,17 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
     }
     let mut per_seed = String::from("method,seed,accuracy,tta_accuracy,mask_iou\n");
     let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
-    for (m, seed, a, t, iou) in &rows {
-        per_seed += &format!("{},{seed},{a:.6},{},{}\n", m.name(), opt(*t), opt(*iou));
+    for r in &rows {
+        per_seed += &format!(
+            "{},{},{:.6},{},{}\n",
+            r.method.name(),
+            r.seed,
+            r.accuracy,
+            opt(r.tta),
+            opt(r.iou)
+        );
     }
-    let stats: Vec<(Method, (f64, f64), Option<(f64, f64)>, Option<(f64, f64)>)> = args
+    let stats: Vec<(Method, MeanStd, Option<MeanStd>, Option<MeanStd>)> = args
         .methods
         .iter()
         .map(|&m| {
@@ -272,7 +291,7 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
         })
         .collect();
     let best = stats.iter().map(|s| s.1 .0).fold(f64::MIN, f64::max);
-    let pm = |v: Option<(f64, f64)>| {
+    let pm = |v: Option<MeanStd>| {
         v.map(|(m, s)| format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s))
             .unwrap_or_else(|| "-".into())
     };
@@ -286,7 +305,7 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
         let a = pm(Some(*acc));
         let a = if acc.0 == best { format!("**{a}**") } else { a };
         md += &format!("| {} | {a} | {} | {} |\n", m.name(), pm(*tta), pm(*iou));
-        let c = |v: Option<(f64, f64)>| {
+        let c = |v: Option<MeanStd>| {
             v.map(|(m, s)| format!("{m:.6},{s:.6}"))
                 .unwrap_or_else(|| ",".into())
         };
