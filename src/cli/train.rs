@@ -253,13 +253,13 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
                 method.name(),
                 s.best.accuracy
             );
-            rows.push((
+            rows.push(Row {
                 method,
                 seed,
-                s.best.accuracy,
-                s.best.tta_accuracy,
-                s.best.mask_iou,
-            ));
+                accuracy: s.best.accuracy,
+                tta: s.best.tta_accuracy,
+                iou: s.best.mask_iou,
+            });
         }
     }
     let mut per_seed = String::from("method,seed,accuracy,tta_accuracy,mask_iou\n");
@@ -278,15 +278,19 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
         .methods
         .iter()
         .map(|&m| {
-            let of = |f: &dyn Fn(&(Method, u64, f64, Option<f64>, Option<f64>)) -> Option<f64>| {
-                let v: Vec<f64> = rows.iter().filter(|r| r.0 == m).filter_map(f).collect();
+            let of = |f: &dyn Fn(&Row) -> Option<f64>| {
+                let v: Vec<f64> = rows
+                    .iter()
+                    .filter(|r| r.method == m)
+                    .filter_map(f)
+                    .collect();
                 (!v.is_empty()).then(|| mean_std(&v))
             };
             (
                 m,
-                of(&|r| Some(r.2)).unwrap_or((0.0, 0.0)),
-                of(&|r| r.3),
-                of(&|r| r.4),
+                of(&|r| Some(r.accuracy)).unwrap_or((0.0, 0.0)),
+                of(&|r| r.tta),
+                of(&|r| r.iou),
             )
         })
         .collect();
