@@ -122,6 +122,27 @@ impl Adam {
         self.slots.iter().map(|s| &s.param)
     }
 
+    /// Restores parameter `i`'s moment estimates and step count (resuming a run).
+    pub fn restore(&mut self, i: usize, m: &[f32], v: &[f32], step: u64) -> Result<()> {
+        let slot = self
+            .slots
+            .get_mut(i)
+            .ok_or_else(|| Error::Autodiff(format!("Adam has no parameter {i}")))?;
+        crate::nn::assign(&slot.m, m)?;
+        crate::nn::assign(&slot.v, v)?;
+        slot.step = step;
+        Ok(())
+    }
+
+    /// Number of parameters.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+
     /// First and second moment estimates and step count of parameter `i` (for checkpoints).
     pub fn state(&self, i: usize) -> Option<(&Tensor, &Tensor, u64)> {
         self.slots.get(i).map(|s| (&s.m, &s.v, s.step))

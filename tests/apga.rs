@@ -242,3 +242,62 @@ fn every_method_trains_end_to_end_and_leaves_a_complete_run() {
     // The converged baseline was trained once and reused by the other methods.
     assert_eq!(cache.read_dir().unwrap().count(), 1);
 }
+
+#[test]
+fn a_resumed_run_equals_an_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for method in [Method::Apga, Method::Cutout] {
+        let cfg = TrainConfig {
+            epochs: 2,
+            ..tiny_config(method, 7)
+        };
+        let opts = |name: &str, stop: Option<usize>| RunOptions {
+            out: Some(dir.path().join(format!("{}-{name}", method.name()))),
+            quiet: true,
+            pretrained_cache: Some(dir.path().join(format!("cache-{}-{name}", method.name()))),
+            stop_after_steps: stop,
+            ..Default::default()
+        };
+        let full = apga::train(cfg.clone(), &opts("full", None)).unwrap();
+        // Stopped mid-epoch 2 (3 batches per epoch), then resumed.
+        let e = apga::train(cfg.clone(), &opts("cut", Some(4)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("interrupted at epoch 2"), "{e}");
+        let resumed = apga::resume(
+            &dir.path().join(format!("{}-cut", method.name())),
+            &opts("cut", None),
+        )
+        .unwrap();
+        assert_eq!(resumed.steps, full.steps);
+        let lines = |name: &str| -> Vec<serde_json::Value> {
+            std::fs::read_to_string(
+                dir.path()
+                    .join(format!("{}-{name}", method.name()))
+                    .join("metrics.jsonl"),
+            )
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["phase"] == "train")
+            .collect()
+        };
+        let (a, b) = (lines("full"), lines("cut"));
+        assert_eq!(a.len(), b.len(), "{method:?}: same steps logged");
+        // Tolerance: 1e-6 relative on every logged loss (the GPU work is identical, so in
+        // practice the values are bit-identical).
+        for (x, y) in a.iter().zip(&b) {
+            for (k, v) in x.as_object().unwrap() {
+                if let (Some(p), Some(q)) = (v.as_f64(), y[k].as_f64()) {
+                    assert!(
+                        (p - q).abs() <= 1e-6 * p.abs().max(1.0),
+                        "{method:?} step {}: {k} {p} vs {q}",
+                        x["step"]
+                    );
+                }
+            }
+        }
+        assert_eq!(full.final_metrics.accuracy, resumed.final_metrics.accuracy);
+        assert_eq!(full.final_metrics.mask_iou, resumed.final_metrics.mask_iou);
+    }
+}

@@ -17,7 +17,7 @@ use crate::tensor::Tensor;
 use crate::{no_grad, ops};
 
 /// Metrics of one evaluation.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Metrics {
     pub images: usize,
     pub loss: f64,

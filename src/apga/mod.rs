@@ -115,6 +115,134 @@ pub struct RunOptions {
     pub device: Option<String>,
     /// Folder of cached converged baselines (default: `runs/pretrained`).
     pub pretrained_cache: Option<PathBuf>,
+    /// Behave as if Ctrl-C came after this many method steps (tests of `resume`).
+    pub stop_after_steps: Option<usize>,
+}
+
+/// Where a run stopped: everything `resume` needs besides the model checkpoints.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+struct TrainState {
+    /// The epoch in progress (1-based) and the batches of it already done.
+    epoch: usize,
+    batches_done: usize,
+    steps: usize,
+    classifier_adam_steps: Vec<u64>,
+    policy_adam_steps: Vec<u64>,
+    baseline: Option<f32>,
+    best_epoch: usize,
+    best: serde_json::Value,
+    last: serde_json::Value,
+    pretrained: serde_json::Value,
+}
+
+fn adam_tensors(
+    prefix: &str,
+    a: &Adam,
+    out: &mut Vec<(String, Vec<f32>, Vec<usize>)>,
+) -> Result<Vec<u64>> {
+    let mut steps = Vec::new();
+    for i in 0..a.len() {
+        if let Some((m, v, step)) = a.state(i) {
+            out.push((format!("{prefix}.{i}.m"), m.to_vec()?, m.shape().to_vec()));
+            out.push((format!("{prefix}.{i}.v"), v.to_vec()?, v.shape().to_vec()));
+            steps.push(step);
+        }
+    }
+    Ok(steps)
+}
+
+/// Writes `train_state.json` and `train_state.safetensors` (optimiser moments) atomically.
+#[allow(clippy::too_many_arguments)]
+fn save_train_state(
+    run_dir: &Path,
+    adam_c: &Adam,
+    adam_p: Option<&Adam>,
+    pg: &step::PolicyState,
+    epoch: usize,
+    batches_done: usize,
+    steps: usize,
+    best: &(Metrics, usize),
+    last: &Metrics,
+    pretrained: &Metrics,
+) -> Result<()> {
+    let mut tensors = Vec::new();
+    let classifier_adam_steps = adam_tensors("classifier", adam_c, &mut tensors)?;
+    let policy_adam_steps = match adam_p {
+        Some(a) => adam_tensors("policy", a, &mut tensors)?,
+        None => Vec::new(),
+    };
+    let json = |m: &Metrics| serde_json::to_value(m).unwrap_or(serde_json::Value::Null);
+    let st = TrainState {
+        epoch,
+        batches_done,
+        steps,
+        classifier_adam_steps,
+        policy_adam_steps,
+        baseline: match &pg.baseline {
+            Some(b) => Some(b.item()?),
+            None => None,
+        },
+        best_epoch: best.1,
+        best: json(&best.0),
+        last: json(last),
+        pretrained: json(pretrained),
+    };
+    let views = tensors
+        .iter()
+        .map(|(k, v, shape)| {
+            safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                shape.clone(),
+                bytemuck::cast_slice(v),
+            )
+            .map(|view| (k.clone(), view))
+            .map_err(|e| Error::Incomplete(format!("optimiser state {k}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes =
+        safetensors::serialize(views, &None).map_err(|e| Error::Incomplete(e.to_string()))?;
+    crate::autotune::write_atomic(&run_dir.join("train_state.safetensors"), &bytes)?;
+    let text = serde_json::to_vec_pretty(&st).map_err(|e| Error::Incomplete(e.to_string()))?;
+    crate::autotune::write_atomic(&run_dir.join("train_state.json"), &text)
+}
+
+fn restore_adam(
+    prefix: &str,
+    a: &mut Adam,
+    steps: &[u64],
+    file: &std::collections::BTreeMap<String, state::Entry>,
+) -> Result<()> {
+    for (i, &step) in steps.iter().enumerate() {
+        let get = |w: &str| {
+            file.get(&format!("{prefix}.{i}.{w}")).ok_or_else(|| {
+                Error::Incomplete(format!("train_state.safetensors lacks {prefix}.{i}.{w}"))
+            })
+        };
+        a.restore(i, &get("m")?.values, &get("v")?.values, step)?;
+    }
+    Ok(())
+}
+
+/// Continues a run from its `train_state.json`, latest checkpoints and optimiser state, exactly
+/// where it stopped (same data order, same baseline b_t, same step counter).
+pub fn resume(run_dir: &Path, opts: &RunOptions) -> Result<Summary> {
+    let cfg_path = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+    let cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::Format {
+        path: cfg_path.clone(),
+        detail: e.to_string(),
+    })?;
+    let st_path = run_dir.join("train_state.json");
+    let st_text = std::fs::read_to_string(&st_path).map_err(io(&st_path))?;
+    let st: TrainState = serde_json::from_str(&st_text).map_err(|e| Error::Format {
+        path: st_path.clone(),
+        detail: e.to_string(),
+    })?;
+    let opts = RunOptions {
+        out: Some(run_dir.to_path_buf()),
+        ..opts.clone()
+    };
+    train_inner(cfg, &opts, Some(st))
 }
 
 struct Ctx {
@@ -399,6 +527,14 @@ fn save_masks(ctx: &Ctx, policy: &UNet11, dir: &Path, tag: &str) -> Result<()> {
 
 /// Runs one training configuration to its end.
 pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
+    train_inner(cfg, opts, None)
+}
+
+fn train_inner(
+    cfg: TrainConfig,
+    opts: &RunOptions,
+    resumed: Option<TrainState>,
+) -> Result<Summary> {
     let start = Instant::now();
     let gpu = Gpu::new(crate::gpu::GpuOptions {
         device: opts.device.clone(),
@@ -445,12 +581,17 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
         )),
     };
     std::fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
-    let toml =
-        toml::to_string_pretty(&cfg).map_err(|e| Error::Incomplete(format!("config: {e}")))?;
-    crate::autotune::write_atomic(&run_dir.join("config.toml"), toml.as_bytes())?;
     let log_path = run_dir.join("metrics.jsonl");
+    let file = if resumed.is_some() {
+        std::fs::OpenOptions::new().append(true).open(&log_path)
+    } else {
+        let toml =
+            toml::to_string_pretty(&cfg).map_err(|e| Error::Incomplete(format!("config: {e}")))?;
+        crate::autotune::write_atomic(&run_dir.join("config.toml"), toml.as_bytes())?;
+        std::fs::File::create(&log_path)
+    };
     let mut log = Log {
-        file: std::fs::File::create(&log_path).map_err(io(&log_path))?,
+        file: file.map_err(io(&log_path))?,
         path: log_path,
     };
     let ctx = Ctx {
@@ -511,21 +652,55 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
         None => None,
     };
     let mut pg = step::PolicyState::default();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(cfg.seed ^ 0xc0ffee);
     let dup: Vec<(String, String)> = unet::encoder_aliases()
         .into_iter()
         .map(|(a, b)| (b, a))
         .collect();
     let mut best: (Metrics, usize) = (pretrained.clone(), 0);
+    let mut pretrained = pretrained;
     let mut last = pretrained.clone();
     let mut steps = 0;
-    if let Some(p) = &policy {
+    let (mut start_epoch, mut skip) = (1, 0);
+    if let Some(st) = &resumed {
+        // Continue exactly where the run stopped.
+        state::load(
+            &clf,
+            &run_dir.join("classifier_latest.safetensors"),
+            &LoadOptions::default(),
+        )?;
+        let file = state::read(&run_dir.join("train_state.safetensors"))?;
+        restore_adam("classifier", &mut adam_c, &st.classifier_adam_steps, &file)?;
+        if let (Some(p), Some(ap)) = (&policy, adam_p.as_mut()) {
+            let o = LoadOptions {
+                aliases: unet::encoder_aliases(),
+                ..Default::default()
+            };
+            state::load(p, &run_dir.join("policy_latest.safetensors"), &o)?;
+            restore_adam("policy", ap, &st.policy_adam_steps, &file)?;
+        }
+        pg.baseline = st.baseline.map(|b| Tensor::scalar(&gpu, b)).transpose()?;
+        let metrics = |v: &serde_json::Value| -> Metrics {
+            serde_json::from_value(v.clone()).unwrap_or_default()
+        };
+        pretrained = metrics(&st.pretrained);
+        best = (metrics(&st.best), st.best_epoch);
+        last = metrics(&st.last);
+        steps = st.steps;
+        start_epoch = st.epoch;
+        skip = st.batches_done;
+        ctx.say(format!(
+            "resuming at epoch {start_epoch}, batch {skip} (step {steps})"
+        ));
+    } else if let Some(p) = &policy {
         save_masks(&ctx, p, &run_dir.join("masks"), "epoch0")?;
     }
-    for epoch in 1..=cfg.epochs {
+    for epoch in start_epoch..=cfg.epochs {
         let loader = ctx.loader(epoch as u64);
         let bar = ctx.progress(loader.len(), format!("{} {epoch}", cfg.method.name()));
-        for batch in loader {
+        let skip_now = if epoch == start_epoch { skip } else { 0 };
+        bar.inc(skip_now as u64);
+        let mut batches_done = skip_now;
+        for batch in loader.skip(skip_now) {
             let batch = batch?;
             if batch.len() < 2 {
                 continue;
@@ -541,6 +716,10 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
                 }
                 (Method::Cutout, _, _) => {
                     let mut imgs = batch.images.clone();
+                    // Seeded per step, so a resumed run draws the same rectangles.
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(
+                        cfg.seed ^ 0xc0ffee ^ (steps as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    );
                     cutout(
                         &mut imgs,
                         batch.len(),
@@ -584,12 +763,25 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
                     .join(" "),
             );
             bar.inc(1);
-            if interrupted() {
+            batches_done += 1;
+            if interrupted() || opts.stop_after_steps == Some(steps) {
                 bar.finish_and_clear();
                 state::save(&clf, &run_dir.join("classifier_latest.safetensors"), &[])?;
                 if let Some(p) = &policy {
                     state::save(p, &run_dir.join("policy_latest.safetensors"), &dup)?;
                 }
+                save_train_state(
+                    &run_dir,
+                    &adam_c,
+                    adam_p.as_ref(),
+                    &pg,
+                    epoch,
+                    batches_done,
+                    steps,
+                    &best,
+                    &last,
+                    &pretrained,
+                )?;
                 return Err(Error::Incomplete(format!(
                     "interrupted at epoch {epoch}, step {steps}: latest checkpoints saved in {}",
                     run_dir.display()
@@ -627,6 +819,18 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
             }
         }
         last = m;
+        save_train_state(
+            &run_dir,
+            &adam_c,
+            adam_p.as_ref(),
+            &pg,
+            epoch + 1,
+            0,
+            steps,
+            &best,
+            &last,
+            &pretrained,
+        )?;
     }
     let summary = Summary {
         method: cfg.method.name().into(),

@@ -20,6 +20,10 @@ pub struct TrainArgs {
     /// Only errors and the final result.
     #[arg(long)]
     pub quiet: bool,
+    /// Continue a stopped run (its config.toml, latest checkpoints and train_state) exactly
+    /// where it stopped; configuration flags are ignored.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
     #[arg(long, value_enum)]
     pub method: Option<Method>,
     /// Policy-gradient step: as the paper writes it, or as the authors' script does it.
@@ -246,6 +250,7 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
                 quiet: args.train.quiet,
                 device: device.map(str::to_string),
                 pretrained_cache: args.train.pretrained_cache.clone(),
+                stop_after_steps: None,
             };
             let s = apga::train(cfg, &opts)?;
             println!(
@@ -341,8 +346,12 @@ pub fn run(device: Option<&str>, args: &TrainArgs) -> Result<()> {
         quiet: args.quiet,
         device: device.map(str::to_string),
         pretrained_cache: args.pretrained_cache.clone(),
+        stop_after_steps: None,
     };
-    let s = apga::train(cfg, &opts)?;
+    let s = match &args.resume {
+        Some(dir) => apga::resume(dir, &opts)?,
+        None => apga::train(cfg, &opts)?,
+    };
     let pct = |v: f64| format!("{:.1}%", 100.0 * v);
     let opt = |v: Option<f64>| v.map(pct).unwrap_or_else(|| "-".into());
     println!();
