@@ -380,3 +380,27 @@ fn compare_writes_tables_and_eval_reads_a_run() {
     ]);
     assert!(!ok && err.contains("config.toml"), "{err}");
 }
+
+#[test]
+fn bench_times_every_phase_of_the_apga_step() {
+    let (ok, stdout, err) = apga(&[
+        "bench",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--image-size",
+        "32",
+        "--policy-filters",
+        "2",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let phases = v["phases_ms"].as_array().unwrap();
+    assert_eq!(phases.len(), 5);
+    assert!(phases.iter().all(|p| p[1].as_f64().unwrap() > 0.0));
+    assert!(v["step_ms"].as_f64().unwrap() > 0.0 && v["peak_memory_mib"].as_f64().unwrap() > 0.0);
+    let (ok, _, err) = apga(&["bench", "--image-size", "40"]);
+    assert!(!ok && err.contains("multiple of 32"), "{err}");
+}

@@ -7,6 +7,7 @@
 //! evaluation), checkpoints (latest and best, safetensors, written atomically), `masks/`
 //! (Figure-2 style overlays of fixed validation images at each evaluation) and `summary.json`.
 
+pub mod bench;
 pub mod config;
 pub mod eval;
 pub mod step;

@@ -47,6 +47,9 @@ pub enum Command {
     /// Run several methods over several seeds and write the paper's kind of table (mean +- std
     /// per method, best in bold) as Markdown and CSV, plus the per-seed numbers.
     Compare(Box<train::CompareArgs>),
+    /// Time the APGA step and each of its phases (classifier step, policy forward, adversarial
+    /// forward, policy step, aiding step): step time, images/s and peak GPU memory.
+    Bench(train::BenchArgs),
     /// Open a dataset, print its classes and counts per split, optionally export samples
     /// (with their ROI masks for synthetic data) as PNG files.
     Data(DataCommand),
@@ -200,6 +203,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::run(cli.device.as_deref(), &args),
         Command::Eval(args) => train::eval(cli.device.as_deref(), &args),
         Command::Compare(args) => train::compare(cli.device.as_deref(), &args),
+        Command::Bench(args) => train::bench(cli.device.as_deref(), &args),
     }
 }
 

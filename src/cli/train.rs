@@ -430,3 +430,72 @@ pub fn eval(device: Option<&str>, args: &crate::cli::EvalArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// Networks, batch and image size of a preset (quick: small networks at 64x64, batch 16;
+    /// paper: DenseNet-169 and UNet11 at 224x224, batch 25, minutes per step on a CPU driver).
+    #[arg(long, value_enum, default_value_t = Preset::Quick)]
+    pub preset: Preset,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// densenet121 | densenet161 | densenet169 | densenet201 | tiny
+    #[arg(long)]
+    pub classifier_arch: Option<String>,
+    #[arg(long)]
+    pub policy_filters: Option<usize>,
+    /// Measured steps (after one warm-up step).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn bench(device: Option<&str>, args: &BenchArgs) -> Result<()> {
+    let mut cfg = TrainConfig::preset(args.preset);
+    if let Some(v) = args.batch_size {
+        cfg.batch_size = v;
+    }
+    if let Some(v) = args.image_size {
+        cfg.image_size = v;
+    }
+    if let Some(v) = &args.classifier_arch {
+        cfg.classifier_arch = v.clone();
+    }
+    if let Some(v) = args.policy_filters {
+        cfg.policy_filters = v;
+    }
+    if cfg.batch_size < 2 || !cfg.image_size.is_multiple_of(32) || args.steps == 0 {
+        return Err(Error::shape(
+            "bench",
+            "needs --batch-size >= 2, --image-size a multiple of 32 and --steps >= 1",
+        ));
+    }
+    let r = apga::bench::bench(&cfg, args.steps, device)?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&r).map_err(|e| Error::Incomplete(e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!(
+        "APGA step: classifier {}, UNet11 with {} filters, batch {}, {}x{} (median of {} steps)",
+        r.classifier, r.policy_filters, r.batch_size, r.image_size, r.image_size, args.steps
+    );
+    for (name, ms) in &r.phases_ms {
+        println!("  {name:<22} {ms:>10.1} ms");
+    }
+    println!(
+        "  {:<22} {:>10.1} ms   {:.2} images/s",
+        "whole step", r.step_ms, r.images_per_s
+    );
+    println!(
+        "  peak GPU memory above inputs and weights: {:.1} MiB",
+        r.peak_memory_mib
+    );
+    Ok(())
+}
