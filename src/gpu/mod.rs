@@ -397,7 +397,12 @@ impl Gpu {
             Ok(())
         } else {
             let all = errors.drain(..).collect::<Vec<_>>().join("; ");
-            Err(Error::Gpu(all))
+            let hint = if all.to_lowercase().contains("memory") {
+                " (the GPU ran out of memory: try a smaller --batch-size or --image-size)"
+            } else {
+                ""
+            };
+            Err(Error::Gpu(format!("{all}{hint}")))
         }
     }
 
