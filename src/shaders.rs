@@ -23,6 +23,7 @@ shader!(MATMUL_BLOCKED, "matmul_blocked", trusted = true);
 shader!(MATMUL_VEC4, "matmul_vec4", trusted = true);
 shader!(CONV2D, "conv2d", trusted = false);
 shader!(CONV2D_WGRAD, "conv2d_wgrad", trusted = false);
+shader!(CONV1X1, "conv1x1", trusted = false);
 shader!(LAYOUT, "layout", trusted = false);
 shader!(BATCHNORM, "batchnorm", trusted = false);
 shader!(POOL, "pool", trusted = false);
@@ -39,6 +40,7 @@ pub static ALL: &[&Shader] = &[
     &MATMUL_VEC4,
     &CONV2D,
     &CONV2D_WGRAD,
+    &CONV1X1,
     &LAYOUT,
     &BATCHNORM,
     &POOL,

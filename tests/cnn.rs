@@ -435,3 +435,104 @@ fn fused_bn_relu_conv_matches_the_unfused_ops() {
         }
     }
 }
+
+#[test]
+fn conv1x1_gemm_path_matches_cpu() {
+    // With autotuning off the 1x1 GEMM kernel is the default wherever it applies (hw and the
+    // reduced channels multiples of 4), so this context exercises it deterministically.
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        ..Default::default()
+    })
+    .unwrap();
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+    let mut r = rng(20);
+    // (n, ci, h, w, co): rows and columns no multiple of 8, a single image, DenseNet-like.
+    for &(n, ci, h, w, co) in &[
+        (2usize, 8usize, 4usize, 6usize, 5usize),
+        (1, 12, 2, 2, 9),
+        (3, 4, 7, 4, 12),
+        (2, 32, 8, 8, 16),
+    ] {
+        let hw = h * w;
+        let x = uniform(&mut r, n * ci * hw, -1.0, 1.0);
+        let wt = uniform(&mut r, co * ci, -1.0, 1.0);
+        let b = uniform(&mut r, co, -1.0, 1.0);
+        let gy = uniform(&mut r, n * co * hw, -1.0, 1.0);
+        let xt = t(&x, &[n, ci, h, w]).with_grad();
+        let wtt = t(&wt, &[co, ci, 1, 1]).with_grad();
+        let tape = apga_gpu::Tape::new();
+        let y = ops::conv2d(&xt, &wtt, Some(&t(&b, &[co])), 1, 0).unwrap();
+        let (want, _) = cpu_conv2d(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], Some(&b), 1, 0);
+        assert_close(
+            &format!("conv1x1 gemm forward {:?}", (n, ci, h, w, co)),
+            &y.to_vec().unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
+        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let mut dx = vec![0f64; n * ci * hw];
+        let mut dw = vec![0f64; co * ci];
+        for b_ in 0..n {
+            for o in 0..co {
+                for c in 0..ci {
+                    for p in 0..hw {
+                        let gyv = gy[(b_ * co + o) * hw + p] as f64;
+                        dx[(b_ * ci + c) * hw + p] += wt[o * ci + c] as f64 * gyv;
+                        dw[o * ci + c] += x[(b_ * ci + c) * hw + p] as f64 * gyv;
+                    }
+                }
+            }
+        }
+        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+        assert_close(
+            "conv1x1 gemm input grad",
+            &grads.get(&xt).unwrap().to_vec().unwrap(),
+            &f(dx),
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            "conv1x1 weight grad",
+            &grads.get(&wtt).unwrap().to_vec().unwrap(),
+            &f(dw),
+            1e-4,
+            1e-4,
+        );
+    }
+    // The fused BN+ReLU prologue on a channel prefix of a block buffer.
+    let (n, ct, c, h, w, co) = (2, 12, 8, 4, 4, 6);
+    let x = t(&uniform(&mut r, n * ct * h * w, -2.0, 2.0), &[n, ct, h, w]);
+    let gamma = t(&uniform(&mut r, c, 0.5, 1.5), &[c]);
+    let beta = t(&uniform(&mut r, c, -0.5, 0.5), &[c]);
+    let wt = t(&uniform(&mut r, co * c, -0.5, 0.5), &[co, c, 1, 1]);
+    let cfg = ops::BatchNormConfig::default();
+    let fused = ops::bn_relu_conv2d(&x, c, &gamma, &beta, None, cfg, &wt, 1, 0).unwrap();
+    let bn = ops::batch_norm2d(
+        &ops::narrow(&x, 1, 0, c).unwrap(),
+        &gamma,
+        &beta,
+        None,
+        ops::BatchNormConfig { relu: true, ..cfg },
+    )
+    .unwrap();
+    let want = cpu_conv2d(
+        &bn.to_vec().unwrap(),
+        [n, c, h, w],
+        &wt.to_vec().unwrap(),
+        [co, c, 1, 1],
+        None,
+        1,
+        0,
+    )
+    .0;
+    assert_close(
+        "conv1x1 gemm with prologue",
+        &fused.to_vec().unwrap(),
+        &want,
+        1e-4,
+        1e-4,
+    );
+}

@@ -7,10 +7,11 @@
 //! gradient of both, with the roles of input and output gradient swapped for the transpose).
 
 use crate::autodiff::{self, Op};
+use crate::autotune;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Storage};
 use crate::ops::{reshape, sum};
-use crate::shaders::{CONV2D, CONV2D_WGRAD, LAYOUT};
+use crate::shaders::{CONV1X1, CONV2D, CONV2D_WGRAD, LAYOUT};
 use crate::tensor::Tensor;
 
 /// Geometry of a convolution: input [n, ci, h, w], output [n, co, oh, ow], kernel kh x kw.
@@ -129,7 +130,7 @@ fn bias_storage(gpu: &Gpu, bias: Option<&Tensor>, c: usize) -> Result<std::sync:
 /// Forward kernel: `out[:, dst] = conv(src[:, src], w) + bias`; with a `prologue` ([scale;
 /// shift] per input channel) the input is read as relu(x * scale + shift).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn fwd_into(
+fn fwd_direct(
     g: &ConvGeom,
     x: &Storage,
     src: Slice,
@@ -156,7 +157,7 @@ pub(crate) fn fwd_into(
 
 /// Input-gradient kernel: `out[:, dst] = conv_transpose(dy[:, src], w) + bias`, out being
 /// [n, ci, h, w] of geometry `g`.
-pub(crate) fn dgrad_into(
+fn dgrad_direct(
     g: &ConvGeom,
     dy: &Storage,
     src: Slice,
@@ -486,4 +487,173 @@ pub fn conv_transpose2d_backward(
         None
     };
     Ok([gx, gw, gb])
+}
+
+/// Whether a convolution is a 1x1, stride-1, unpadded one the batched-GEMM kernel can run
+/// (`k` is the reduced channel count, which its vec4 loads need a multiple of 4 of).
+fn gemm_1x1(g: &ConvGeom, k: usize) -> bool {
+    g.kh == 1
+        && g.kw == 1
+        && g.stride == 1
+        && g.pad == 0
+        && (g.h * g.w).is_multiple_of(4)
+        && k.is_multiple_of(4)
+}
+
+/// The batched-GEMM kernel: out[n][:, dst] = a (m x k, rows of `lda`) * b[n][src] + bias.
+#[allow(clippy::too_many_arguments)]
+fn gemm_1x1_run(
+    gpu: &Gpu,
+    (m, k, lda): (usize, usize, usize),
+    a: &Storage,
+    b: &Storage,
+    src: Slice,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    g: &ConvGeom,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let hw = g.h * g.w;
+    let params = [
+        m,
+        hw,
+        k,
+        lda,
+        src.total * hw,
+        src.off * hw,
+        dst.total * hw,
+        dst.off * hw,
+        0,
+        0,
+        0,
+        0,
+    ]
+    .map(|v| v as u32);
+    let wg = [
+        (hw / 4).div_ceil(2).div_ceil(8) as u32,
+        m.div_ceil(8).div_ceil(8) as u32,
+        g.n as u32,
+    ];
+    check_groups(gpu, "conv1x1", g, wg)?;
+    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
+    gpu.dispatch(
+        &Kernel::new(&CONV1X1, "main").with(&constants),
+        &params,
+        &[out],
+        &[a, b, bias, prologue.unwrap_or(bias)],
+        wg,
+    )
+}
+
+/// The kernels a convolution can run on; chosen per adapter and shape class by measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvKernel {
+    Direct,
+    Gemm1x1,
+}
+
+fn candidates(gemm: bool) -> Vec<(&'static str, ConvKernel)> {
+    let mut v = vec![("direct", ConvKernel::Direct)];
+    if gemm {
+        v.push(("gemm1x1", ConvKernel::Gemm1x1));
+    }
+    v
+}
+
+fn class_key(dir: &str, g: &ConvGeom, prologue: bool) -> String {
+    format!(
+        "conv1x1-{dir}/ci{}/co{}/hw{}/n{}/{}",
+        autotune::bucket(g.ci),
+        autotune::bucket(g.co),
+        autotune::bucket(g.h * g.w),
+        autotune::bucket(g.n),
+        if prologue { "prologue" } else { "plain" }
+    )
+}
+
+/// Forward of a convolution: `out[:, dst] = conv(src[:, src], w) + bias`; with a `prologue`
+/// ([scale; shift] per input channel) the input is read as relu(x * scale + shift).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fwd_into(
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let gpu = w.gpu();
+    let gemm = gemm_1x1(g, g.ci);
+    let run = |k: ConvKernel| match k {
+        ConvKernel::Direct => fwd_direct(g, x, src, w, bias, out, dst, prologue),
+        ConvKernel::Gemm1x1 => gemm_1x1_run(
+            gpu,
+            (g.co, g.ci, g.ci),
+            w.storage(),
+            x,
+            src,
+            bias,
+            out,
+            dst,
+            g,
+            prologue,
+        ),
+    };
+    if !gemm {
+        return run(ConvKernel::Direct);
+    }
+    let k = autotune::choose(
+        gpu,
+        &class_key("fwd", g, prologue.is_some()),
+        &candidates(true),
+        1,
+        run,
+    )?;
+    run(k)
+}
+
+/// Input-gradient kernel: `out[:, dst] = conv_transpose(dy[:, src], w) + bias`, out being
+/// [n, ci, h, w] of geometry `g`.
+pub(crate) fn dgrad_into(
+    g: &ConvGeom,
+    dy: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+) -> Result<()> {
+    let gpu = w.gpu();
+    let gemm = gemm_1x1(g, g.co);
+    if !gemm {
+        return dgrad_direct(g, dy, src, w, bias, out, dst);
+    }
+    // A = w^T as [ci, round8(co)], the forward kernel's weight layout.
+    let wt = relayout_weight(w, false)?;
+    let run = |k: ConvKernel| match k {
+        ConvKernel::Direct => dgrad_direct(g, dy, src, w, bias, out, dst),
+        ConvKernel::Gemm1x1 => gemm_1x1_run(
+            gpu,
+            (g.ci, g.co, round8(g.co)),
+            &wt,
+            dy,
+            src,
+            bias,
+            out,
+            dst,
+            g,
+            None,
+        ),
+    };
+    let k = autotune::choose(
+        gpu,
+        &class_key("dgrad", g, false),
+        &candidates(true),
+        1,
+        run,
+    )?;
+    run(k)
 }

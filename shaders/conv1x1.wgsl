@@ -1,0 +1,90 @@
+// 1x1 convolution with stride 1 and no padding as a batched matrix product, per image n:
+//   out[n] (M x N) = A (M x K) * B[n] (K x N)  (+ bias per row)
+// with N = h * w pixels. Forward: A = weights [co, ci], B[n] = input [ci, hw] (optionally read
+// through the batch-norm + ReLU prologue, per row k: relu(b * affine[k] + affine[K + k])).
+// Input gradient: A = weights transposed [ci, co] (a re-laid-out copy), B[n] = output
+// gradient [co, hw]. Barrier-free, 8 rows x 8 columns per invocation over vec4 loads, as
+// matmul_vec4.wgsl's main_8x8 (the fastest matmul on CPU drivers). Requires K and N to be
+// multiples of 4 and the batch strides and offsets to be multiples of 4; the host checks.
+
+struct Params {
+    m: u32, n: u32, k: u32, lda: u32,           // lda: row length of A (elements)
+    b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,   // element strides / offsets
+    _p0: u32, _p1: u32, _p2: u32, _p3: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> c: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> affine: array<f32>;
+override PROLOGUE: bool = false;
+
+fn load_b(index: u32, k: u32) -> vec4<f32> {
+    let v = b[index];
+    if (PROLOGUE) {
+        return max(v * affine[k] + vec4<f32>(affine[P.k + k]), vec4<f32>(0.0));
+    }
+    return v;
+}
+
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k4 = P.k / 4u;
+    let lda4 = P.lda / 4u;
+    let n4 = P.n / 4u;
+    let row0 = gid.y * 8u;
+    let cq0 = gid.x * 2u;
+    if (row0 >= P.m || cq0 >= n4) {
+        return;
+    }
+    let img = gid.z;
+    let bb = (img * P.b_batch + P.b_off) / 4u;
+    let cb = (img * P.c_batch + P.c_off) / 4u;
+    let cq1 = min(cq0 + 1u, n4 - 1u);
+    var arow: array<u32, 8>;
+    for (var i = 0u; i < 8u; i = i + 1u) {
+        arow[i] = min(row0 + i, P.m - 1u) * lda4;
+    }
+    var acc0: array<vec4<f32>, 8>;
+    var acc1: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i = i + 1u) {
+        acc0[i] = vec4<f32>(0.0);
+        acc1[i] = vec4<f32>(0.0);
+    }
+    for (var kq = 0u; kq < k4; kq = kq + 1u) {
+        let k0 = kq * 4u;
+        let kb = bb + k0 * n4;
+        let b00 = load_b(kb + cq0, k0);
+        let b10 = load_b(kb + n4 + cq0, k0 + 1u);
+        let b20 = load_b(kb + 2u * n4 + cq0, k0 + 2u);
+        let b30 = load_b(kb + 3u * n4 + cq0, k0 + 3u);
+        let b01 = load_b(kb + cq1, k0);
+        let b11 = load_b(kb + n4 + cq1, k0 + 1u);
+        let b21 = load_b(kb + 2u * n4 + cq1, k0 + 2u);
+        let b31 = load_b(kb + 3u * n4 + cq1, k0 + 3u);
+        for (var i = 0u; i < 8u; i = i + 1u) {
+            let av = a[arow[i] + kq];
+            acc0[i] = fma(vec4<f32>(av.x), b00, acc0[i]);
+            acc0[i] = fma(vec4<f32>(av.y), b10, acc0[i]);
+            acc0[i] = fma(vec4<f32>(av.z), b20, acc0[i]);
+            acc0[i] = fma(vec4<f32>(av.w), b30, acc0[i]);
+            acc1[i] = fma(vec4<f32>(av.x), b01, acc1[i]);
+            acc1[i] = fma(vec4<f32>(av.y), b11, acc1[i]);
+            acc1[i] = fma(vec4<f32>(av.z), b21, acc1[i]);
+            acc1[i] = fma(vec4<f32>(av.w), b31, acc1[i]);
+        }
+    }
+    let has1 = cq0 + 1u < n4;
+    for (var i = 0u; i < 8u; i = i + 1u) {
+        let r = row0 + i;
+        if (r < P.m) {
+            let bv = vec4<f32>(bias[r]);
+            c[cb + r * n4 + cq0] = acc0[i] + bv;
+            if (has1) {
+                c[cb + r * n4 + cq0 + 1u] = acc1[i] + bv;
+            }
+        }
+    }
+}
