@@ -223,6 +223,7 @@ fn every_method_trains_end_to_end_and_leaves_a_complete_run() {
             "{method:?}: eval lines"
         );
         if method == Method::Apga {
+            assert!(out.join("plots/reward.png").is_file());
             for key in [
                 "l_orig",
                 "l_adv",

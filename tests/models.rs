@@ -362,7 +362,7 @@ fn bad_weights_files_are_clear_errors() {
     );
     let e = state::load_entries(&net, &entries, &strict).unwrap_err();
     assert!(
-        e.contains("classifier.weight") && e.contains("replaced"),
+        e.contains("classifier.weight") && e.contains("--replace-head"),
         "{e}"
     );
     let opts = LoadOptions {

@@ -95,6 +95,10 @@ pub struct TrainConfig {
     pub patience: usize,
     pub seed: u64,
     pub classifier_weights: Option<String>,
+    /// Replace the classifier head of `classifier_weights` when its class count differs
+    /// (fine-tuning ImageNet weights); otherwise such a file is refused.
+    #[serde(default)]
+    pub replace_head: bool,
     pub segmenter_weights: Option<String>,
     /// Loader threads.
     pub workers: usize,
@@ -130,6 +134,7 @@ impl TrainConfig {
             patience: 3,
             seed: 0,
             classifier_weights: None,
+            replace_head: false,
             segmenter_weights: None,
             workers: 2,
             mask_samples: 4,

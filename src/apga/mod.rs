@@ -5,11 +5,13 @@
 //!
 //! A run directory holds `config.toml`, `metrics.jsonl` (one line per step and per
 //! evaluation), checkpoints (latest and best, safetensors, written atomically), `masks/`
-//! (Figure-2 style overlays of fixed validation images at each evaluation) and `summary.json`.
+//! (Figure-2 style overlays of fixed validation images at each evaluation), `plots/` (loss,
+//! reward and accuracy curves), `train_state.*` (for `--resume`) and `summary.json`.
 
 pub mod bench;
 pub mod config;
 pub mod eval;
+pub mod plots;
 pub mod step;
 
 use std::io::Write;
@@ -395,7 +397,7 @@ fn pretrained_classifier(ctx: &Ctx, log: &mut Log, cache: &Path) -> Result<(Dens
     }
     if let Some(w) = &cfg.classifier_weights {
         let opts = LoadOptions {
-            replace_head: Some("classifier.".into()),
+            replace_head: cfg.replace_head.then(|| "classifier.".to_string()),
             ..Default::default()
         };
         let r = state::load(&clf, Path::new(w), &opts)?;
@@ -820,6 +822,7 @@ fn train_inner(
             }
         }
         last = m;
+        plots::write_plots(&run_dir)?;
         save_train_state(
             &run_dir,
             &adam_c,

@@ -84,6 +84,9 @@ pub struct TrainArgs {
     /// Initial classifier weights (.safetensors; a head of another class count is replaced).
     #[arg(long)]
     pub classifier_weights: Option<String>,
+    /// Replace a --classifier-weights head of another class count (e.g. ImageNet's 1000).
+    #[arg(long)]
+    pub replace_head: bool,
     /// Initial segmenter weights (.safetensors, UNet11 keys).
     #[arg(long)]
     pub segmenter_weights: Option<String>,
@@ -171,6 +174,9 @@ impl TrainArgs {
         }
         if self.skip_bad_images {
             cfg.skip_bad_images = true;
+        }
+        if self.replace_head {
+            cfg.replace_head = true;
         }
         Ok(cfg)
     }

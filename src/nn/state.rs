@@ -226,7 +226,7 @@ pub fn load_entries(
         Ok(report)
     } else {
         let hint = if mismatched.iter().any(|m| m.starts_with("classifier.")) {
-            " (a different class count: check --num-classes, or when fine-tuning ask for the head to be replaced)"
+            " (a different class count: check --num-classes, or when fine-tuning pass --replace-head)"
         } else {
             ""
         };
