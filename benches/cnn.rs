@@ -62,6 +62,7 @@ struct Row {
     ms: f64,
     work: f64,
     unit: &'static str,
+    kernel: String,
 }
 
 fn main() {
@@ -85,16 +86,20 @@ fn main() {
     }
     let wanted = |name: &str| filter.as_ref().is_none_or(|f| name.contains(f.as_str()));
     let mut rows: Vec<Row> = Vec::new();
-    let mut time =
-        |case: String, work: f64, unit: &'static str, f: &mut dyn FnMut() -> Result<()>| {
-            let dt = autotune::measure(&gpu, f).expect("run");
-            rows.push(Row {
-                case,
-                ms: dt.as_secs_f64() * 1e3,
-                work,
-                unit,
-            });
-        };
+    let mut time = |case: String,
+                    work: f64,
+                    unit: &'static str,
+                    kernel: &dyn Fn() -> String,
+                    f: &mut dyn FnMut() -> Result<()>| {
+        let dt = autotune::measure(&gpu, f).expect("run");
+        rows.push(Row {
+            case,
+            ms: dt.as_secs_f64() * 1e3,
+            work,
+            unit,
+            kernel: kernel(),
+        });
+    };
 
     let convs = [
         ("conv3x3_128_32_28", (4, 128, 28, 28, 32, 3, 1, 1)),
@@ -124,15 +129,30 @@ fn main() {
         };
         let gy = rand_tensor(&gpu, y.shape(), 3);
         let flops = 2.0 * g.macs() as f64;
-        time(format!("{name}/forward"), flops, "GFLOP/s", &mut || {
-            ops::conv2d(&x, &wt, None, s, p).map(|_| ())
-        });
-        time(format!("{name}/input_grad"), flops, "GFLOP/s", &mut || {
-            ops::conv::conv2d_backward(&g, &x, &wt, &gy, [true, false, false]).map(|_| ())
-        });
-        time(format!("{name}/weight_grad"), flops, "GFLOP/s", &mut || {
-            ops::conv::conv2d_backward(&g, &x, &wt, &gy, [false, true, false]).map(|_| ())
-        });
+        let kf = || ops::conv::kernel_name(&gpu, &g, "fwd", false);
+        let kd = || ops::conv::kernel_name(&gpu, &g, "dgrad", false);
+        let kw = || "conv2d_wgrad (4x4, split rows)".to_string();
+        time(
+            format!("{name}/forward"),
+            flops,
+            "GFLOP/s",
+            &kf,
+            &mut || ops::conv2d(&x, &wt, None, s, p).map(|_| ()),
+        );
+        time(
+            format!("{name}/input_grad"),
+            flops,
+            "GFLOP/s",
+            &kd,
+            &mut || ops::conv::conv2d_backward(&g, &x, &wt, &gy, [true, false, false]).map(|_| ()),
+        );
+        time(
+            format!("{name}/weight_grad"),
+            flops,
+            "GFLOP/s",
+            &kw,
+            &mut || ops::conv::conv2d_backward(&g, &x, &wt, &gy, [false, true, false]).map(|_| ()),
+        );
     }
     let name = "convT3x3s2_512_256_14";
     if wanted(name) {
@@ -154,15 +174,33 @@ fn main() {
             pad: 1,
         };
         let flops = 2.0 * g.macs() as f64;
-        time(format!("{name}/forward"), flops, "GFLOP/s", &mut || {
-            ops::conv_transpose2d(&x, &wt, None, 2, 1, 1).map(|_| ())
-        });
-        time(format!("{name}/input_grad"), flops, "GFLOP/s", &mut || {
-            ops::conv::conv_transpose2d_backward(&g, &x, &wt, &gy, [true, false, false]).map(|_| ())
-        });
-        time(format!("{name}/weight_grad"), flops, "GFLOP/s", &mut || {
-            ops::conv::conv_transpose2d_backward(&g, &x, &wt, &gy, [false, true, false]).map(|_| ())
-        });
+        time(
+            format!("{name}/forward"),
+            flops,
+            "GFLOP/s",
+            &|| "conv2d.dgrad (direct, phase-blocked)".to_string(),
+            &mut || ops::conv_transpose2d(&x, &wt, None, 2, 1, 1).map(|_| ()),
+        );
+        time(
+            format!("{name}/input_grad"),
+            flops,
+            "GFLOP/s",
+            &|| "conv2d.fwd (direct)".to_string(),
+            &mut || {
+                ops::conv::conv_transpose2d_backward(&g, &x, &wt, &gy, [true, false, false])
+                    .map(|_| ())
+            },
+        );
+        time(
+            format!("{name}/weight_grad"),
+            flops,
+            "GFLOP/s",
+            &|| "conv2d_wgrad (4x4, split rows)".to_string(),
+            &mut || {
+                ops::conv::conv_transpose2d_backward(&g, &x, &wt, &gy, [false, true, false])
+                    .map(|_| ())
+            },
+        );
     }
     let name = "bn_256_56";
     if wanted(name) {
@@ -174,9 +212,13 @@ fn main() {
         let cfg = BatchNormConfig::default();
         let bytes = (x.numel() * 4) as f64;
         // Forward reads x twice for the statistics, once to normalise, and writes y.
-        time(format!("{name}/forward"), 4.0 * bytes, "GB/s", &mut || {
-            ops::batch_norm2d(&x, &gamma, &beta, Some((&rm, &rv)), cfg).map(|_| ())
-        });
+        time(
+            format!("{name}/forward"),
+            4.0 * bytes,
+            "GB/s",
+            &|| "batchnorm stats + apply".to_string(),
+            &mut || ops::batch_norm2d(&x, &gamma, &beta, Some((&rm, &rv)), cfg).map(|_| ()),
+        );
         let stats = ops::batch_norm2d(&x, &gamma, &beta, None, cfg).unwrap();
         drop(stats);
         let gy = rand_tensor(&gpu, x.shape(), 8);
@@ -188,15 +230,22 @@ fn main() {
             Tensor::from_slice(&gpu, &v, &[3, 256]).unwrap()
         };
         // Backward reads x and dy twice (sums, then the input gradient) and writes dx.
-        time(format!("{name}/backward"), 5.0 * bytes, "GB/s", &mut || {
-            ops::norm::batch_norm2d_backward(&x, &gamma, &beta, &stats, &cfg, &gy, true).map(|_| ())
-        });
+        time(
+            format!("{name}/backward"),
+            5.0 * bytes,
+            "GB/s",
+            &|| "batchnorm bwd_reduce + bwd_apply".to_string(),
+            &mut || {
+                ops::norm::batch_norm2d_backward(&x, &gamma, &beta, &stats, &cfg, &gy, true)
+                    .map(|_| ())
+            },
+        );
     }
 
     println!();
     println!(
-        "{:<34} {:>10} {:>9}  {:>11} {:>9}  {:>8}",
-        "case (batch 4)", "ms", "rate", "PyTorch ms", "rate", "pt/ours"
+        "{:<34} {:>10} {:>9}  {:>11} {:>9}  {:>8}          {}",
+        "case (batch 4)", "ms", "rate", "PyTorch ms", "rate", "pt/ours", "kernel"
     );
     for r in &rows {
         let scale = 1e9; // GFLOP/s or GB/s
@@ -214,9 +263,9 @@ fn main() {
             None => ("n/a".into(), "n/a".into(), "n/a".into()),
         };
         println!(
-            "{:<34} {:>10.3} {:>9.2}  {:>11} {:>9}  {:>8}   {}",
-            r.case, r.ms, rate, pt_ms, pt_rate, ratio, r.unit
+            "{:<34} {:>10.3} {:>9.2}  {:>11} {:>9}  {:>8}   {:<7} {}",
+            r.case, r.ms, rate, pt_ms, pt_rate, ratio, r.unit, r.kernel
         );
     }
-    println!("\npt/ours = PyTorch time / our time (100% = parity). Kernels: conv2d.wgsl fwd (8 channels x 4 columns per invocation), dgrad (same blocking), conv2d_wgrad.wgsl (4 x 4, split over rows), batchnorm.wgsl.");
+    println!("\npt/ours = PyTorch time / our time (100% = parity). kernel = the variant run (autotuned where several apply).");
 }

@@ -202,6 +202,16 @@ pub fn choose<V: Copy>(
     Ok(candidates[i].1)
 }
 
+/// The variant cached for `key` on this context's adapter, if one was measured.
+pub fn cached_choice(gpu: &Gpu, key: &str) -> Option<String> {
+    gpu.inner()
+        .autotuner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(key)
+        .map(str::to_string)
+}
+
 /// The power-of-two bucket of a dimension, for shape classes.
 pub fn bucket(n: usize) -> usize {
     n.max(1).next_power_of_two()

@@ -657,3 +657,22 @@ pub(crate) fn dgrad_into(
     )?;
     run(k)
 }
+
+/// The kernel a convolution direction ("fwd" or "dgrad") of geometry `g` runs with: the
+/// autotuner's choice where several apply (after the first call), else the only one.
+pub fn kernel_name(gpu: &Gpu, g: &ConvGeom, dir: &str, prologue: bool) -> String {
+    let k = if dir == "fwd" { g.ci } else { g.co };
+    let base = if dir == "fwd" {
+        "conv2d.fwd (direct)"
+    } else {
+        "conv2d.dgrad (direct)"
+    };
+    if !gemm_1x1(g, k) {
+        return base.into();
+    }
+    match autotune::cached_choice(gpu, &class_key(dir, g, prologue)).as_deref() {
+        Some("gemm1x1") => "conv1x1 (batched GEMM)".into(),
+        Some(_) => base.into(),
+        None => "conv1x1 (batched GEMM, default)".into(),
+    }
+}
