@@ -244,8 +244,8 @@ fn main() {
 
     println!();
     println!(
-        "{:<34} {:>10} {:>9}  {:>11} {:>9}  {:>8}          {}",
-        "case (batch 4)", "ms", "rate", "PyTorch ms", "rate", "pt/ours", "kernel"
+        "{:<34} {:>10} {:>9}  {:>11} {:>9}  {:>8}          kernel",
+        "case (batch 4)", "ms", "rate", "PyTorch ms", "rate", "pt/ours"
     );
     for r in &rows {
         let scale = 1e9; // GFLOP/s or GB/s
