@@ -5,44 +5,11 @@
 //!
 //! Run: `cargo bench --bench cnn` (add a substring to run only matching cases).
 
-use std::collections::HashMap;
-use std::process::Command;
+mod common;
 
 use apga_gpu::autotune;
 use apga_gpu::ops::{self, conv::ConvGeom, BatchNormConfig};
 use apga_gpu::{Gpu, GpuOptions, Result, Tensor};
-
-fn torch_ms() -> std::result::Result<(String, HashMap<String, f64>), String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/cnn_torch.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .output()
-        .map_err(|e| format!("python3 not runnable: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "PyTorch twin failed: {}",
-            err.lines().last().unwrap_or("no output")
-        ));
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("PyTorch twin output: {e}"))?;
-    let label = format!(
-        "PyTorch {} {} ({} threads)",
-        v["torch"].as_str().unwrap_or("?"),
-        v["device"].as_str().unwrap_or("?"),
-        v["threads"]
-    );
-    let ms = v["ms"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, x)| x.as_f64().map(|f| (k.clone(), f)))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok((label, ms))
-}
 
 fn rand_tensor(gpu: &Gpu, shape: &[usize], seed: u32) -> Tensor {
     let n: usize = shape.iter().product();
@@ -79,7 +46,7 @@ fn main() {
         "CNN kernels on {} ({:?}, driver {} {})",
         info.name, info.backend, info.driver, info.driver_info
     );
-    let torch = torch_ms();
+    let torch = common::torch_ms("cnn_torch.py", &[]);
     match &torch {
         Ok((label, _)) => println!("beside: {label}"),
         Err(e) => println!("beside: PyTorch not measured ({e})"),

@@ -4,45 +4,11 @@
 //!
 //! Run: `cargo bench --bench matmul` (add `-- 256` to choose sizes).
 
-use std::collections::HashMap;
-use std::process::Command;
+mod common;
 
 use apga_gpu::autotune;
 use apga_gpu::ops::{self, MatmulVariant};
 use apga_gpu::{Gpu, GpuOptions, Tensor};
-
-fn torch_ms(sizes: &[usize]) -> Result<(String, HashMap<String, f64>), String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/matmul_torch.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args(sizes.iter().map(|s| s.to_string()))
-        .output()
-        .map_err(|e| format!("python3 not runnable: {e}"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "PyTorch twin failed: {}",
-            err.lines().last().unwrap_or("no output")
-        ));
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("PyTorch twin output: {e}"))?;
-    let label = format!(
-        "PyTorch {} {} ({} threads)",
-        v["torch"].as_str().unwrap_or("?"),
-        v["device"].as_str().unwrap_or("?"),
-        v["threads"]
-    );
-    let ms = v["ms"]
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, x)| x.as_f64().map(|f| (k.clone(), f)))
-                .collect()
-        })
-        .unwrap_or_default();
-    Ok((label, ms))
-}
 
 fn main() {
     let mut sizes: Vec<usize> = std::env::args()
@@ -68,7 +34,10 @@ fn main() {
         "bounds checks in trusted kernels: {} (APGA_RUNTIME_CHECKS=1 turns them on)",
         if gpu.runtime_checks() { "on" } else { "off" }
     );
-    let torch = torch_ms(&sizes);
+    let torch = common::torch_ms(
+        "matmul_torch.py",
+        &sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+    );
     match &torch {
         Ok((label, _)) => println!("beside: {label}"),
         Err(e) => println!("beside: PyTorch not measured ({e})"),

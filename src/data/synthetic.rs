@@ -39,10 +39,10 @@ pub fn label_of(index: usize, classes: usize) -> usize {
 
 /// Glyph bitmaps (5 x 7) of the side markers.
 const GLYPH_L: [&str; 7] = [
-    "X....", "X....", "X....", "X....", "X....", "X....", "XXXXX",
+    "#....", "#....", "#....", "#....", "#....", "#....", "#####",
 ];
 const GLYPH_R: [&str; 7] = [
-    "XXXX.", "X...X", "X...X", "XXXX.", "X.X..", "X..X.", "X...X",
+    "####.", "#...#", "#...#", "####.", "#.#..", "#..#.", "#...#",
 ];
 
 struct Bone {
@@ -170,7 +170,7 @@ pub fn generate(cfg: &SyntheticConfig, split: &str, index: usize) -> SyntheticIm
                 let gyi = ((fy - gy) / cell).floor();
                 if (0.0..5.0).contains(&gxi) && (0.0..7.0).contains(&gyi) {
                     let row = glyph[gyi as usize].as_bytes();
-                    if row[gxi as usize] == b'X' {
+                    if row[gxi as usize] == b'#' {
                         v = 0.95;
                     }
                 }
