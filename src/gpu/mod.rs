@@ -122,6 +122,8 @@ pub(crate) struct GpuInner {
     param_slot: usize,
     errors: Arc<Mutex<Vec<String>>>,
     runtime_checks: bool,
+    /// A read-only buffer of zeros shared by kernels that need "no bias" (grown on demand).
+    zero_buffer: Mutex<Option<Arc<Storage>>>,
     pub(crate) autotuner: Mutex<Autotuner>,
 }
 
@@ -203,6 +205,7 @@ impl Gpu {
                 param_slot,
                 errors,
                 runtime_checks: options.runtime_checks,
+                zero_buffer: Mutex::default(),
                 autotuner: Mutex::new(autotuner),
             }),
         })
@@ -312,6 +315,18 @@ impl Gpu {
         let enc = self.encoder(&mut batch);
         enc.clear_buffer(storage.buffer(), 0, None);
         Ok(storage)
+    }
+
+    /// A shared buffer of at least `len` zeros that kernels only read (a missing bias). It is
+    /// cleared once, not per call, so recording it does not break the open compute pass.
+    pub fn shared_zeros(&self, len: usize) -> Result<Arc<Storage>> {
+        let mut z = lock(&self.inner.zero_buffer);
+        if let Some(b) = z.as_ref().filter(|b| b.len() >= len) {
+            return Ok(b.clone());
+        }
+        let b = Arc::new(self.zeros(len.max(1024), &[len])?);
+        *z = Some(b.clone());
+        Ok(b)
     }
 
     /// Copies `len` values from `src` to `dst` (both starting at element offsets).

@@ -123,7 +123,7 @@ fn check_groups(gpu: &Gpu, op: &'static str, g: &ConvGeom, wg: [u32; 3]) -> Resu
 fn bias_storage(gpu: &Gpu, bias: Option<&Tensor>, c: usize) -> Result<std::sync::Arc<Storage>> {
     match bias {
         Some(b) => Ok(b.storage_arc().clone()),
-        None => Ok(std::sync::Arc::new(gpu.zeros(c, &[c])?)),
+        None => gpu.shared_zeros(c),
     }
 }
 
@@ -397,7 +397,7 @@ pub fn conv2d_backward(
     let gx = if want[0] {
         let shape = [g.n, g.ci, g.h, g.w];
         let out = gpu.alloc(g.n * g.ci * g.h * g.w, &shape)?;
-        let zeros = gpu.zeros(g.ci, &[g.ci])?;
+        let zeros = gpu.shared_zeros(g.ci)?;
         dgrad_into(
             g,
             gy.storage(),
@@ -449,7 +449,7 @@ pub fn conv_transpose2d_backward(
     let gx = if want[0] {
         let shape = [g.n, g.co, g.oh, g.ow];
         let out = gpu.alloc(g.n * g.co * g.oh * g.ow, &shape)?;
-        let zeros = gpu.zeros(g.co, &[g.co])?;
+        let zeros = gpu.shared_zeros(g.co)?;
         fwd_into(
             g,
             gy.storage(),

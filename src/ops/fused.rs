@@ -98,7 +98,7 @@ pub fn bn_relu_conv2d(
     let affine = affine_of(gpu, &stats, gamma, beta, &p)?;
     let shape = [n, co, geom.oh, geom.ow];
     let out = gpu.alloc(n * co * geom.oh * geom.ow, &shape)?;
-    let zeros = gpu.zeros(co, &[co])?;
+    let zeros = gpu.shared_zeros(co)?;
     let src = Slice {
         total: c_total,
         off: 0,
@@ -158,7 +158,7 @@ impl BnReluConv {
         // recomputes the activations from the block.
         let c = self.c_in;
         let dxp = gpu.alloc(n * c * h * wd, &[n, c, h, wd])?;
-        let zeros = gpu.zeros(c, &[c])?;
+        let zeros = gpu.shared_zeros(c)?;
         dgrad_into(
             g,
             gy.storage(),
