@@ -25,6 +25,8 @@ const CACHE_VERSION: u32 = 1;
 /// Per-adapter cache of measured choices.
 pub struct Autotuner {
     enabled: bool,
+    /// (key prefix, variant) pairs that win over measurement and cache (tests, users).
+    overrides: Vec<(String, String)>,
     adapter_key: String,
     path: Option<PathBuf>,
     choices: BTreeMap<String, String>,
@@ -92,6 +94,7 @@ impl Autotuner {
         };
         Autotuner {
             enabled,
+            overrides: Vec::new(),
             adapter_key,
             path,
             choices,
@@ -100,6 +103,18 @@ impl Autotuner {
 
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Forces `variant` for every op and shape class whose key starts with `prefix`.
+    pub fn set_overrides(&mut self, overrides: Vec<(String, String)>) {
+        self.overrides = overrides;
+    }
+
+    fn forced(&self, key: &str) -> Option<&str> {
+        self.overrides
+            .iter()
+            .find(|(p, _)| key.starts_with(p.as_str()))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn path(&self) -> Option<&Path> {
@@ -176,6 +191,11 @@ pub fn choose<V: Copy>(
             .autotuner
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        if let Some(name) = tuner.forced(key) {
+            if let Some((_, v)) = candidates.iter().find(|(n, _)| *n == name) {
+                return Ok(*v);
+            }
+        }
         if let Some(name) = tuner.get(key) {
             if let Some((_, v)) = candidates.iter().find(|(n, _)| *n == name) {
                 return Ok(*v);

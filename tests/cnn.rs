@@ -536,3 +536,73 @@ fn conv1x1_gemm_path_matches_cpu() {
         1e-4,
     );
 }
+
+#[test]
+fn conv_forward_strip_variant_matches_cpu() {
+    // The 8x8 row-strip forward kernel, forced for every convolution of this context.
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        kernel_overrides: vec![("conv-fwd".into(), "strip".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+    let mut r = rng(21);
+    for &(n, ci, h, w, co, k, s, p) in CONVS
+        .iter()
+        .chain(&[(2, 4, 9, 19, 6, 3, 1, 1), (1, 8, 8, 12, 8, 1, 1, 0)])
+    {
+        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+        let wt = uniform(&mut r, co * ci * k * k, -1.0, 1.0);
+        let b = uniform(&mut r, co, -1.0, 1.0);
+        let (want, _) = cpu_conv2d(&x, [n, ci, h, w], &wt, [co, ci, k, k], Some(&b), s, p);
+        let got = ops::conv2d(
+            &t(&x, &[n, ci, h, w]),
+            &t(&wt, &[co, ci, k, k]),
+            Some(&t(&b, &[co])),
+            s,
+            p,
+        )
+        .unwrap();
+        assert_close(
+            &format!("conv2d strip {:?}", (n, ci, h, w, co, k, s, p)),
+            &got.to_vec().unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
+    }
+    // Through the batch-norm prologue, on a channel prefix.
+    let (n, ct, c, h, w, co) = (2, 7, 5, 6, 11, 3);
+    let x = t(&uniform(&mut r, n * ct * h * w, -2.0, 2.0), &[n, ct, h, w]);
+    let gamma = t(&uniform(&mut r, c, 0.5, 1.5), &[c]);
+    let beta = t(&uniform(&mut r, c, -0.5, 0.5), &[c]);
+    let wt = t(&uniform(&mut r, co * c * 9, -0.5, 0.5), &[co, c, 3, 3]);
+    let cfg = ops::BatchNormConfig::default();
+    let fused = ops::bn_relu_conv2d(&x, c, &gamma, &beta, None, cfg, &wt, 1, 1).unwrap();
+    let bn = ops::batch_norm2d(
+        &ops::narrow(&x, 1, 0, c).unwrap(),
+        &gamma,
+        &beta,
+        None,
+        ops::BatchNormConfig { relu: true, ..cfg },
+    )
+    .unwrap();
+    let want = cpu_conv2d(
+        &bn.to_vec().unwrap(),
+        [n, c, h, w],
+        &wt.to_vec().unwrap(),
+        [co, c, 3, 3],
+        None,
+        1,
+        1,
+    )
+    .0;
+    assert_close(
+        "conv2d strip with prologue",
+        &fused.to_vec().unwrap(),
+        &want,
+        1e-4,
+        1e-4,
+    );
+}

@@ -59,6 +59,9 @@ pub struct GpuOptions {
     /// Keep wgpu's bounds checks on storage accesses in every kernel, trusted ones included
     /// (`APGA_RUNTIME_CHECKS=1`). Off by default: trusted kernels run without them.
     pub runtime_checks: bool,
+    /// Kernel variants forced per autotune key prefix, e.g. `("conv-fwd/k3", "strip")`
+    /// (`APGA_KERNELS=conv-fwd/k3=strip,matmul=tiled`).
+    pub kernel_overrides: Vec<(String, String)>,
 }
 
 impl Default for GpuOptions {
@@ -67,6 +70,14 @@ impl Default for GpuOptions {
             device: None,
             autotune: !env_flag("APGA_NO_AUTOTUNE"),
             runtime_checks: env_flag("APGA_RUNTIME_CHECKS"),
+            kernel_overrides: std::env::var("APGA_KERNELS")
+                .map(|v| {
+                    v.split(',')
+                        .filter_map(|kv| kv.split_once('='))
+                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
@@ -180,7 +191,8 @@ impl Gpu {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
-        let autotuner = Autotuner::open(&info, options.autotune);
+        let mut autotuner = Autotuner::open(&info, options.autotune);
+        autotuner.set_overrides(options.kernel_overrides.clone());
         log::info!(
             "using adapter {} ({:?}, {:?}, driver {} {})",
             info.name,

@@ -130,6 +130,7 @@ fn bias_storage(gpu: &Gpu, bias: Option<&Tensor>, c: usize) -> Result<std::sync:
 /// Forward kernel: `out[:, dst] = conv(src[:, src], w) + bias`; with a `prologue` ([scale;
 /// shift] per input channel) the input is read as relu(x * scale + shift).
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)]
 fn fwd_direct(
     g: &ConvGeom,
     x: &Storage,
@@ -139,15 +140,17 @@ fn fwd_direct(
     out: &Storage,
     dst: Slice,
     prologue: Option<&Storage>,
+    strip: bool,
 ) -> Result<()> {
     let gpu = w.gpu();
     let wt = relayout_weight(w, false)?;
-    let pixel_blocks = g.n * g.oh * g.ow.div_ceil(4);
+    let cols = if strip { 8 } else { 4 };
+    let pixel_blocks = g.n * g.oh * g.ow.div_ceil(cols);
     let wg = [pixel_blocks.div_ceil(64) as u32, g.co.div_ceil(8) as u32, 1];
     check_groups(gpu, "conv2d", g, wg)?;
     let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
     gpu.dispatch(
-        &Kernel::new(&CONV2D, "fwd").with(&constants),
+        &Kernel::new(&CONV2D, if strip { "fwd_strip" } else { "fwd" }).with(&constants),
         &params(g, round8(g.co), src, dst, 0),
         &[out],
         &[x, &wt, bias, prologue.unwrap_or(bias)],
@@ -550,11 +553,20 @@ fn gemm_1x1_run(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ConvKernel {
     Direct,
+    Strip,
     Gemm1x1,
 }
 
-fn candidates(gemm: bool) -> Vec<(&'static str, ConvKernel)> {
+/// Whether the strip variant's register window (7 * stride + kw values) fits its 24 slots.
+fn strip_fits(g: &ConvGeom) -> bool {
+    7 * g.stride + g.kw <= 24
+}
+
+fn candidates(g: &ConvGeom, gemm: bool, strip: bool) -> Vec<(&'static str, ConvKernel)> {
     let mut v = vec![("direct", ConvKernel::Direct)];
+    if strip && strip_fits(g) {
+        v.push(("strip", ConvKernel::Strip));
+    }
     if gemm {
         v.push(("gemm1x1", ConvKernel::Gemm1x1));
     }
@@ -563,7 +575,9 @@ fn candidates(gemm: bool) -> Vec<(&'static str, ConvKernel)> {
 
 fn class_key(dir: &str, g: &ConvGeom, prologue: bool) -> String {
     format!(
-        "conv1x1-{dir}/ci{}/co{}/hw{}/n{}/{}",
+        "conv-{dir}/k{}s{}/ci{}/co{}/hw{}/n{}/{}",
+        g.kh,
+        g.stride,
         autotune::bucket(g.ci),
         autotune::bucket(g.co),
         autotune::bucket(g.h * g.w),
@@ -588,7 +602,8 @@ pub(crate) fn fwd_into(
     let gpu = w.gpu();
     let gemm = gemm_1x1(g, g.ci);
     let run = |k: ConvKernel| match k {
-        ConvKernel::Direct => fwd_direct(g, x, src, w, bias, out, dst, prologue),
+        ConvKernel::Direct => fwd_direct(g, x, src, w, bias, out, dst, prologue, false),
+        ConvKernel::Strip => fwd_direct(g, x, src, w, bias, out, dst, prologue, true),
         ConvKernel::Gemm1x1 => gemm_1x1_run(
             gpu,
             (g.co, g.ci, g.ci),
@@ -602,14 +617,17 @@ pub(crate) fn fwd_into(
             prologue,
         ),
     };
-    if !gemm {
+    let cands = candidates(g, gemm, true);
+    if cands.len() == 1 {
         return run(ConvKernel::Direct);
     }
+    // Without measurements: the GEMM where it applies, else the direct kernel.
+    let default = if gemm { cands.len() - 1 } else { 0 };
     let k = autotune::choose(
         gpu,
         &class_key("fwd", g, prologue.is_some()),
-        &candidates(true),
-        1,
+        &cands,
+        default,
         run,
     )?;
     run(k)
@@ -634,7 +652,7 @@ pub(crate) fn dgrad_into(
     // A = w^T as [ci, round8(co)], the forward kernel's weight layout.
     let wt = relayout_weight(w, false)?;
     let run = |k: ConvKernel| match k {
-        ConvKernel::Direct => dgrad_direct(g, dy, src, w, bias, out, dst),
+        ConvKernel::Direct | ConvKernel::Strip => dgrad_direct(g, dy, src, w, bias, out, dst),
         ConvKernel::Gemm1x1 => gemm_1x1_run(
             gpu,
             (g.ci, g.co, round8(g.co)),
@@ -651,7 +669,7 @@ pub(crate) fn dgrad_into(
     let k = autotune::choose(
         gpu,
         &class_key("dgrad", g, false),
-        &candidates(true),
+        &candidates(g, true, false),
         1,
         run,
     )?;
@@ -662,17 +680,21 @@ pub(crate) fn dgrad_into(
 /// autotuner's choice where several apply (after the first call), else the only one.
 pub fn kernel_name(gpu: &Gpu, g: &ConvGeom, dir: &str, prologue: bool) -> String {
     let k = if dir == "fwd" { g.ci } else { g.co };
-    let base = if dir == "fwd" {
-        "conv2d.fwd (direct)"
+    let gemm = gemm_1x1(g, k);
+    let direct = if dir == "fwd" {
+        "conv2d.fwd (direct, 8x4)"
     } else {
         "conv2d.dgrad (direct)"
     };
-    if !gemm_1x1(g, k) {
-        return base.into();
+    let several = gemm || (dir == "fwd" && strip_fits(g));
+    if !several {
+        return direct.into();
     }
     match autotune::cached_choice(gpu, &class_key(dir, g, prologue)).as_deref() {
         Some("gemm1x1") => "conv1x1 (batched GEMM)".into(),
-        Some(_) => base.into(),
-        None => "conv1x1 (batched GEMM, default)".into(),
+        Some("strip") => "conv2d.fwd_strip (8x8, row strip)".into(),
+        Some(_) => direct.into(),
+        None if gemm => "conv1x1 (batched GEMM, default)".into(),
+        None => format!("{direct}, default"),
     }
 }
