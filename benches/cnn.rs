@@ -152,7 +152,7 @@ fn main() {
             format!("{name}/input_grad"),
             flops,
             "GFLOP/s",
-            &|| "conv2d.fwd (direct)".to_string(),
+            &|| ops::conv::kernel_name(&gpu, &g, "fwd", false),
             &mut || {
                 ops::conv::conv_transpose2d_backward(&g, &x, &wt, &gy, [true, false, false])
                     .map(|_| ())
