@@ -248,3 +248,76 @@ fn dgrad(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 }
+
+// Input gradient, "strip" variant for stride 1: 8 input channels x 8 consecutive input columns
+// per invocation; for each (co, ky) the output-gradient row segment the 8 columns need
+// (7 + kw values, at most 24: the host checks) is loaded once and reused for every kx.
+// dx[ix] gets dy[ix + p - kx] * w[.., kx], i.e. strip slot j + (kw - 1 - kx).
+@compute @workgroup_size(64)
+fn dgrad_strip(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let wb = (P.w + 7u) / 8u;
+    let pb = gid.x;
+    if (pb >= P.n * P.h * wb) {
+        return;
+    }
+    let n = pb / (P.h * wb);
+    let rem = pb % (P.h * wb);
+    let iy = rem / wb;
+    let ix0 = (rem % wb) * 8u;
+    let ci0 = gid.y * 8u;
+    let cq = P.cpad / 4u;
+    let span = 7u + P.kw;
+    var acc0: array<vec4<f32>, 8>;
+    var acc1: array<vec4<f32>, 8>;
+    for (var j = 0u; j < 8u; j = j + 1u) {
+        acc0[j] = vec4<f32>(0.0);
+        acc1[j] = vec4<f32>(0.0);
+    }
+    let oplane = P.oh * P.ow;
+    // Output column of strip slot t: ix0 + p - (kw - 1) + t.
+    let ox_first = i32(ix0 + P.pad) - i32(P.kw - 1u);
+    var strip: array<f32, 24>;
+    for (var co = 0u; co < P.co; co = co + 1u) {
+        let base = (n * P.src_c_total + P.src_c_off + co) * oplane;
+        for (var ky = 0u; ky < P.kh; ky = ky + 1u) {
+            let oy = i32(iy + P.pad) - i32(ky);
+            if (oy < 0 || oy >= i32(P.oh)) {
+                continue;
+            }
+            let row = base + u32(oy) * P.ow;
+            for (var t = 0u; t < span; t = t + 1u) {
+                let ox = ox_first + i32(t);
+                let ok = ox >= 0 && ox < i32(P.ow);
+                strip[t] = select(0.0, src[row + u32(clamp(ox, 0, i32(P.ow) - 1))], ok);
+            }
+            for (var kx = 0u; kx < P.kw; kx = kx + 1u) {
+                let k = (co * P.kh + ky) * P.kw + kx;
+                let w0 = wt[k * cq + ci0 / 4u];
+                let w1 = wt[k * cq + ci0 / 4u + 1u];
+                let off = P.kw - 1u - kx;
+                for (var j = 0u; j < 8u; j = j + 1u) {
+                    let v = strip[j + off];
+                    acc0[j] = fma(vec4<f32>(v), w0, acc0[j]);
+                    acc1[j] = fma(vec4<f32>(v), w1, acc1[j]);
+                }
+            }
+        }
+    }
+    for (var c = 0u; c < 8u; c = c + 1u) {
+        let ci = ci0 + c;
+        if (ci < P.ci) {
+            let obase = ((n * P.dst_c_total + P.dst_c_off + ci) * P.h + iy) * P.w;
+            for (var j = 0u; j < 8u; j = j + 1u) {
+                if (ix0 + j < P.w) {
+                    var v: f32;
+                    if (c < 4u) {
+                        v = acc0[j][c];
+                    } else {
+                        v = acc1[j][c - 4u];
+                    }
+                    out[obase + ix0 + j] = v + bias[ci];
+                }
+            }
+        }
+    }
+}

@@ -606,3 +606,87 @@ fn conv_forward_strip_variant_matches_cpu() {
         1e-4,
     );
 }
+
+#[test]
+fn conv_input_gradient_strip_variant_matches_cpu() {
+    // The stride-1 row-strip input-gradient kernel, forced for every convolution of this
+    // context; checked against the scatter definition of the input gradient, and through
+    // conv_transpose2d's forward (which is the same kernel).
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        kernel_overrides: vec![("conv-dgrad".into(), "strip".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+    let mut r = rng(22);
+    for &(n, ci, h, w, co, k, p) in &[
+        (2usize, 3usize, 7usize, 9usize, 5usize, 3usize, 1usize),
+        (1, 9, 5, 13, 4, 3, 1),
+        (2, 2, 6, 6, 3, 3, 2),
+        (1, 4, 8, 12, 6, 1, 0),
+        (1, 3, 9, 10, 2, 7, 3),
+    ] {
+        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+        let wt = uniform(&mut r, co * ci * k * k, -1.0, 1.0);
+        let xt = t(&x, &[n, ci, h, w]).with_grad();
+        let tape = apga_gpu::Tape::new();
+        let y = ops::conv2d(&xt, &t(&wt, &[co, ci, k, k]), None, 1, p).unwrap();
+        let (oh, ow) = (y.shape()[2], y.shape()[3]);
+        let gy = uniform(&mut r, n * co * oh * ow, -1.0, 1.0);
+        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let mut dx = vec![0f64; n * ci * h * w];
+        for b in 0..n {
+            for o in 0..co {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let gv = gy[((b * co + o) * oh + oy) * ow + ox] as f64;
+                        for c in 0..ci {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy + ky) as isize - p as isize;
+                                    let ix = (ox + kx) as isize - p as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w
+                                    {
+                                        dx[((b * ci + c) * h + iy as usize) * w + ix as usize] +=
+                                            gv * wt[((o * ci + c) * k + ky) * k + kx] as f64;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let want: Vec<f32> = dx.into_iter().map(|v| v as f32).collect();
+        assert_close(
+            &format!("dgrad strip {:?}", (n, ci, h, w, co, k, p)),
+            &grads.get(&xt).unwrap().to_vec().unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
+    }
+    let (n, ci, h, w, co) = (2, 4, 5, 7, 3);
+    let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+    let wt = uniform(&mut r, ci * co * 9, -1.0, 1.0);
+    let b = uniform(&mut r, co, -1.0, 1.0);
+    let (want, _) = cpu_conv_transpose2d(&x, [n, ci, h, w], &wt, [ci, co, 3, 3], Some(&b), 1, 1, 0);
+    let got = ops::conv_transpose2d(
+        &t(&x, &[n, ci, h, w]),
+        &t(&wt, &[ci, co, 3, 3]),
+        Some(&t(&b, &[co])),
+        1,
+        1,
+        0,
+    )
+    .unwrap();
+    assert_close(
+        "conv_transpose2d via dgrad strip",
+        &got.to_vec().unwrap(),
+        &want,
+        1e-4,
+        1e-4,
+    );
+}

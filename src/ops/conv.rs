@@ -159,6 +159,7 @@ fn fwd_direct(
 
 /// Input-gradient kernel: `out[:, dst] = conv_transpose(dy[:, src], w) + bias`, out being
 /// [n, ci, h, w] of geometry `g`.
+#[allow(clippy::too_many_arguments)]
 fn dgrad_direct(
     g: &ConvGeom,
     dy: &Storage,
@@ -167,15 +168,21 @@ fn dgrad_direct(
     bias: &Storage,
     out: &Storage,
     dst: Slice,
+    strip: bool,
 ) -> Result<()> {
     let gpu = w.gpu();
     let wt = relayout_weight(w, true)?;
-    // Blocks of 4 columns of one phase (ix mod stride), `stride` phases per row.
-    let pixel_blocks = g.n * g.h * g.stride * g.w.div_ceil(g.stride).div_ceil(4);
+    let pixel_blocks = if strip {
+        // Blocks of 8 consecutive columns (stride 1 only).
+        g.n * g.h * g.w.div_ceil(8)
+    } else {
+        // Blocks of 4 columns of one phase (ix mod stride), `stride` phases per row.
+        g.n * g.h * g.stride * g.w.div_ceil(g.stride).div_ceil(4)
+    };
     let wg = [pixel_blocks.div_ceil(64) as u32, g.ci.div_ceil(8) as u32, 1];
     check_groups(gpu, "conv2d input gradient", g, wg)?;
     gpu.dispatch(
-        &Kernel::new(&CONV2D, "dgrad"),
+        &Kernel::new(&CONV2D, if strip { "dgrad_strip" } else { "dgrad" }),
         &params(g, round8(g.ci), src, dst, 0),
         &[out],
         &[dy, &wt, bias, bias],
@@ -645,17 +652,26 @@ pub(crate) fn dgrad_into(
 ) -> Result<()> {
     let gpu = w.gpu();
     let gemm = gemm_1x1(g, g.co);
-    if !gemm {
-        return dgrad_direct(g, dy, src, w, bias, out, dst);
+    let strip = g.stride == 1 && 7 + g.kw <= 24;
+    let cands = candidates(g, gemm, strip);
+    if cands.len() == 1 {
+        return dgrad_direct(g, dy, src, w, bias, out, dst, false);
     }
-    // A = w^T as [ci, round8(co)], the forward kernel's weight layout.
-    let wt = relayout_weight(w, false)?;
-    let run = |k: ConvKernel| match k {
-        ConvKernel::Direct | ConvKernel::Strip => dgrad_direct(g, dy, src, w, bias, out, dst),
-        ConvKernel::Gemm1x1 => gemm_1x1_run(
+    // A = w^T as [ci, round8(co)], the forward kernel's weight layout (for the 1x1 GEMM).
+    let wt = if gemm {
+        Some(relayout_weight(w, false)?)
+    } else {
+        None
+    };
+    let run = |k: ConvKernel| match (k, &wt) {
+        (ConvKernel::Direct, _) | (ConvKernel::Gemm1x1, None) => {
+            dgrad_direct(g, dy, src, w, bias, out, dst, false)
+        }
+        (ConvKernel::Strip, _) => dgrad_direct(g, dy, src, w, bias, out, dst, true),
+        (ConvKernel::Gemm1x1, Some(wt)) => gemm_1x1_run(
             gpu,
             (g.ci, g.co, round8(g.co)),
-            &wt,
+            wt,
             dy,
             src,
             bias,
@@ -665,13 +681,8 @@ pub(crate) fn dgrad_into(
             None,
         ),
     };
-    let k = autotune::choose(
-        gpu,
-        &class_key("dgrad", g, false),
-        &candidates(g, true, false),
-        1,
-        run,
-    )?;
+    let default = if gemm { cands.len() - 1 } else { 0 };
+    let k = autotune::choose(gpu, &class_key("dgrad", g, false), &cands, default, run)?;
     run(k)
 }
 
@@ -685,13 +696,19 @@ pub fn kernel_name(gpu: &Gpu, g: &ConvGeom, dir: &str, prologue: bool) -> String
     } else {
         "conv2d.dgrad (direct)"
     };
-    let several = gemm || (dir == "fwd" && strip_fits(g));
+    let several = gemm
+        || if dir == "fwd" {
+            strip_fits(g)
+        } else {
+            g.stride == 1 && 7 + g.kw <= 24
+        };
     if !several {
         return direct.into();
     }
     match autotune::cached_choice(gpu, &class_key(dir, g, prologue)).as_deref() {
         Some("gemm1x1") => "conv1x1 (batched GEMM)".into(),
-        Some("strip") => "conv2d.fwd_strip (8x8, row strip)".into(),
+        Some("strip") if dir == "fwd" => "conv2d.fwd_strip (8x8, row strip)".into(),
+        Some("strip") => "conv2d.dgrad_strip (8x8, row strip)".into(),
         Some(_) => direct.into(),
         None if gemm => "conv1x1 (batched GEMM, default)".into(),
         None => format!("{direct}, default"),
