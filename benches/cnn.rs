@@ -98,7 +98,7 @@ fn main() {
         let flops = 2.0 * g.macs() as f64;
         let kf = || ops::conv::kernel_name(&gpu, &g, "fwd", false);
         let kd = || ops::conv::kernel_name(&gpu, &g, "dgrad", false);
-        let kw = || "conv2d_wgrad (4x4, split rows)".to_string();
+        let kw = || ops::conv::wgrad_kernel_name(&gpu, &g, false);
         time(
             format!("{name}/forward"),
             flops,
@@ -162,7 +162,7 @@ fn main() {
             format!("{name}/weight_grad"),
             flops,
             "GFLOP/s",
-            &|| "conv2d_wgrad (4x4, split rows)".to_string(),
+            &|| ops::conv::wgrad_kernel_name(&gpu, &g, false),
             &mut || {
                 ops::conv::conv_transpose2d_backward(&g, &x, &wt, &gy, [false, true, false])
                     .map(|_| ())

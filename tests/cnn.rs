@@ -690,3 +690,90 @@ fn conv_input_gradient_strip_variant_matches_cpu() {
         1e-4,
     );
 }
+
+#[test]
+fn conv_weight_gradient_8x8_variant_matches_cpu() {
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        kernel_overrides: vec![("conv-wgrad".into(), "wgrad8".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+    let mut r = rng(23);
+    for &(n, ci, h, w, co, k, s, p) in CONVS {
+        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+        let wt = uniform(&mut r, co * ci * k * k, -1.0, 1.0);
+        let wtt = t(&wt, &[co, ci, k, k]).with_grad();
+        let tape = apga_gpu::Tape::new();
+        let y = ops::conv2d(&t(&x, &[n, ci, h, w]), &wtt, None, s, p).unwrap();
+        let (oh, ow) = (y.shape()[2], y.shape()[3]);
+        let gy = uniform(&mut r, n * co * oh * ow, -1.0, 1.0);
+        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let mut dw = vec![0f64; co * ci * k * k];
+        for b in 0..n {
+            for o in 0..co {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let gv = gy[((b * co + o) * oh + oy) * ow + ox] as f64;
+                        for c in 0..ci {
+                            for ky in 0..k {
+                                for kx in 0..k {
+                                    let iy = (oy * s + ky) as isize - p as isize;
+                                    let ix = (ox * s + kx) as isize - p as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w
+                                    {
+                                        dw[((o * ci + c) * k + ky) * k + kx] += gv
+                                            * x[((b * ci + c) * h + iy as usize) * w + ix as usize]
+                                                as f64;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let want: Vec<f32> = dw.into_iter().map(|v| v as f32).collect();
+        assert_close(
+            &format!("wgrad8 {:?}", (n, ci, h, w, co, k, s, p)),
+            &grads.get(&wtt).unwrap().to_vec().unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
+    }
+    // Through the batch-norm prologue: the fused op's weight gradient equals the unfused one.
+    let (n, ct, c, h, w, co) = (2, 11, 9, 5, 6, 10);
+    let x = t(&uniform(&mut r, n * ct * h * w, -2.0, 2.0), &[n, ct, h, w]);
+    let gamma = t(&uniform(&mut r, c, 0.5, 1.5), &[c]);
+    let beta = t(&uniform(&mut r, c, -0.5, 0.5), &[c]);
+    let wt = t(&uniform(&mut r, co * c * 9, -0.5, 0.5), &[co, c, 3, 3]).with_grad();
+    let cfg = ops::BatchNormConfig::default();
+    let grad_of = |fused: bool| {
+        let tape = apga_gpu::Tape::new();
+        let y = if fused {
+            ops::bn_relu_conv2d(&x, c, &gamma, &beta, None, cfg, &wt, 1, 1).unwrap()
+        } else {
+            let bn = ops::batch_norm2d(
+                &ops::narrow(&x, 1, 0, c).unwrap(),
+                &gamma,
+                &beta,
+                None,
+                ops::BatchNormConfig { relu: true, ..cfg },
+            )
+            .unwrap();
+            ops::conv2d(&bn, &wt, None, 1, 1).unwrap()
+        };
+        let g = tape.backward(&ops::sum_all(&y).unwrap()).unwrap();
+        g.get(&wt).unwrap().to_vec().unwrap()
+    };
+    assert_close(
+        "wgrad8 with prologue",
+        &grad_of(true),
+        &grad_of(false),
+        1e-4,
+        1e-4,
+    );
+}

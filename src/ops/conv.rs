@@ -191,7 +191,8 @@ fn dgrad_direct(
 }
 
 /// Weight gradient [co, ci, kh, kw] of a convolution of geometry `g` from its input `x` and
-/// output gradient `dy`; `prologue` as in `fwd_into`.
+/// output gradient `dy`; `prologue` as in `fwd_into`. Two blockings (4 x 4 and 8 x 8 output
+/// channels x columns per invocation) are chosen between by autotuning.
 pub(crate) fn wgrad(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -201,9 +202,40 @@ pub(crate) fn wgrad(
     dys: Slice,
     prologue: Option<&Storage>,
 ) -> Result<Tensor> {
+    let run = |block: usize| wgrad_blocked(gpu, g, x, src, dy, dys, prologue, block);
+    let cands = [("wgrad4", 4usize), ("wgrad8", 8usize)];
+    let key = format!(
+        "conv-wgrad/k{}s{}/ci{}/co{}/hw{}/n{}/{}",
+        g.kh,
+        g.stride,
+        autotune::bucket(g.ci),
+        autotune::bucket(g.co),
+        autotune::bucket(g.oh * g.ow),
+        autotune::bucket(g.n),
+        if prologue.is_some() {
+            "prologue"
+        } else {
+            "plain"
+        }
+    );
+    let block = autotune::choose(gpu, &key, &cands, 0, |b| run(b).map(|_| ()))?;
+    run(block)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn wgrad_blocked(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    dy: &Storage,
+    dys: Slice,
+    prologue: Option<&Storage>,
+    block: usize,
+) -> Result<Tensor> {
     let ktot = g.ci * g.kh * g.kw;
     let rows = g.n * g.oh;
-    let blocks = ktot.div_ceil(4) * g.co.div_ceil(4);
+    let blocks = ktot.div_ceil(block) * g.co.div_ceil(block);
     // Enough chunks to give ~4096 invocations, each chunk at least one row, partial sums at
     // most 32 MiB, and at most 1024 chunks.
     let by_parallelism = 4096usize.div_ceil(blocks);
@@ -213,14 +245,15 @@ pub(crate) fn wgrad(
     let chunks = rows.div_ceil(rows_per_chunk);
     let partial = gpu.alloc(chunks * g.co * ktot, &[chunks, g.co, ktot])?;
     let wg = [
-        ktot.div_ceil(4).div_ceil(8) as u32,
-        g.co.div_ceil(4).div_ceil(8) as u32,
+        ktot.div_ceil(block).div_ceil(8) as u32,
+        g.co.div_ceil(block).div_ceil(8) as u32,
         chunks as u32,
     ];
     check_groups(gpu, "conv2d weight gradient", g, wg)?;
     let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
+    let entry = if block == 8 { "wgrad8" } else { "wgrad" };
     gpu.dispatch(
-        &Kernel::new(&CONV2D_WGRAD, "wgrad").with(&constants),
+        &Kernel::new(&CONV2D_WGRAD, entry).with(&constants),
         &params(g, 0, src, dys, rows_per_chunk),
         &[&partial],
         &[x, dy, prologue.unwrap_or(dy)],
@@ -712,5 +745,23 @@ pub fn kernel_name(gpu: &Gpu, g: &ConvGeom, dir: &str, prologue: bool) -> String
         Some(_) => direct.into(),
         None if gemm => "conv1x1 (batched GEMM, default)".into(),
         None => format!("{direct}, default"),
+    }
+}
+
+/// The weight-gradient blocking the autotuner chose for `g` (after the first call).
+pub fn wgrad_kernel_name(gpu: &Gpu, g: &ConvGeom, prologue: bool) -> String {
+    let key = format!(
+        "conv-wgrad/k{}s{}/ci{}/co{}/hw{}/n{}/{}",
+        g.kh,
+        g.stride,
+        autotune::bucket(g.ci),
+        autotune::bucket(g.co),
+        autotune::bucket(g.oh * g.ow),
+        autotune::bucket(g.n),
+        if prologue { "prologue" } else { "plain" }
+    );
+    match autotune::cached_choice(gpu, &key).as_deref() {
+        Some("wgrad8") => "conv2d_wgrad (8x8, split rows)".into(),
+        _ => "conv2d_wgrad (4x4, split rows)".into(),
     }
 }
