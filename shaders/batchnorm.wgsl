@@ -40,9 +40,13 @@ fn tree_sum(lid: u32) {
 fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let c = wid.x;
     let m = P.n * P.hw;
+    // Nested loops over images and pixels: no division per element.
     var s = 0.0;
-    for (var j = lid.x; j < m; j = j + WG) {
-        s = s + x_in[x_index(j / P.hw, c, j % P.hw)];
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let base = x_index(n, c, 0u);
+        for (var p = lid.x; p < P.hw; p = p + WG) {
+            s = s + x_in[base + p];
+        }
     }
     red[lid.x] = s;
     red2[lid.x] = 0.0;
@@ -51,9 +55,12 @@ fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     let mean = red[0] / f32(m);
     workgroupBarrier();
     var q = 0.0;
-    for (var j = lid.x; j < m; j = j + WG) {
-        let d = x_in[x_index(j / P.hw, c, j % P.hw)] - mean;
-        q = q + d * d;
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let base = x_index(n, c, 0u);
+        for (var p = lid.x; p < P.hw; p = p + WG) {
+            let d = x_in[base + p] - mean;
+            q = q + d * d;
+        }
     }
     red[lid.x] = q;
     workgroupBarrier();
@@ -146,16 +153,18 @@ fn bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     let b = beta_b[c];
     var sdy = 0.0;
     var sdyx = 0.0;
-    for (var j = lid.x; j < m; j = j + WG) {
-        let n = j / P.hw;
-        let p = j % P.hw;
-        let xhat = (xb[x_index(n, c, p)] - mean) * invstd;
-        var d = dyb[(n * P.c + c) * P.hw + p];
-        if (P.relu != 0u && xhat * g + b <= 0.0) {
-            d = 0.0;
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let xbase = x_index(n, c, 0u);
+        let dbase = (n * P.c + c) * P.hw;
+        for (var p = lid.x; p < P.hw; p = p + WG) {
+            let xhat = (xb[xbase + p] - mean) * invstd;
+            var d = dyb[dbase + p];
+            if (P.relu != 0u && xhat * g + b <= 0.0) {
+                d = 0.0;
+            }
+            sdy = sdy + d;
+            sdyx = sdyx + d * xhat;
         }
-        sdy = sdy + d;
-        sdyx = sdyx + d * xhat;
     }
     red[lid.x] = sdy;
     red2[lid.x] = sdyx;
