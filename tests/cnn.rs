@@ -473,67 +473,30 @@ fn conv1x1_gemm_path_matches_cpu() {
         );
         let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
         let grads = tape.backward(&loss).unwrap();
-        let mut dx = vec![0f64; n * ci * hw];
-        let mut dw = vec![0f64; co * ci];
-        for b_ in 0..n {
-            for o in 0..co {
-                for c in 0..ci {
-                    for p in 0..hw {
-                        let gyv = gy[(b_ * co + o) * hw + p] as f64;
-                        dx[(b_ * ci + c) * hw + p] += wt[o * ci + c] as f64 * gyv;
-                        dw[o * ci + c] += x[(b_ * ci + c) * hw + p] as f64 * gyv;
-                    }
-                }
-            }
-        }
-        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
+        let (dx, dw) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], &gy, 1, 0);
         assert_close(
             "conv1x1 gemm input grad",
             &grads.get(&xt).unwrap().to_vec().unwrap(),
-            &f(dx),
+            &dx,
             1e-4,
             1e-4,
         );
         assert_close(
             "conv1x1 weight grad",
             &grads.get(&wtt).unwrap().to_vec().unwrap(),
-            &f(dw),
+            &dw,
             1e-4,
             1e-4,
         );
     }
     // The fused BN+ReLU prologue on a channel prefix of a block buffer.
-    let (n, ct, c, h, w, co) = (2, 12, 8, 4, 4, 6);
-    let x = t(&uniform(&mut r, n * ct * h * w, -2.0, 2.0), &[n, ct, h, w]);
-    let gamma = t(&uniform(&mut r, c, 0.5, 1.5), &[c]);
-    let beta = t(&uniform(&mut r, c, -0.5, 0.5), &[c]);
-    let wt = t(&uniform(&mut r, co * c, -0.5, 0.5), &[co, c, 1, 1]);
-    let cfg = ops::BatchNormConfig::default();
-    let fused = ops::bn_relu_conv2d(&x, c, &gamma, &beta, None, cfg, &wt, 1, 0).unwrap();
-    let bn = ops::batch_norm2d(
-        &ops::narrow(&x, 1, 0, c).unwrap(),
-        &gamma,
-        &beta,
-        None,
-        ops::BatchNormConfig { relu: true, ..cfg },
-    )
-    .unwrap();
-    let want = cpu_conv2d(
-        &bn.to_vec().unwrap(),
-        [n, c, h, w],
-        &wt.to_vec().unwrap(),
-        [co, c, 1, 1],
-        None,
+    check_prologue(
+        &g,
+        "conv1x1 gemm with prologue",
+        &mut r,
+        (2, 12, 8, 4, 4, 6),
         1,
         0,
-    )
-    .0;
-    assert_close(
-        "conv1x1 gemm with prologue",
-        &fused.to_vec().unwrap(),
-        &want,
-        1e-4,
-        1e-4,
     );
 }
 
@@ -573,37 +536,13 @@ fn conv_forward_strip_variant_matches_cpu() {
         );
     }
     // Through the batch-norm prologue, on a channel prefix.
-    let (n, ct, c, h, w, co) = (2, 7, 5, 6, 11, 3);
-    let x = t(&uniform(&mut r, n * ct * h * w, -2.0, 2.0), &[n, ct, h, w]);
-    let gamma = t(&uniform(&mut r, c, 0.5, 1.5), &[c]);
-    let beta = t(&uniform(&mut r, c, -0.5, 0.5), &[c]);
-    let wt = t(&uniform(&mut r, co * c * 9, -0.5, 0.5), &[co, c, 3, 3]);
-    let cfg = ops::BatchNormConfig::default();
-    let fused = ops::bn_relu_conv2d(&x, c, &gamma, &beta, None, cfg, &wt, 1, 1).unwrap();
-    let bn = ops::batch_norm2d(
-        &ops::narrow(&x, 1, 0, c).unwrap(),
-        &gamma,
-        &beta,
-        None,
-        ops::BatchNormConfig { relu: true, ..cfg },
-    )
-    .unwrap();
-    let want = cpu_conv2d(
-        &bn.to_vec().unwrap(),
-        [n, c, h, w],
-        &wt.to_vec().unwrap(),
-        [co, c, 3, 3],
-        None,
-        1,
-        1,
-    )
-    .0;
-    assert_close(
+    check_prologue(
+        &g,
         "conv2d strip with prologue",
-        &fused.to_vec().unwrap(),
-        &want,
-        1e-4,
-        1e-4,
+        &mut r,
+        (2, 7, 5, 6, 11, 3),
+        3,
+        1,
     );
 }
 
@@ -636,30 +575,7 @@ fn conv_input_gradient_strip_variant_matches_cpu() {
         let gy = uniform(&mut r, n * co * oh * ow, -1.0, 1.0);
         let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
         let grads = tape.backward(&loss).unwrap();
-        let mut dx = vec![0f64; n * ci * h * w];
-        for b in 0..n {
-            for o in 0..co {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let gv = gy[((b * co + o) * oh + oy) * ow + ox] as f64;
-                        for c in 0..ci {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (oy + ky) as isize - p as isize;
-                                    let ix = (ox + kx) as isize - p as isize;
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w
-                                    {
-                                        dx[((b * ci + c) * h + iy as usize) * w + ix as usize] +=
-                                            gv * wt[((o * ci + c) * k + ky) * k + kx] as f64;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let want: Vec<f32> = dx.into_iter().map(|v| v as f32).collect();
+        let (want, _) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, k, k], &gy, 1, p);
         assert_close(
             &format!("dgrad strip {:?}", (n, ci, h, w, co, k, p)),
             &grads.get(&xt).unwrap().to_vec().unwrap(),
@@ -711,31 +627,7 @@ fn conv_weight_gradient_8x8_variant_matches_cpu() {
         let gy = uniform(&mut r, n * co * oh * ow, -1.0, 1.0);
         let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
         let grads = tape.backward(&loss).unwrap();
-        let mut dw = vec![0f64; co * ci * k * k];
-        for b in 0..n {
-            for o in 0..co {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let gv = gy[((b * co + o) * oh + oy) * ow + ox] as f64;
-                        for c in 0..ci {
-                            for ky in 0..k {
-                                for kx in 0..k {
-                                    let iy = (oy * s + ky) as isize - p as isize;
-                                    let ix = (ox * s + kx) as isize - p as isize;
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w
-                                    {
-                                        dw[((o * ci + c) * k + ky) * k + kx] += gv
-                                            * x[((b * ci + c) * h + iy as usize) * w + ix as usize]
-                                                as f64;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-        let want: Vec<f32> = dw.into_iter().map(|v| v as f32).collect();
+        let (_, want) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, k, k], &gy, s, p);
         assert_close(
             &format!("wgrad8 {:?}", (n, ci, h, w, co, k, s, p)),
             &grads.get(&wtt).unwrap().to_vec().unwrap(),
@@ -776,4 +668,44 @@ fn conv_weight_gradient_8x8_variant_matches_cpu() {
         1e-4,
         1e-4,
     );
+}
+
+/// Checks `bn_relu_conv2d` on the first `c` of `ct` channels against batch norm + ReLU on the
+/// CPU-visible slice followed by the CPU convolution, on context `g` (whose kernel overrides
+/// pick the variant under test).
+fn check_prologue(
+    g: &apga_gpu::Gpu,
+    what: &str,
+    r: &mut rand::rngs::StdRng,
+    (n, ct, c, h, w, co): (usize, usize, usize, usize, usize, usize),
+    k: usize,
+    pad: usize,
+) {
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(g, v, s).unwrap();
+    let x = t(&uniform(r, n * ct * h * w, -2.0, 2.0), &[n, ct, h, w]);
+    let gamma = t(&uniform(r, c, 0.5, 1.5), &[c]);
+    let beta = t(&uniform(r, c, -0.5, 0.5), &[c]);
+    let wt = t(&uniform(r, co * c * k * k, -0.5, 0.5), &[co, c, k, k]);
+    let cfg = ops::BatchNormConfig::default();
+    let fused = ops::bn_relu_conv2d(&x, c, &gamma, &beta, None, cfg, &wt, 1, pad).unwrap();
+    let relu_cfg = ops::BatchNormConfig { relu: true, ..cfg };
+    let bn = ops::batch_norm2d(
+        &ops::narrow(&x, 1, 0, c).unwrap(),
+        &gamma,
+        &beta,
+        None,
+        relu_cfg,
+    )
+    .unwrap();
+    let want = cpu_conv2d(
+        &bn.to_vec().unwrap(),
+        [n, c, h, w],
+        &wt.to_vec().unwrap(),
+        [co, c, k, k],
+        None,
+        1,
+        pad,
+    )
+    .0;
+    assert_close(what, &fused.to_vec().unwrap(), &want, 1e-4, 1e-4);
 }

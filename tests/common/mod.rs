@@ -494,3 +494,47 @@ pub type ConvTCase = (
     usize,
     usize,
 );
+
+/// Input and weight gradients of conv2d on the CPU (f64), the scatter definition: for upstream
+/// gradient `gy` [n, co, oh, ow], returns (dx [n, ci, h, w], dw [co, ci, k, k]).
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_conv2d_grads(
+    x: &[f32],
+    [n, ci, h, w]: [usize; 4],
+    wt: &[f32],
+    [co, _, k, _]: [usize; 4],
+    gy: &[f32],
+    stride: usize,
+    pad: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let oh = (h + 2 * pad - k) / stride + 1;
+    let ow = (w + 2 * pad - k) / stride + 1;
+    let mut dx = vec![0f64; n * ci * h * w];
+    let mut dw = vec![0f64; co * ci * k * k];
+    for b in 0..n {
+        for o in 0..co {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let gv = gy[((b * co + o) * oh + oy) * ow + ox] as f64;
+                    for c in 0..ci {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (oy * stride + ky) as isize - pad as isize;
+                                let ix = (ox * stride + kx) as isize - pad as isize;
+                                if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                    continue;
+                                }
+                                let xi = ((b * ci + c) * h + iy as usize) * w + ix as usize;
+                                let wi = ((o * ci + c) * k + ky) * k + kx;
+                                dx[xi] += gv * wt[wi] as f64;
+                                dw[wi] += gv * x[xi] as f64;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
+    (f(dx), f(dw))
+}
