@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::apga::step::{aiding_mask, apply_mask, policy_probs};
+use crate::apga::step::{aiding_mask, apply_mask};
 use crate::data::{Dataset, Loader, LoaderConfig, Preprocess, Sample};
 use crate::error::Result;
 use crate::models::{DenseNet, UNet11};
@@ -121,21 +121,17 @@ pub fn evaluate(
                 let keep = aiding_mask(p, &x)?;
                 let logits_aid = no_grad(|| clf.forward(&apply_mask(&x, &keep)?, false))?;
                 let pa = softmax_rows(&logits_aid.to_vec()?, k);
+                // One policy forward per batch: the aiding mask 1[P > 0.5] is the kept mask.
+                let kv = keep.to_vec()?;
+                kept_px += kv.iter().map(|v| *v as f64).sum::<f64>();
+                all_px += kv.len() as f64;
                 if let Some(rois) = &batch.rois {
-                    let probs_p = no_grad(|| policy_probs(p, &x))?.to_vec()?;
-                    for (pp, r) in probs_p.iter().zip(rois) {
-                        let kept = *pp > 0.5;
-                        let inside = *r > 0.5;
+                    for (kept, r) in kv.iter().zip(rois) {
+                        let (kept, inside) = (*kept > 0.5, *r > 0.5);
                         inter += (kept && inside) as u8 as f64;
                         union += (kept || inside) as u8 as f64;
                         roi_px += inside as u8 as f64;
-                        kept_px += kept as u8 as f64;
-                        all_px += 1.0;
                     }
-                } else {
-                    let kv = keep.to_vec()?;
-                    kept_px += kv.iter().map(|v| *v as f64).sum::<f64>();
-                    all_px += kv.len() as f64;
                 }
                 Some(pa)
             }

@@ -267,6 +267,35 @@ fn wgrad_blocked(
     reshape(&sum(&partial, &[0], false)?, &shape)
 }
 
+/// The convolution direction of geometry `g` over whole tensors: [n, co, oh, ow] from the
+/// input `x` [n, ci, h, w] (conv2d's forward, conv_transpose2d's input gradient).
+fn forward_full(g: &ConvGeom, x: &Storage, w: &Tensor, b: Option<&Tensor>) -> Result<Storage> {
+    let gpu = w.gpu();
+    let out = gpu.alloc(g.n * g.co * g.oh * g.ow, &[g.n, g.co, g.oh, g.ow])?;
+    let bias = bias_storage(gpu, b, g.co)?;
+    fwd_into(
+        g,
+        x,
+        Slice::whole(g.ci),
+        w,
+        &bias,
+        &out,
+        Slice::whole(g.co),
+        None,
+    )?;
+    Ok(out)
+}
+
+/// The transposed direction: [n, ci, h, w] from `y` [n, co, oh, ow] (conv2d's input
+/// gradient, conv_transpose2d's forward).
+fn transposed_full(g: &ConvGeom, y: &Storage, w: &Tensor, b: Option<&Tensor>) -> Result<Storage> {
+    let gpu = w.gpu();
+    let out = gpu.alloc(g.n * g.ci * g.h * g.w, &[g.n, g.ci, g.h, g.w])?;
+    let bias = bias_storage(gpu, b, g.ci)?;
+    dgrad_into(g, y, Slice::whole(g.co), w, &bias, &out, Slice::whole(g.ci))?;
+    Ok(out)
+}
+
 fn check_bias(op: &'static str, bias: Option<&Tensor>, c: usize) -> Result<()> {
     match bias {
         Some(b) if b.shape() != [c] => Err(Error::shape(
@@ -326,20 +355,8 @@ pub fn conv2d(
         stride,
         pad: padding,
     };
-    let gpu = x.gpu();
     let out_shape = [n, co, g.oh, g.ow];
-    let out = gpu.alloc(n * co * g.oh * g.ow, &out_shape)?;
-    let bias = bias_storage(gpu, b, co)?;
-    fwd_into(
-        &g,
-        x.storage(),
-        Slice::whole(ci),
-        w,
-        &bias,
-        &out,
-        Slice::whole(co),
-        None,
-    )?;
+    let out = forward_full(&g, x.storage(), w, b)?;
     let mut inputs = vec![x, w];
     inputs.extend(b);
     Ok(autodiff::track(out, &out_shape, &inputs, || Op::Conv2d {
@@ -403,19 +420,8 @@ pub fn conv_transpose2d(
     if conv_out(op, oh, kh, stride, padding)? != h || conv_out(op, ow, kw, stride, padding)? != wd {
         return Err(Error::shape(op, format!("inconsistent geometry {g:?}")));
     }
-    let gpu = x.gpu();
     let out_shape = [n, co, oh, ow];
-    let out = gpu.alloc(n * co * oh * ow, &out_shape)?;
-    let bias = bias_storage(gpu, b, co)?;
-    dgrad_into(
-        &g,
-        x.storage(),
-        Slice::whole(ci),
-        w,
-        &bias,
-        &out,
-        Slice::whole(co),
-    )?;
+    let out = transposed_full(&g, x.storage(), w, b)?;
     let mut inputs = vec![x, w];
     inputs.extend(b);
     Ok(autodiff::track(out, &out_shape, &inputs, || {
@@ -437,21 +443,10 @@ pub fn conv2d_backward(
 ) -> Result<[Option<Tensor>; 3]> {
     let gpu = x.gpu();
     let gx = if want[0] {
-        let shape = [g.n, g.ci, g.h, g.w];
-        let out = gpu.alloc(g.n * g.ci * g.h * g.w, &shape)?;
-        let zeros = gpu.shared_zeros(g.ci)?;
-        dgrad_into(
-            g,
-            gy.storage(),
-            Slice::whole(g.co),
-            w,
-            &zeros,
-            &out,
-            Slice::whole(g.ci),
-        )?;
+        let out = transposed_full(g, gy.storage(), w, None)?;
         Some(Tensor::from_storage(
             std::sync::Arc::new(out),
-            &shape,
+            &[g.n, g.ci, g.h, g.w],
             false,
         ))
     } else {
@@ -489,22 +484,10 @@ pub fn conv_transpose2d_backward(
     let gpu = x.gpu();
     // x is the "output" [n, g.co, g.oh, g.ow] of the equivalent convolution, gy its "input".
     let gx = if want[0] {
-        let shape = [g.n, g.co, g.oh, g.ow];
-        let out = gpu.alloc(g.n * g.co * g.oh * g.ow, &shape)?;
-        let zeros = gpu.shared_zeros(g.co)?;
-        fwd_into(
-            g,
-            gy.storage(),
-            Slice::whole(g.ci),
-            w,
-            &zeros,
-            &out,
-            Slice::whole(g.co),
-            None,
-        )?;
+        let out = forward_full(g, gy.storage(), w, None)?;
         Some(Tensor::from_storage(
             std::sync::Arc::new(out),
-            &shape,
+            &[g.n, g.co, g.oh, g.ow],
             false,
         ))
     } else {
