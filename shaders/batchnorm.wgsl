@@ -8,69 +8,86 @@
 
 struct Params {
     n: u32, c: u32, hw: u32, x_c_total: u32,
-    x_c_off: u32, train: u32, relu: u32, _p0: u32,
+    x_c_off: u32, train: u32, relu: u32, lanes: u32,
     eps: f32, momentum: f32, _p1: f32, _p2: f32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
 
-const WG: u32 = 64u;
-var<workgroup> red: array<f32, 64>;
-var<workgroup> red2: array<f32, 64>;
 
 fn x_index(n: u32, c: u32, p: u32) -> u32 {
     return (n * P.x_c_total + P.x_c_off + c) * P.hw + p;
 }
 
-fn tree_sum(lid: u32) {
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (lid < s) {
-            red[lid] = red[lid] + red[lid + s];
-            red2[lid] = red2[lid] + red2[lid + s];
-        }
-        workgroupBarrier();
-    }
-}
 
-// ---- statistics (one workgroup per channel) ----
-@group(0) @binding(1) var<storage, read_write> stats_out: array<f32>;
+// ---- statistics, pass 1: partial mean and M2 (one invocation per channel, image, lane) ----
+// Lane j of plane (n, c) reads pixels j, j + J, j + 2J, ... (J = P.lanes <= hw), so adjacent
+// invocations read adjacent values. No workgroup barriers: on CPU drivers (lavapipe) each
+// barrier splits the shader into separately scheduled pieces, which made the one-workgroup-
+// per-channel tree reduction cost ~1.5 ms per call even on tiny tensors.
+// part layout [2, C * N * J]: mean of the lane's values, sum of squared deviations (M2).
+@group(0) @binding(1) var<storage, read_write> part_out: array<f32>;
 @group(0) @binding(2) var<storage, read> x_in: array<f32>;
 
 @compute @workgroup_size(64)
-fn stats(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let c = wid.x;
-    let m = P.n * P.hw;
-    // Nested loops over images and pixels: no division per element.
+fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = (wid.x + wid.y * nwg.x) * 64u + lid.x;
+    let lanes = P.lanes;
+    let total = P.c * P.n * lanes;
+    if (g >= total) {
+        return;
+    }
+    let j = g % lanes;
+    let cn = g / lanes;
+    let base = x_index(cn % P.n, cn / P.n, 0u);
     var s = 0.0;
-    for (var n = 0u; n < P.n; n = n + 1u) {
-        let base = x_index(n, c, 0u);
-        for (var p = lid.x; p < P.hw; p = p + WG) {
-            s = s + x_in[base + p];
-        }
+    var cnt = 0u;
+    for (var p = j; p < P.hw; p = p + lanes) {
+        s = s + x_in[base + p];
+        cnt = cnt + 1u;
     }
-    red[lid.x] = s;
-    red2[lid.x] = 0.0;
-    workgroupBarrier();
-    tree_sum(lid.x);
-    let mean = red[0] / f32(m);
-    workgroupBarrier();
+    let mean = s / f32(max(cnt, 1u));
     var q = 0.0;
+    for (var p = j; p < P.hw; p = p + lanes) {
+        let d = x_in[base + p] - mean;
+        q = q + d * d;
+    }
+    part_out[g] = mean;
+    part_out[total + g] = q;
+}
+
+// ---- statistics, pass 2: combine a channel's partials (Chan et al.'s parallel variance) ----
+@group(0) @binding(1) var<storage, read_write> stats_out: array<f32>;
+@group(0) @binding(2) var<storage, read> part_in: array<f32>;
+
+@compute @workgroup_size(64)
+fn stats_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= P.c) {
+        return;
+    }
+    let lanes = P.lanes;
+    let total = P.c * P.n * lanes;
+    var cnt = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
     for (var n = 0u; n < P.n; n = n + 1u) {
-        let base = x_index(n, c, 0u);
-        for (var p = lid.x; p < P.hw; p = p + WG) {
-            let d = x_in[base + p] - mean;
-            q = q + d * d;
+        let base = (c * P.n + n) * lanes;
+        for (var j = 0u; j < lanes; j = j + 1u) {
+            let nb = f32((P.hw - j + lanes - 1u) / lanes);
+            let mb = part_in[base + j];
+            let both = cnt + nb;
+            let delta = mb - mean;
+            mean = mean + delta * nb / both;
+            m2 = m2 + part_in[total + base + j] + delta * delta * cnt * nb / both;
+            cnt = both;
         }
     }
-    red[lid.x] = q;
-    workgroupBarrier();
-    tree_sum(lid.x);
-    if (lid.x == 0u) {
-        let var_b = red[0] / f32(m);
-        stats_out[c] = mean;
-        stats_out[P.c + c] = 1.0 / sqrt(var_b + P.eps);
-        stats_out[2u * P.c + c] = var_b;
-    }
+    let var_b = m2 / cnt;
+    stats_out[c] = mean;
+    stats_out[P.c + c] = 1.0 / sqrt(var_b + P.eps);
+    stats_out[2u * P.c + c] = var_b;
 }
 
 // ---- running-statistics update, in place (one invocation per channel) ----
@@ -132,48 +149,72 @@ fn apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     y_out[i] = y;
 }
 
-// ---- backward, pass 1: per-channel sums (one workgroup per channel) ----
+// ---- backward, pass 1: partial per-channel sums (one invocation per channel, image, lane,
+// laid out as the statistics' partials) ----
 // dy_eff = dy * 1[y > 0] with ReLU fused, else dy; dbeta = sum dy_eff,
-// dgamma = sum dy_eff * xhat.
-@group(0) @binding(1) var<storage, read_write> dgamma_out: array<f32>;
-@group(0) @binding(2) var<storage, read_write> dbeta_out: array<f32>;
-@group(0) @binding(3) var<storage, read> xb: array<f32>;
-@group(0) @binding(4) var<storage, read> dyb: array<f32>;
-@group(0) @binding(5) var<storage, read> stats_b: array<f32>;
-@group(0) @binding(6) var<storage, read> gamma_b: array<f32>;
-@group(0) @binding(7) var<storage, read> beta_b: array<f32>;
+// dgamma = sum dy_eff * xhat. part layout [2, C * N * J].
+@group(0) @binding(1) var<storage, read_write> bpart_out: array<f32>;
+@group(0) @binding(2) var<storage, read> xb: array<f32>;
+@group(0) @binding(3) var<storage, read> dyb: array<f32>;
+@group(0) @binding(4) var<storage, read> stats_b: array<f32>;
+@group(0) @binding(5) var<storage, read> gamma_b: array<f32>;
+@group(0) @binding(6) var<storage, read> beta_b: array<f32>;
 
 @compute @workgroup_size(64)
-fn bwd_reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let c = wid.x;
-    let m = P.n * P.hw;
+fn bwd_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = (wid.x + wid.y * nwg.x) * 64u + lid.x;
+    let lanes = P.lanes;
+    let total = P.c * P.n * lanes;
+    if (g >= total) {
+        return;
+    }
+    let j = g % lanes;
+    let cn = g / lanes;
+    let n = cn % P.n;
+    let c = cn / P.n;
     let mean = stats_b[c];
     let invstd = stats_b[P.c + c];
-    let g = gamma_b[c];
-    let b = beta_b[c];
+    let gm = gamma_b[c];
+    let bt = beta_b[c];
+    let xbase = x_index(n, c, 0u);
+    let dbase = (n * P.c + c) * P.hw;
     var sdy = 0.0;
     var sdyx = 0.0;
-    for (var n = 0u; n < P.n; n = n + 1u) {
-        let xbase = x_index(n, c, 0u);
-        let dbase = (n * P.c + c) * P.hw;
-        for (var p = lid.x; p < P.hw; p = p + WG) {
-            let xhat = (xb[xbase + p] - mean) * invstd;
-            var d = dyb[dbase + p];
-            if (P.relu != 0u && xhat * g + b <= 0.0) {
-                d = 0.0;
-            }
-            sdy = sdy + d;
-            sdyx = sdyx + d * xhat;
+    for (var p = j; p < P.hw; p = p + lanes) {
+        let xhat = (xb[xbase + p] - mean) * invstd;
+        var d = dyb[dbase + p];
+        if (P.relu != 0u && xhat * gm + bt <= 0.0) {
+            d = 0.0;
         }
+        sdy = sdy + d;
+        sdyx = sdyx + d * xhat;
     }
-    red[lid.x] = sdy;
-    red2[lid.x] = sdyx;
-    workgroupBarrier();
-    tree_sum(lid.x);
-    if (lid.x == 0u) {
-        dbeta_out[c] = red[0];
-        dgamma_out[c] = red2[0];
+    bpart_out[g] = sdy;
+    bpart_out[total + g] = sdyx;
+}
+
+// ---- backward, pass 1b: sum a channel's partials ----
+@group(0) @binding(1) var<storage, read_write> dgamma_out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dbeta_out: array<f32>;
+@group(0) @binding(3) var<storage, read> bpart_in: array<f32>;
+
+@compute @workgroup_size(64)
+fn bwd_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= P.c) {
+        return;
     }
+    let k = P.n * P.lanes;
+    let total = P.c * k;
+    var sdy = 0.0;
+    var sdyx = 0.0;
+    for (var i = c * k; i < (c + 1u) * k; i = i + 1u) {
+        sdy = sdy + bpart_in[i];
+        sdyx = sdyx + bpart_in[total + i];
+    }
+    dbeta_out[c] = sdy;
+    dgamma_out[c] = sdyx;
 }
 
 // ---- backward, pass 2: input gradient (one invocation per element) ----

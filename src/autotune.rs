@@ -20,7 +20,8 @@ struct CacheFile {
     adapters: BTreeMap<String, BTreeMap<String, String>>,
 }
 
-const CACHE_VERSION: u32 = 1;
+/// Bumped whenever an op gains a variant, so that caches measured without it are re-tuned.
+const CACHE_VERSION: u32 = 2;
 
 /// Per-adapter cache of measured choices.
 pub struct Autotuner {
@@ -30,6 +31,9 @@ pub struct Autotuner {
     adapter_key: String,
     path: Option<PathBuf>,
     choices: BTreeMap<String, String>,
+    /// Choices this process made by measurement, and the time spent measuring.
+    tuned: usize,
+    tuning_time: Duration,
 }
 
 /// Directory of on-disk caches: `APGA_CACHE_DIR`, else the platform cache dir.
@@ -98,7 +102,20 @@ impl Autotuner {
             adapter_key,
             path,
             choices,
+            tuned: 0,
+            tuning_time: Duration::ZERO,
         }
+    }
+
+    /// How many choices this process made by measurement and the wall time it spent on them
+    /// (cold-start cost; zero when every shape class came from the on-disk cache).
+    pub fn tuning_stats(&self) -> (usize, Duration) {
+        (self.tuned, self.tuning_time)
+    }
+
+    /// Number of choices known for this adapter (from the cache file and this process).
+    pub fn cached_choices(&self) -> usize {
+        self.choices.len()
     }
 
     pub fn enabled(&self) -> bool {
@@ -171,6 +188,35 @@ pub fn measure(gpu: &Gpu, run: &mut dyn FnMut() -> Result<()>) -> Result<Duratio
     Ok(best)
 }
 
+/// Like [`measure`] for choosing a variant, with a smaller budget: after the warm-up run, one
+/// timed run decides when it is more than twice `to_beat` (the best candidate so far) or took
+/// over 50 ms; otherwise the minimum of runs filling about 20 ms (at most 10).
+fn measure_candidate(
+    gpu: &Gpu,
+    run: &mut dyn FnMut() -> Result<()>,
+    to_beat: Option<Duration>,
+) -> Result<Duration> {
+    run()?;
+    gpu.sync()?;
+    let mut best = Duration::MAX;
+    let mut total = Duration::ZERO;
+    for reps in 0..10 {
+        let t = Instant::now();
+        run()?;
+        gpu.sync()?;
+        let dt = t.elapsed();
+        best = best.min(dt);
+        total += dt;
+        let hopeless = to_beat.is_some_and(|b| dt > 2 * b);
+        let long = dt > Duration::from_millis(50);
+        if (reps == 0 && (hopeless || long)) || (reps >= 1 && total >= Duration::from_millis(20))
+        {
+            break;
+        }
+    }
+    Ok(best)
+}
+
 /// Picks among `candidates` (name, value) for the op and shape class `key`: the cached choice
 /// if there is one, the `default` index when autotuning is off, else the fastest by
 /// measurement of `run` on the caller's real operands.
@@ -205,21 +251,34 @@ pub fn choose<V: Copy>(
             return Ok(candidates[default].1);
         }
     }
+    let started = Instant::now();
     let mut best: Option<(Duration, usize)> = None;
     for (i, (name, v)) in candidates.iter().enumerate() {
-        let dt = measure(gpu, &mut || run(*v))?;
+        let dt = measure_candidate(gpu, &mut || run(*v), best.map(|(b, _)| b))?;
         log::info!("autotune {key}: {name} {:.3} ms", dt.as_secs_f64() * 1e3);
         if best.is_none_or(|(b, _)| dt < b) {
             best = Some((dt, i));
         }
     }
     let i = best.map_or(default, |(_, i)| i);
+    let mut tuner = gpu
+        .inner()
+        .autotuner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    tuner.insert(key, candidates[i].0);
+    tuner.tuned += 1;
+    tuner.tuning_time += started.elapsed();
+    Ok(candidates[i].1)
+}
+
+/// See [`Autotuner::tuning_stats`]: (choices measured, time spent) in this process.
+pub fn tuning_stats(gpu: &Gpu) -> (usize, Duration) {
     gpu.inner()
         .autotuner
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(key, candidates[i].0);
-    Ok(candidates[i].1)
+        .tuning_stats()
 }
 
 /// The variant cached for `key` on this context's adapter, if one was measured.

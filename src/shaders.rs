@@ -24,6 +24,7 @@ shader!(MATMUL_VEC4, "matmul_vec4", trusted = true);
 shader!(CONV2D, "conv2d", trusted = false);
 shader!(CONV2D_WGRAD, "conv2d_wgrad", trusted = false);
 shader!(CONV1X1, "conv1x1", trusted = false);
+shader!(CONV_GEMM, "conv_gemm", trusted = false);
 shader!(LAYOUT, "layout", trusted = false);
 shader!(BATCHNORM, "batchnorm", trusted = false);
 shader!(POOL, "pool", trusted = false);
@@ -41,6 +42,7 @@ pub static ALL: &[&Shader] = &[
     &CONV2D,
     &CONV2D_WGRAD,
     &CONV1X1,
+    &CONV_GEMM,
     &LAYOUT,
     &BATCHNORM,
     &POOL,

@@ -151,6 +151,8 @@ fn batch_norm_matches_cpu_in_train_and_eval() {
         (1usize, 3usize, 5usize, 7usize),
         (4, 5, 3, 3),
         (2, 13, 1, 1),
+        // More pixels than reduction lanes (64), not a multiple of them.
+        (3, 4, 11, 13),
     ] {
         let x = uniform(&mut r, n * c * h * w, -2.0, 3.0);
         let gamma = uniform(&mut r, c, 0.5, 1.5);
@@ -636,12 +638,18 @@ fn conv_weight_gradient_8x8_variant_matches_cpu() {
             1e-4,
         );
     }
-    // Through the batch-norm prologue: the fused op's weight gradient equals the unfused one.
-    let (n, ct, c, h, w, co) = (2, 11, 9, 5, 6, 10);
-    let x = t(&uniform(&mut r, n * ct * h * w, -2.0, 2.0), &[n, ct, h, w]);
-    let gamma = t(&uniform(&mut r, c, 0.5, 1.5), &[c]);
-    let beta = t(&uniform(&mut r, c, -0.5, 0.5), &[c]);
-    let wt = t(&uniform(&mut r, co * c * 9, -0.5, 0.5), &[co, c, 3, 3]).with_grad();
+    check_wgrad_prologue(&g, "wgrad8 with prologue", &mut r);
+}
+
+/// The weight gradient of `bn_relu_conv2d` (input read through the batch-norm prologue from
+/// a channel prefix) equals that of the unfused ops, on context `g`.
+fn check_wgrad_prologue(g: &apga_gpu::Gpu, what: &str, r: &mut rand::rngs::StdRng) {
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(g, v, s).unwrap();
+    let (n, ct, c, h, w, co) = (2, 11, 9, 6, 6, 10);
+    let x = t(&uniform(r, n * ct * h * w, -2.0, 2.0), &[n, ct, h, w]);
+    let gamma = t(&uniform(r, c, 0.5, 1.5), &[c]);
+    let beta = t(&uniform(r, c, -0.5, 0.5), &[c]);
+    let wt = t(&uniform(r, co * c * 9, -0.5, 0.5), &[co, c, 3, 3]).with_grad();
     let cfg = ops::BatchNormConfig::default();
     let grad_of = |fused: bool| {
         let tape = apga_gpu::Tape::new();
@@ -661,13 +669,7 @@ fn conv_weight_gradient_8x8_variant_matches_cpu() {
         let g = tape.backward(&ops::sum_all(&y).unwrap()).unwrap();
         g.get(&wt).unwrap().to_vec().unwrap()
     };
-    assert_close(
-        "wgrad8 with prologue",
-        &grad_of(true),
-        &grad_of(false),
-        1e-4,
-        1e-4,
-    );
+    assert_close(what, &grad_of(true), &grad_of(false), 1e-4, 1e-4);
 }
 
 /// Checks `bn_relu_conv2d` on the first `c` of `ct` channels against batch norm + ReLU on the
@@ -708,4 +710,104 @@ fn check_prologue(
     )
     .0;
     assert_close(what, &fused.to_vec().unwrap(), &want, 1e-4, 1e-4);
+}
+
+#[test]
+fn conv_im2col_gemm_variants_match_cpu() {
+    // Forward, stride-1 input gradient and weight gradient as im2col + GEMM, forced for every
+    // convolution of this context, with a workspace of 16 KiB so that most batches are split
+    // into image groups.
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        kernel_overrides: vec![
+            ("conv-fwd".into(), "im2col".into()),
+            ("conv-wgrad".into(), "gemm".into()),
+            ("conv-dgrad".into(), "im2col".into()),
+        ],
+        workspace_bytes: 16 << 10,
+        ..Default::default()
+    })
+    .unwrap();
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+    let mut r = rng(24);
+    // (n, ci, h, w, co, k, stride, pad): output pixels a multiple of 4 (the GEMM's vec4 rows);
+    // ci * k * k not a multiple of 4 (padded taps), stride 2, 7x7, 1x1 strided, co not a
+    // multiple of 8.
+    for &(n, ci, h, w, co, k, s, p) in &[
+        (
+            3usize, 3usize, 8usize, 6usize, 5usize, 3usize, 1usize, 1usize,
+        ),
+        (2, 4, 9, 9, 9, 3, 2, 0),
+        (2, 3, 16, 16, 4, 7, 2, 3),
+        (1, 8, 8, 8, 8, 1, 2, 0),
+        (4, 17, 6, 6, 16, 3, 1, 1),
+        (2, 5, 4, 6, 8, 3, 1, 2), // padding k - 1: the input gradient's own padding is 0
+        (1, 4, 8, 8, 12, 5, 1, 2),
+    ] {
+        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+        let wt = uniform(&mut r, co * ci * k * k, -1.0, 1.0);
+        let b = uniform(&mut r, co, -1.0, 1.0);
+        let wtt = t(&wt, &[co, ci, k, k]).with_grad();
+        let xt = t(&x, &[n, ci, h, w]).with_grad();
+        let tape = apga_gpu::Tape::new();
+        let y = ops::conv2d(&xt, &wtt, Some(&t(&b, &[co])), s, p).unwrap();
+        let what = format!("{:?}", (n, ci, h, w, co, k, s, p));
+        let (want, _) = cpu_conv2d(&x, [n, ci, h, w], &wt, [co, ci, k, k], Some(&b), s, p);
+        assert_close(
+            &format!("im2col forward {what}"),
+            &y.to_vec().unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
+        let gy = uniform(&mut r, y.numel(), -1.0, 1.0);
+        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let (want_x, want_w) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, k, k], &gy, s, p);
+        assert_close(
+            &format!("input gradient {what}"),
+            &grads.get(&xt).unwrap().to_vec().unwrap(),
+            &want_x,
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            &format!("GEMM weight gradient {what}"),
+            &grads.get(&wtt).unwrap().to_vec().unwrap(),
+            &want_w,
+            1e-4,
+            1e-4,
+        );
+    }
+    // The transposed convolution's weight gradient (roles of input and gradient swapped).
+    let (n, ci, h, w, co) = (2, 4, 4, 5, 3);
+    let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+    let wt = uniform(&mut r, ci * co * 9, -1.0, 1.0);
+    let wtt = t(&wt, &[ci, co, 3, 3]).with_grad();
+    let tape = apga_gpu::Tape::new();
+    let y = ops::conv_transpose2d(&t(&x, &[n, ci, h, w]), &wtt, None, 2, 1, 1).unwrap();
+    let gy = uniform(&mut r, y.numel(), -1.0, 1.0);
+    let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    // conv_transpose2d(x, w) is the input gradient of conv2d(., w) at its output x, so its
+    // weight gradient is conv2d's weight gradient with input gy and output gradient x.
+    let (oh, ow) = (y.shape()[2], y.shape()[3]);
+    let (_, want_w) = cpu_conv2d_grads(&gy, [n, co, oh, ow], &wt, [ci, co, 3, 3], &x, 2, 1);
+    assert_close(
+        "GEMM weight gradient of conv_transpose2d",
+        &grads.get(&wtt).unwrap().to_vec().unwrap(),
+        &want_w,
+        1e-4,
+        1e-4,
+    );
+    // Through the batch-norm prologue, on a channel prefix (forward).
+    check_prologue(
+        &g,
+        "im2col with prologue",
+        &mut r,
+        (2, 7, 5, 4, 11, 3),
+        3,
+        1,
+    );
+    check_wgrad_prologue(&g, "GEMM weight gradient with prologue", &mut r);
 }

@@ -449,9 +449,15 @@ fn grad_write_slice_block_buffer() {
 
 #[test]
 fn grad_batch_norm2d() {
-    for (s, &(n, c, h, w)) in [(2usize, 3usize, 3usize, 4usize), (1, 2, 5, 3), (3, 5, 1, 1)]
-        .iter()
-        .enumerate()
+    // (2, 2, 9, 9): more pixels than the per-channel reduction's 64 lanes.
+    for (s, &(n, c, h, w)) in [
+        (2usize, 3usize, 3usize, 4usize),
+        (1, 2, 5, 3),
+        (3, 5, 1, 1),
+        (2, 2, 9, 9),
+    ]
+    .iter()
+    .enumerate()
     {
         for (training, relu) in [(true, false), (false, false), (true, true), (false, true)] {
             let mut r = rng(1500 + s as u64);

@@ -1,6 +1,10 @@
 //! `apga-gpu bench`: the APGA step and each of its phases, timed with a full GPU sync after
-//! each phase (median over the measured steps), with images/s and peak GPU memory.
+//! each phase (median over the measured steps), with images/s, peak GPU memory, the cold-start
+//! cost (shader compilation and autotuning in the first step), optionally per-kernel GPU time
+//! of the last step, and the same step in PyTorch (`benches/apga_step_torch.py`) when python3
+//! can import torch.
 
+use std::process::Command;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -26,7 +30,32 @@ pub struct BenchResult {
     pub step_ms: f64,
     pub images_per_s: f64,
     pub peak_memory_mib: f64,
+    /// Seconds from opening the GPU context to the end of the first (warm-up) step: adapter,
+    /// shader compilation, autotuning and one step.
+    pub first_step_s: f64,
+    /// Pipelines built and seconds spent building them, over the whole run.
+    pub pipelines_built: usize,
+    pub compile_s: f64,
+    /// Kernel choices measured in this run (0 when the autotune cache was warm) and seconds
+    /// spent measuring.
+    pub autotuned: usize,
+    pub autotune_s: f64,
+    /// Per-kernel GPU time of the last measured step (with `profile`).
+    #[serde(skip)]
+    pub profile: Option<crate::gpu::ProfileReport>,
 }
+
+/// The PyTorch twin's figures for the same step.
+#[derive(Debug, Clone, Serialize)]
+pub struct TorchBench {
+    /// e.g. "PyTorch 2.15.0 cpu (2 threads)".
+    pub label: String,
+    pub phases_ms: Vec<(String, f64)>,
+    pub step_ms: f64,
+}
+
+/// The twin script, embedded so that an installed binary can run it.
+const TORCH_TWIN: &str = include_str!("../../benches/apga_step_torch.py");
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -34,10 +63,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Times `steps` APGA steps (after one warm-up step) of the configuration's networks.
-pub fn bench(cfg: &TrainConfig, steps: usize, device: Option<&str>) -> Result<BenchResult> {
+/// With `profile`, every dispatch is timed on the GPU and the last step's per-kernel table is
+/// returned (phase times then include the profiler's waits at each submit).
+pub fn bench(
+    cfg: &TrainConfig,
+    steps: usize,
+    device: Option<&str>,
+    profile: bool,
+) -> Result<BenchResult> {
+    let opened = Instant::now();
+    let defaults = GpuOptions::default();
     let gpu = Gpu::new(GpuOptions {
         device: device.map(str::to_string),
-        ..Default::default()
+        profile: profile || defaults.profile,
+        ..defaults
     })?;
     let (b, s) = (cfg.batch_size, cfg.image_size);
     let clf = DenseNet::new(&gpu, classifier_config(&cfg.classifier_arch, 2)?, 0)?;
@@ -73,7 +112,11 @@ pub fn bench(cfg: &TrainConfig, steps: usize, device: Option<&str>) -> Result<Be
     gpu.sync()?;
     gpu.reset_peak_memory();
     let base = gpu.memory().in_use;
+    let mut first_step_s = 0.0;
     for i in 0..=steps {
+        if i == steps {
+            gpu.profile_reset()?;
+        }
         let mut t = Instant::now();
         let lap = |k: usize, times: &mut Vec<Vec<f64>>, t: &mut Instant| -> Result<()> {
             gpu.sync()?;
@@ -105,8 +148,13 @@ pub fn bench(cfg: &TrainConfig, steps: usize, device: Option<&str>) -> Result<Be
         lap(4, &mut times, &mut t)?;
         if i > 0 {
             times[5].push(start.elapsed().as_secs_f64() * 1e3);
+        } else {
+            first_step_s = opened.elapsed().as_secs_f64();
         }
     }
+    let profile = gpu.profile_report()?;
+    let (pipelines_built, compile) = gpu.compile_stats();
+    let (autotuned, autotune) = crate::autotune::tuning_stats(&gpu);
     let step_ms = median(times[5].clone());
     Ok(BenchResult {
         batch_size: b,
@@ -121,5 +169,78 @@ pub fn bench(cfg: &TrainConfig, steps: usize, device: Option<&str>) -> Result<Be
         step_ms,
         images_per_s: b as f64 / (step_ms / 1e3),
         peak_memory_mib: (gpu.memory().peak_in_use - base) as f64 / (1 << 20) as f64,
+        first_step_s,
+        pipelines_built,
+        compile_s: compile.as_secs_f64(),
+        autotuned,
+        autotune_s: autotune.as_secs_f64(),
+        profile,
+    })
+}
+
+/// Runs the PyTorch twin of [`bench`] on the same configuration (`python` is the interpreter,
+/// e.g. `python3`); `Err` says why PyTorch was not measured (not installed, script failed).
+pub fn torch_bench(
+    cfg: &TrainConfig,
+    steps: usize,
+    python: &str,
+    cuda: bool,
+) -> std::result::Result<TorchBench, String> {
+    let script = std::env::temp_dir().join(format!("apga_step_torch_{}.py", std::process::id()));
+    std::fs::write(&script, TORCH_TWIN)
+        .map_err(|e| format!("writing {}: {e}", script.display()))?;
+    let mut cmd = Command::new(python);
+    cmd.arg(&script).args([
+        "--arch",
+        &cfg.classifier_arch,
+        "--filters",
+        &cfg.policy_filters.to_string(),
+        "--batch",
+        &cfg.batch_size.to_string(),
+        "--size",
+        &cfg.image_size.to_string(),
+        "--steps",
+        &steps.to_string(),
+        "--lr-classifier",
+        &cfg.lr_classifier.to_string(),
+        "--lr-policy",
+        &cfg.lr_policy.to_string(),
+        "--lambda-zeros",
+        &cfg.lambda_zeros.to_string(),
+    ]);
+    if cuda {
+        cmd.arg("--cuda");
+    }
+    let out = cmd.output();
+    let _ = std::fs::remove_file(&script);
+    let out = out.map_err(|e| format!("{python} not runnable: {e}"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!(
+            "PyTorch twin failed: {}",
+            err.lines().last().unwrap_or("no output")
+        ));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("PyTorch twin printed no JSON: {e}"))?;
+    let phases_ms = v["phases_ms"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, x)| x.as_f64().map(|f| (k.clone(), f)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(TorchBench {
+        label: format!(
+            "PyTorch {} {} ({} threads)",
+            v["torch"].as_str().unwrap_or("?"),
+            v["device"].as_str().unwrap_or("?"),
+            v["threads"]
+        ),
+        phases_ms,
+        step_ms: v["step_ms"]
+            .as_f64()
+            .ok_or("PyTorch twin printed no step_ms")?,
     })
 }

@@ -458,6 +458,23 @@ pub struct BenchArgs {
     /// One JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Time every kernel on the GPU (timestamp queries where the adapter has them) and print
+    /// the slowest kernels of the last step (also `APGA_PROFILE=1`).
+    #[arg(long)]
+    pub profile: bool,
+    /// Rows of the per-kernel table.
+    #[arg(long, default_value_t = 25)]
+    pub profile_top: usize,
+    /// Do not run the PyTorch twin (by default it runs when the interpreter can import torch
+    /// and torchvision).
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Python interpreter for the PyTorch twin.
+    #[arg(long, env = "APGA_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// Run the PyTorch twin on CUDA instead of the CPU.
+    #[arg(long)]
+    pub torch_cuda: bool,
 }
 
 pub fn bench(device: Option<&str>, args: &BenchArgs) -> Result<()> {
@@ -480,28 +497,68 @@ pub fn bench(device: Option<&str>, args: &BenchArgs) -> Result<()> {
             "needs --batch-size >= 2, --image-size a multiple of 32 and --steps >= 1",
         ));
     }
-    let r = apga::bench::bench(&cfg, args.steps, device)?;
+    let r = apga::bench::bench(&cfg, args.steps, device, args.profile)?;
+    let torch = if args.no_torch {
+        Err("skipped (--no-torch)".to_string())
+    } else {
+        apga::bench::torch_bench(&cfg, args.steps, &args.python, args.torch_cuda)
+    };
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&r).map_err(|e| Error::Incomplete(e.to_string()))?
-        );
+        let v = serde_json::json!({
+            "ours": r,
+            "torch": torch.as_ref().ok(),
+            "torch_error": torch.as_ref().err(),
+        });
+        println!("{v}");
         return Ok(());
     }
     println!(
         "APGA step: classifier {}, UNet11 with {} filters, batch {}, {}x{} (median of {} steps)",
         r.classifier, r.policy_filters, r.batch_size, r.image_size, r.image_size, args.steps
     );
-    for (name, ms) in &r.phases_ms {
-        println!("  {name:<22} {ms:>10.1} ms");
+    match &torch {
+        Ok(t) => println!(
+            "  {:<22} {:>10} {:>10} {:>7}\n  {:<22} {:>10} {:>10}",
+            "",
+            "ours",
+            "PyTorch",
+            "ratio",
+            "",
+            "",
+            format!("({})", t.label)
+        ),
+        Err(e) => println!("  PyTorch: not measured: {e}"),
     }
-    println!(
-        "  {:<22} {:>10.1} ms   {:.2} images/s",
-        "whole step", r.step_ms, r.images_per_s
+    let row = |name: &str, ours: f64, theirs: Option<f64>| match theirs {
+        Some(t) => println!(
+            "  {name:<22} {ours:>7.1} ms {t:>7.1} ms {:>6.2}x",
+            ours / t.max(1e-9)
+        ),
+        None => println!("  {name:<22} {ours:>7.1} ms"),
+    };
+    for (name, ms) in &r.phases_ms {
+        let theirs = torch
+            .as_ref()
+            .ok()
+            .and_then(|t| t.phases_ms.iter().find(|(n, _)| n == name).map(|(_, v)| *v));
+        row(name, *ms, theirs);
+    }
+    row(
+        "whole step",
+        r.step_ms,
+        torch.as_ref().ok().map(|t| t.step_ms),
     );
+    println!("  {:.2} images/s", r.images_per_s);
     println!(
         "  peak GPU memory above inputs and weights: {:.1} MiB",
         r.peak_memory_mib
     );
+    println!(
+        "  cold start: {:.1} s from opening the GPU to the end of the first step ({} pipelines built in {:.1} s, {} kernel choices autotuned in {:.1} s)",
+        r.first_step_s, r.pipelines_built, r.compile_s, r.autotuned, r.autotune_s
+    );
+    if let Some(p) = &r.profile {
+        print!("{}", p.table(args.profile_top));
+    }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 pub mod adapter;
 pub mod pool;
+pub mod profile;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -14,6 +15,7 @@ use crate::autotune::Autotuner;
 use crate::error::{Error, Result};
 pub use adapter::{AdapterSummary, Request};
 pub use pool::PoolStats;
+pub use profile::{KernelTime, ProfileReport};
 
 /// A WGSL source file from `shaders/`, embedded in the binary.
 #[derive(Debug)]
@@ -62,6 +64,13 @@ pub struct GpuOptions {
     /// Kernel variants forced per autotune key prefix, e.g. `("conv-fwd/k3", "strip")`
     /// (`APGA_KERNELS=conv-fwd/k3=strip,matmul=tiled`).
     pub kernel_overrides: Vec<(String, String)>,
+    /// Time every dispatch on the GPU and keep per-kernel totals (`APGA_PROFILE=1`); see
+    /// [`profile`]. Slows a run down: it waits for the GPU at every submit.
+    pub profile: bool,
+    /// Largest scratch buffer (bytes) a kernel path may materialise, e.g. the im2col buffer of
+    /// the GEMM convolutions; bigger batches are processed in several pieces
+    /// (`APGA_WORKSPACE_MB`, default 64 MiB), as cuDNN's workspace limit.
+    pub workspace_bytes: usize,
 }
 
 impl Default for GpuOptions {
@@ -78,6 +87,12 @@ impl Default for GpuOptions {
                         .collect()
                 })
                 .unwrap_or_default(),
+            profile: env_flag("APGA_PROFILE"),
+            workspace_bytes: std::env::var("APGA_WORKSPACE_MB")
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&mb| mb > 0)
+                .map_or(64 << 20, |mb| mb << 20),
         }
     }
 }
@@ -136,6 +151,11 @@ pub(crate) struct GpuInner {
     /// A read-only buffer of zeros shared by kernels that need "no bias" (grown on demand).
     zero_buffer: Mutex<Option<Arc<Storage>>>,
     pub(crate) autotuner: Mutex<Autotuner>,
+    /// Per-kernel timing when profiling is on; locked after `batch`, never before it.
+    profiler: Option<Mutex<profile::Profiler>>,
+    /// Pipelines built so far and the host time spent building them (shader compilation).
+    compiled: Mutex<(usize, std::time::Duration)>,
+    workspace_bytes: usize,
 }
 
 /// Handle to a GPU context; cheap to clone, shared by every tensor made on it.
@@ -191,6 +211,13 @@ impl Gpu {
             usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
+        let profiler = options.profile.then(|| {
+            Mutex::new(profile::Profiler::new(
+                &device,
+                &queue,
+                features.contains(wgpu::Features::TIMESTAMP_QUERY),
+            ))
+        });
         let mut autotuner = Autotuner::open(&info, options.autotune);
         autotuner.set_overrides(options.kernel_overrides.clone());
         log::info!(
@@ -219,6 +246,9 @@ impl Gpu {
                 runtime_checks: options.runtime_checks,
                 zero_buffer: Mutex::default(),
                 autotuner: Mutex::new(autotuner),
+                profiler,
+                compiled: Mutex::default(),
+                workspace_bytes: options.workspace_bytes.max(1),
             }),
         })
     }
@@ -261,6 +291,11 @@ impl Gpu {
         (self.inner.limits.max_storage_buffer_binding_size / 4) as usize
     }
 
+    /// See [`GpuOptions::workspace_bytes`].
+    pub fn workspace_bytes(&self) -> usize {
+        self.inner.workspace_bytes
+    }
+
     /// Memory counters of the buffer pool.
     pub fn memory(&self) -> PoolStats {
         lock(&self.inner.pool).stats()
@@ -274,6 +309,12 @@ impl Gpu {
     /// Frees cached buffers no tensor uses.
     pub fn release_cached_memory(&self) {
         lock(&self.inner.pool).release_cached();
+    }
+
+    /// Pipelines built by this context and the host time their creation took (shader
+    /// compilation: the driver compiles each pipeline when it is created).
+    pub fn compile_stats(&self) -> (usize, std::time::Duration) {
+        *lock(&self.inner.compiled)
     }
 
     /// Number of queue submissions so far (tests check that work is batched).
@@ -448,17 +489,91 @@ impl Gpu {
 
     fn submit_locked(&self, batch: &mut Batch) {
         batch.pass = None;
-        if let Some(encoder) = batch.encoder.take() {
+        let mut profiled = 0;
+        if let Some(mut encoder) = batch.encoder.take() {
             if !batch.params.is_empty() {
                 self.inner
                     .queue
                     .write_buffer(&self.inner.params_buffer, 0, &batch.params);
+            }
+            if let Some(prof) = &self.inner.profiler {
+                let prof = lock(prof);
+                if let Some(q) = &prof.queries {
+                    profiled = prof.pending.len() as u32;
+                    if profiled > 0 {
+                        encoder.resolve_query_set(&q.set, 0..2 * profiled, &q.resolve, 0);
+                        encoder.copy_buffer_to_buffer(
+                            &q.resolve,
+                            0,
+                            &q.readback,
+                            0,
+                            profiled as u64 * 16,
+                        );
+                    }
+                }
             }
             self.inner.queue.submit([encoder.finish()]);
             batch.submits += 1;
         }
         batch.params.clear();
         batch.dispatches = 0;
+        if profiled > 0 {
+            self.read_timestamps(profiled);
+        }
+    }
+
+    /// Waits for the submitted batch and adds its dispatches' timestamp pairs to the profile.
+    fn read_timestamps(&self, dispatches: u32) {
+        let Some(prof) = &self.inner.profiler else {
+            return;
+        };
+        let mut prof = lock(prof);
+        let ticks: Option<Vec<u64>> = prof.queries.as_ref().and_then(|q| {
+            let slice = q.readback.slice(0..dispatches as u64 * 16);
+            let (tx, rx) = std::sync::mpsc::channel();
+            slice.map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+            self.poll_wait().ok()?;
+            rx.recv().ok()?.ok()?;
+            let ticks = slice
+                .get_mapped_range()
+                .ok()
+                .map(|v| bytemuck::cast_slice::<u8, u64>(&v).to_vec());
+            q.readback.unmap();
+            ticks
+        });
+        match ticks {
+            Some(t) => prof.add_ticks(&t),
+            None => {
+                log::warn!("profile: could not read the timestamps of {dispatches} dispatches");
+                prof.pending.clear();
+            }
+        }
+    }
+
+    /// Whether per-kernel profiling is on (`GpuOptions::profile`).
+    pub fn profiling(&self) -> bool {
+        self.inner.profiler.is_some()
+    }
+
+    /// Per-kernel GPU time since the last [`Gpu::profile_reset`], after finishing all recorded
+    /// work; `None` when profiling is off.
+    pub fn profile_report(&self) -> Result<Option<ProfileReport>> {
+        let Some(prof) = &self.inner.profiler else {
+            return Ok(None);
+        };
+        self.sync()?;
+        Ok(Some(lock(prof).report()))
+    }
+
+    /// Finishes recorded work and clears the per-kernel totals.
+    pub fn profile_reset(&self) -> Result<()> {
+        self.sync()?;
+        if let Some(prof) = &self.inner.profiler {
+            lock(prof).reset();
+        }
+        Ok(())
     }
 
     fn pipeline(&self, kernel: &Kernel, n_out: usize, n_in: usize) -> Result<Arc<Pipeline>> {
@@ -476,6 +591,7 @@ impl Gpu {
         if let Some(p) = lock(&self.inner.pipelines).get(&key) {
             return Ok(p.clone());
         }
+        let started = std::time::Instant::now();
         let device = &self.inner.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = {
@@ -549,6 +665,9 @@ impl Gpu {
         }
         let p = Arc::new(Pipeline { pipeline, layout });
         lock(&self.inner.pipelines).insert(key, p.clone());
+        let mut compiled = lock(&self.inner.compiled);
+        compiled.0 += 1;
+        compiled.1 += started.elapsed();
         Ok(p)
     }
 
@@ -614,6 +733,17 @@ impl Gpu {
                 layout: &pipeline.layout,
                 entries: &entries,
             });
+        if let Some(prof) = &self.inner.profiler {
+            let name = profile::label(kernel.shader.name, kernel.entry, kernel.constants);
+            return self.dispatch_profiled(
+                prof,
+                &mut batch,
+                name,
+                &pipeline,
+                &bind_group,
+                workgroups,
+            );
+        }
         if batch.pass.is_none() {
             let encoder = self.encoder(&mut batch);
             let pass = encoder
@@ -630,6 +760,55 @@ impl Gpu {
             pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
         }
         batch.dispatches += 1;
+        Ok(())
+    }
+
+    /// A dispatch in its own compute pass, timed by timestamps written at the pass's beginning
+    /// and end, or (no timestamp queries) submitted alone and timed by the host clock.
+    fn dispatch_profiled(
+        &self,
+        prof: &Mutex<profile::Profiler>,
+        batch: &mut Batch,
+        name: String,
+        pipeline: &Pipeline,
+        bind_group: &wgpu::BindGroup,
+        workgroups: [u32; 3],
+    ) -> Result<()> {
+        let timestamps = lock(prof).queries.is_some();
+        if !timestamps {
+            // Finish everything before, so the clock sees this dispatch alone.
+            self.submit_locked(batch);
+            self.poll_wait()?;
+        }
+        let index = lock(prof).pending.len() as u32;
+        let start = std::time::Instant::now();
+        {
+            let guard = lock(prof);
+            let writes = guard
+                .queries
+                .as_ref()
+                .map(|q| wgpu::ComputePassTimestampWrites {
+                    query_set: &q.set,
+                    beginning_of_pass_write_index: Some(2 * index),
+                    end_of_pass_write_index: Some(2 * index + 1),
+                });
+            let encoder = self.encoder(batch);
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("apga profiled kernel"),
+                timestamp_writes: writes,
+            });
+            pass.set_pipeline(&pipeline.pipeline);
+            pass.set_bind_group(0, bind_group, &[]);
+            pass.dispatch_workgroups(workgroups[0], workgroups[1], workgroups[2]);
+        }
+        batch.dispatches += 1;
+        if timestamps {
+            lock(prof).pending.push(name);
+        } else {
+            self.submit_locked(batch);
+            self.poll_wait()?;
+            lock(prof).add(&name, start.elapsed());
+        }
         Ok(())
     }
 

@@ -11,7 +11,7 @@ use crate::autotune;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Storage};
 use crate::ops::{reshape, sum};
-use crate::shaders::{CONV1X1, CONV2D, CONV2D_WGRAD, LAYOUT};
+use crate::shaders::{CONV1X1, CONV2D, CONV2D_WGRAD, CONV_GEMM, LAYOUT};
 use crate::tensor::Tensor;
 
 /// Geometry of a convolution: input [n, ci, h, w], output [n, co, oh, ow], kernel kh x kw.
@@ -67,17 +67,29 @@ fn relayout_weight(w: &Tensor, for_dgrad: bool) -> Result<Storage> {
     let cpad = round8(cols);
     let gpu = w.gpu();
     let out = gpu.alloc(rows * cpad, &[rows, cpad])?;
-    let params = [rows, cols, cpad, inner, s_outer, s_inner, s_col, 0]
+    let outer = rows / inner;
+    let params = [rows, cols, cpad, inner, s_outer, s_inner, s_col, outer]
         .into_iter()
         .chain([0; 8])
         .map(|v| v as u32)
         .collect::<Vec<_>>();
+    let grid = [cpad.div_ceil(64) as u32, inner as u32, outer as u32];
+    let max = gpu.limits().max_compute_workgroups_per_dimension;
+    if grid.iter().any(|&v| v > max) {
+        return Err(Error::shape(
+            "conv weight",
+            format!(
+                "{:?} needs {grid:?} workgroups; the adapter allows {max} per dimension",
+                w.shape()
+            ),
+        ));
+    }
     gpu.dispatch(
         &Kernel::new(&LAYOUT, "relayout"),
         &params,
         &[&out],
         &[w.storage()],
-        gpu.grid((rows * cpad).div_ceil(256)),
+        grid,
     )?;
     Ok(out)
 }
@@ -202,8 +214,17 @@ pub(crate) fn wgrad(
     dys: Slice,
     prologue: Option<&Storage>,
 ) -> Result<Tensor> {
-    let run = |block: usize| wgrad_blocked(gpu, g, x, src, dy, dys, prologue, block);
-    let cands = [("wgrad4", 4usize), ("wgrad8", 8usize)];
+    let run = |block: usize| {
+        if block == 0 {
+            wgrad_gemm(gpu, g, x, src, dy, dys, prologue)
+        } else {
+            wgrad_blocked(gpu, g, x, src, dy, dys, prologue, block)
+        }
+    };
+    let mut cands = vec![("wgrad4", 4usize), ("wgrad8", 8usize)];
+    if im2col_fits(g) {
+        cands.push(("gemm", 0));
+    }
     let key = format!(
         "conv-wgrad/k{}s{}/ci{}/co{}/hw{}/n{}/{}",
         g.kh,
@@ -525,7 +546,50 @@ fn gemm_1x1(g: &ConvGeom, k: usize) -> bool {
         && k.is_multiple_of(4)
 }
 
-/// The batched-GEMM kernel: out[n][:, dst] = a (m x k, rows of `lda`) * b[n][src] + bias.
+/// One call of the batched GEMM kernel (conv1x1.wgsl): for each of `imgs` images i,
+/// `c[i] (m x n) = a (m x k, rows of lda) * b[i] (k x n) + bias`, where b[i] starts at element
+/// `i * b_batch + b_off` and c[i] at `i * c_batch + c_off` (all multiples of 4).
+struct BatchedGemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    b_batch: usize,
+    b_off: usize,
+    c_batch: usize,
+    c_off: usize,
+    imgs: usize,
+}
+
+fn batched_gemm(
+    gpu: &Gpu,
+    d: &BatchedGemm,
+    (a, b, bias, out): (&Storage, &Storage, &Storage, &Storage),
+    g: &ConvGeom,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let params = [
+        d.m, d.n, d.k, d.lda, d.b_batch, d.b_off, d.c_batch, d.c_off, 0, 0, 0, 0,
+    ]
+    .map(|v| v as u32);
+    let wg = [
+        (d.n / 4).div_ceil(2).div_ceil(8) as u32,
+        d.m.div_ceil(8).div_ceil(8) as u32,
+        d.imgs as u32,
+    ];
+    check_groups(gpu, "conv (batched GEMM)", g, wg)?;
+    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
+    gpu.dispatch(
+        &Kernel::new(&CONV1X1, "main").with(&constants),
+        &params,
+        &[out],
+        &[a, b, bias, prologue.unwrap_or(bias)],
+        wg,
+    )
+}
+
+/// The batched-GEMM kernel for a 1x1 convolution: out[n][:, dst] = a (m x k, rows of `lda`) *
+/// b[n][src] + bias.
 #[allow(clippy::too_many_arguments)]
 fn gemm_1x1_run(
     gpu: &Gpu,
@@ -540,35 +604,310 @@ fn gemm_1x1_run(
     prologue: Option<&Storage>,
 ) -> Result<()> {
     let hw = g.h * g.w;
-    let params = [
+    let d = BatchedGemm {
         m,
-        hw,
+        n: hw,
         k,
         lda,
-        src.total * hw,
-        src.off * hw,
-        dst.total * hw,
-        dst.off * hw,
-        0,
-        0,
-        0,
+        b_batch: src.total * hw,
+        b_off: src.off * hw,
+        c_batch: dst.total * hw,
+        c_off: dst.off * hw,
+        imgs: g.n,
+    };
+    batched_gemm(gpu, &d, (a, b, bias, out), g, prologue)
+}
+
+/// Rows of the im2col buffer: ci * kh * kw rounded up to 4 (the GEMMs read vec4 rows).
+fn im2col_rows(g: &ConvGeom) -> usize {
+    (g.ci * g.kh * g.kw).div_ceil(4) * 4
+}
+
+/// Whether the im2col + GEMM path applies: vec4 rows of output pixels.
+fn im2col_fits(g: &ConvGeom) -> bool {
+    (g.oh * g.ow).is_multiple_of(4)
+}
+
+/// Images per im2col buffer (at most the context's workspace), at least one.
+fn im2col_group(gpu: &Gpu, g: &ConvGeom) -> usize {
+    (gpu.workspace_bytes() / (4 * im2col_rows(g) * g.oh * g.ow)).clamp(1, g.n)
+}
+
+/// The im2col buffer of images `img0..img0 + imgs` of `x` (channel slice `src`), as
+/// [imgs, kpad, oh*ow] or, `transposed`, [imgs, oh*ow, kpad] (see conv_gemm.wgsl).
+#[allow(clippy::too_many_arguments)]
+fn im2col(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    prologue: Option<&Storage>,
+    (img0, imgs): (usize, usize),
+    transposed: bool,
+) -> Result<Storage> {
+    let kpad = im2col_rows(g);
+    let ohw = g.oh * g.ow;
+    let cols = gpu.alloc(imgs * kpad * ohw, &[imgs, kpad, ohw])?;
+    let params = gemm_params(g, kpad, src, (img0, imgs), Slice::whole(g.co), (0, 0));
+    let wg = [ohw.div_ceil(64) as u32, g.ci as u32, imgs as u32];
+    check_groups(gpu, "im2col", g, wg)?;
+    let constants = [
+        ("PROLOGUE", prologue.is_some() as u32 as f64),
+        ("TRANSPOSED", transposed as u32 as f64),
+    ];
+    gpu.dispatch(
+        &Kernel::new(&CONV_GEMM, "im2col").with(&constants),
+        &params,
+        &[&cols],
+        &[x, prologue.unwrap_or(x)],
+        wg,
+    )?;
+    Ok(cols)
+}
+
+/// The parameter block of conv_gemm.wgsl.
+fn gemm_params(
+    g: &ConvGeom,
+    kpad: usize,
+    src: Slice,
+    (img0, imgs): (usize, usize),
+    dys: Slice,
+    (quads_per_chunk, chunk0): (usize, usize),
+) -> [u32; 20] {
+    [
+        imgs,
+        img0,
+        g.ci,
+        g.h,
+        g.w,
+        g.oh,
+        g.ow,
+        g.kh,
+        g.kw,
+        g.stride,
+        g.pad,
+        kpad,
+        src.total,
+        src.off,
+        g.co,
+        quads_per_chunk,
+        dys.total,
+        dys.off,
+        chunk0,
         0,
     ]
-    .map(|v| v as u32);
-    let wg = [
-        (hw / 4).div_ceil(2).div_ceil(8) as u32,
-        m.div_ceil(8).div_ceil(8) as u32,
-        g.n as u32,
-    ];
-    check_groups(gpu, "conv1x1", g, wg)?;
-    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
+    .map(|v| v as u32)
+}
+
+/// Forward as im2col + batched GEMM: out[i][:, dst] = W [co, kpad] * cols[i] + bias.
+#[allow(clippy::too_many_arguments)]
+fn fwd_gemm(
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let ktot = g.ci * g.kh * g.kw;
+    let kpad = im2col_rows(g);
+    let padded;
+    let a = if kpad == ktot {
+        w.storage()
+    } else {
+        padded = pad_rows(w, g.co, ktot, kpad)?;
+        &padded
+    };
+    gemm_conv(w.gpu(), g, x, src, a, bias, out, dst, prologue)
+}
+
+/// `out[:, dst] = A * im2col(x[:, src]) + bias` per image, A being the weights as [co, kpad].
+#[allow(clippy::too_many_arguments)]
+fn gemm_conv(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    a: &Storage,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let kpad = im2col_rows(g);
+    let ohw = g.oh * g.ow;
+    let group = im2col_group(gpu, g);
+    for img0 in (0..g.n).step_by(group) {
+        let imgs = group.min(g.n - img0);
+        let cols = im2col(gpu, g, x, src, prologue, (img0, imgs), false)?;
+        let d = BatchedGemm {
+            m: g.co,
+            n: ohw,
+            k: kpad,
+            lda: kpad,
+            b_batch: kpad * ohw,
+            b_off: 0,
+            c_batch: dst.total * ohw,
+            c_off: (img0 * dst.total + dst.off) * ohw,
+            imgs,
+        };
+        batched_gemm(gpu, &d, (a, &cols, bias, out), g, None)?;
+    }
+    Ok(())
+}
+
+/// Whether the stride-1 input gradient can run as a convolution of the output gradient
+/// (square kernel, padding at most k - 1, vec4 rows of input pixels).
+fn dgrad_gemm_fits(g: &ConvGeom) -> bool {
+    g.stride == 1 && g.kh == g.kw && g.pad < g.kh && (g.h * g.w).is_multiple_of(4)
+}
+
+/// Stride-1 input gradient as im2col + GEMM: out[:, dst] = conv(dy[:, src], flip(w)^T, pad
+/// k - 1 - pad) + bias.
+#[allow(clippy::too_many_arguments)]
+fn dgrad_gemm(
+    g: &ConvGeom,
+    dy: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+) -> Result<()> {
+    let gpu = w.gpu();
+    let g2 = ConvGeom {
+        n: g.n,
+        ci: g.co,
+        h: g.oh,
+        w: g.ow,
+        co: g.ci,
+        oh: g.h,
+        ow: g.w,
+        kh: g.kh,
+        kw: g.kw,
+        stride: 1,
+        pad: g.kh - 1 - g.pad,
+    };
+    let kk = g.kh * g.kw;
+    let cpad = im2col_rows(&g2);
+    let wf = gpu.alloc(g.ci * cpad, &[g.ci, cpad])?;
+    let params = [0, g.co, cpad, kk, 0, 0, 0, g.ci]
+        .into_iter()
+        .chain([0; 8])
+        .map(|v| v as u32)
+        .collect::<Vec<_>>();
+    let grid = [cpad.div_ceil(64) as u32, g.ci as u32, 1];
+    check_groups(gpu, "conv2d input gradient", g, grid)?;
     gpu.dispatch(
-        &Kernel::new(&CONV1X1, "main").with(&constants),
+        &Kernel::new(&LAYOUT, "flip_transpose"),
         &params,
-        &[out],
-        &[a, b, bias, prologue.unwrap_or(bias)],
-        wg,
-    )
+        &[&wf],
+        &[w.storage()],
+        grid,
+    )?;
+    gemm_conv(gpu, &g2, dy, src, &wf, bias, out, dst, None)
+}
+
+/// Weights [rows, cols] copied into [rows, cpad] with zero columns after `cols`.
+fn pad_rows(w: &Tensor, rows: usize, cols: usize, cpad: usize) -> Result<Storage> {
+    let gpu = w.gpu();
+    let out = gpu.alloc(rows * cpad, &[rows, cpad])?;
+    let params = [rows, cols, cpad, 1, cols, 0, 1, rows]
+        .into_iter()
+        .chain([0; 8])
+        .map(|v| v as u32)
+        .collect::<Vec<_>>();
+    let grid = [cpad.div_ceil(64) as u32, 1, rows as u32];
+    let max = gpu.limits().max_compute_workgroups_per_dimension;
+    if grid.iter().any(|&v| v > max) {
+        return Err(Error::shape(
+            "conv weight",
+            format!(
+                "{:?} needs {grid:?} workgroups; the adapter allows {max} per dimension",
+                w.shape()
+            ),
+        ));
+    }
+    gpu.dispatch(
+        &Kernel::new(&LAYOUT, "relayout"),
+        &params,
+        &[&out],
+        &[w.storage()],
+        grid,
+    )?;
+    Ok(out)
+}
+
+/// Weight gradient as transposed im2col + GEMM (conv_gemm.wgsl `wgrad_gemm`): partial sums
+/// over chunks of (image, pixel quad) pairs, added up; the padded taps are dropped.
+#[allow(clippy::too_many_arguments)]
+fn wgrad_gemm(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    dy: &Storage,
+    dys: Slice,
+    prologue: Option<&Storage>,
+) -> Result<Tensor> {
+    let ktot = g.ci * g.kh * g.kw;
+    let kpad = im2col_rows(g);
+    let q_img = g.oh * g.ow / 4;
+    let group = im2col_group(gpu, g);
+    let blocks = (kpad / 4).div_ceil(2) * g.co.div_ceil(8);
+    // Chunks per image group: ~4096 invocations in all, partial sums at most 32 MiB.
+    let by_parallelism = 4096usize.div_ceil(blocks);
+    let by_memory = ((32 << 20) / (4 * g.co * kpad) / g.n.div_ceil(group)).max(1);
+    let plan: Vec<(usize, usize, usize)> = (0..g.n)
+        .step_by(group)
+        .map(|img0| {
+            let imgs = group.min(g.n - img0);
+            let quads = imgs * q_img;
+            let chunks = by_parallelism.min(by_memory).clamp(1, quads.max(1));
+            let per_chunk = quads.div_ceil(chunks);
+            (img0, imgs, per_chunk)
+        })
+        .collect();
+    let chunks_of = |imgs: usize, per: usize| (imgs * q_img).div_ceil(per);
+    let total_chunks: usize = plan.iter().map(|&(_, i, p)| chunks_of(i, p)).sum();
+    let partial = gpu.alloc(total_chunks * g.co * kpad, &[total_chunks, g.co, kpad])?;
+    let mut chunk0 = 0;
+    for &(img0, imgs, per_chunk) in &plan {
+        let cols = im2col(gpu, g, x, src, prologue, (img0, imgs), true)?;
+        let chunks = chunks_of(imgs, per_chunk);
+        let wg = [
+            (kpad / 4).div_ceil(2).div_ceil(8) as u32,
+            g.co.div_ceil(8).div_ceil(8) as u32,
+            chunks as u32,
+        ];
+        check_groups(gpu, "conv2d weight gradient", g, wg)?;
+        gpu.dispatch(
+            &Kernel::new(&CONV_GEMM, "wgrad_gemm"),
+            &gemm_params(g, kpad, src, (img0, imgs), dys, (per_chunk, chunk0)),
+            &[&partial],
+            &[dy, &cols],
+            wg,
+        )?;
+        chunk0 += chunks;
+    }
+    let partial = Tensor::from_storage(
+        std::sync::Arc::new(partial),
+        &[total_chunks, g.co * kpad],
+        false,
+    );
+    let summed = if total_chunks == 1 {
+        reshape(&partial, &[g.co, kpad])?
+    } else {
+        reshape(&sum(&partial, &[0], false)?, &[g.co, kpad])?
+    };
+    let shape = [g.co, g.ci, g.kh, g.kw];
+    if kpad == ktot {
+        reshape(&summed, &shape)
+    } else {
+        reshape(&crate::ops::narrow(&summed, 1, 0, ktot)?, &shape)
+    }
 }
 
 /// The kernels a convolution can run on; chosen per adapter and shape class by measurement.
@@ -577,6 +916,7 @@ enum ConvKernel {
     Direct,
     Strip,
     Gemm1x1,
+    Im2col,
 }
 
 /// Whether the strip variant's register window (7 * stride + kw values) fits its 24 slots.
@@ -584,13 +924,20 @@ fn strip_fits(g: &ConvGeom) -> bool {
     7 * g.stride + g.kw <= 24
 }
 
-fn candidates(g: &ConvGeom, gemm: bool, strip: bool) -> Vec<(&'static str, ConvKernel)> {
+fn candidates(
+    g: &ConvGeom,
+    gemm: bool,
+    strip: bool,
+    im2col: bool,
+) -> Vec<(&'static str, ConvKernel)> {
     let mut v = vec![("direct", ConvKernel::Direct)];
     if strip && strip_fits(g) {
         v.push(("strip", ConvKernel::Strip));
     }
     if gemm {
         v.push(("gemm1x1", ConvKernel::Gemm1x1));
+    } else if im2col {
+        v.push(("im2col", ConvKernel::Im2col));
     }
     v
 }
@@ -638,8 +985,9 @@ pub(crate) fn fwd_into(
             g,
             prologue,
         ),
+        ConvKernel::Im2col => fwd_gemm(g, x, src, w, bias, out, dst, prologue),
     };
-    let cands = candidates(g, gemm, true);
+    let cands = candidates(g, gemm, true, im2col_fits(g));
     if cands.len() == 1 {
         return run(ConvKernel::Direct);
     }
@@ -669,7 +1017,7 @@ pub(crate) fn dgrad_into(
     let gpu = w.gpu();
     let gemm = gemm_1x1(g, g.co);
     let strip = g.stride == 1 && 7 + g.kw <= 24;
-    let cands = candidates(g, gemm, strip);
+    let cands = candidates(g, gemm, strip, dgrad_gemm_fits(g));
     if cands.len() == 1 {
         return dgrad_direct(g, dy, src, w, bias, out, dst, false);
     }
@@ -680,6 +1028,7 @@ pub(crate) fn dgrad_into(
         None
     };
     let run = |k: ConvKernel| match (k, &wt) {
+        (ConvKernel::Im2col, _) => dgrad_gemm(g, dy, src, w, bias, out, dst),
         (ConvKernel::Direct, _) | (ConvKernel::Gemm1x1, None) => {
             dgrad_direct(g, dy, src, w, bias, out, dst, false)
         }

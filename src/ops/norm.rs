@@ -47,12 +47,24 @@ pub(crate) fn params(
         0,
         cfg.training as u32,
         cfg.relu as u32,
-        0,
+        reduction_lanes(hw) as u32,
         cfg.eps.to_bits(),
         cfg.momentum.to_bits(),
         0,
         0,
     ]
+}
+
+/// Lanes per (image, channel) plane of the barrier-free per-channel reductions: each lane
+/// sums every `lanes`-th pixel, and a second pass combines the `n * lanes` partials.
+fn reduction_lanes(hw: usize) -> usize {
+    hw.clamp(1, 64)
+}
+
+/// Workgroups of 64 for one invocation per (channel, image, lane), and the partial count.
+fn partial_grid(gpu: &Gpu, p: &[u32; 12]) -> ([u32; 3], usize) {
+    let parts = (p[0] * p[1] * p[7]) as usize;
+    (gpu.grid(parts.div_ceil(64)), parts)
 }
 
 /// `batch_norm(x, running_mean, running_var, gamma, beta, training, momentum, eps)`, then ReLU
@@ -124,12 +136,21 @@ pub(crate) fn batch_stats(
     let c = p[1] as usize;
     let stats = gpu.alloc(3 * c, &[3, c])?;
     if cfg.training {
+        let (grid, parts) = partial_grid(gpu, p);
+        let part = gpu.alloc(2 * parts, &[2, parts])?;
         gpu.dispatch(
-            &Kernel::new(&BATCHNORM, "stats"),
+            &Kernel::new(&BATCHNORM, "stats_partial"),
+            p,
+            &[&part],
+            &[x],
+            grid,
+        )?;
+        gpu.dispatch(
+            &Kernel::new(&BATCHNORM, "stats_combine"),
             p,
             &[&stats],
-            &[x],
-            [c as u32, 1, 1],
+            &[&part],
+            [c.div_ceil(64) as u32, 1, 1],
         )?;
         if let Some((rm, rv)) = running {
             gpu.dispatch(
@@ -194,12 +215,21 @@ pub(crate) fn backward_raw(
     let (n, c, hw) = (p[0] as usize, p[1] as usize, p[2] as usize);
     let dgamma = gpu.alloc(c, &[c])?;
     let dbeta = gpu.alloc(c, &[c])?;
+    let (grid, parts) = partial_grid(gpu, p);
+    let part = gpu.alloc(2 * parts, &[2, parts])?;
     gpu.dispatch(
-        &Kernel::new(&BATCHNORM, "bwd_reduce"),
+        &Kernel::new(&BATCHNORM, "bwd_partial"),
+        p,
+        &[&part],
+        &[x, dy, stats, gamma.storage(), beta.storage()],
+        grid,
+    )?;
+    gpu.dispatch(
+        &Kernel::new(&BATCHNORM, "bwd_combine"),
         p,
         &[&dgamma, &dbeta],
-        &[x, dy, stats, gamma.storage(), beta.storage()],
-        [c as u32, 1, 1],
+        &[&part],
+        [c.div_ceil(64) as u32, 1, 1],
     )?;
     let dx = if want_x {
         let len = n * c * hw;
