@@ -714,10 +714,21 @@ fn check_prologue(
 
 #[test]
 fn conv_im2col_gemm_variants_match_cpu() {
+    im2col_gemm_variants_match_cpu(false);
+}
+
+/// The same with wgpu's bounds checks on in the trusted GEMM kernels (`APGA_RUNTIME_CHECKS=1`).
+#[test]
+fn conv_im2col_gemm_variants_match_cpu_with_bounds_checks() {
+    im2col_gemm_variants_match_cpu(true);
+}
+
+fn im2col_gemm_variants_match_cpu(runtime_checks: bool) {
     // Forward, stride-1 input gradient and weight gradient as im2col + GEMM, forced for every
     // convolution of this context, with a workspace of 16 KiB so that most batches are split
     // into image groups.
     let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        runtime_checks,
         autotune: false,
         kernel_overrides: vec![
             ("conv-fwd".into(), "im2col".into()),
