@@ -145,7 +145,7 @@ def main():
             nonlocal t
             sync()
             now = time.perf_counter()
-            if i > 0:
+            if i > 0 or args.steps == 0:
                 times[k].append((now - t) * 1e3)
             t = now
 
@@ -170,7 +170,7 @@ def main():
             keep = (torch.sigmoid(policy(x)) > 0.5).float()
         classifier_step(x * keep)
         lap(4)
-        if i > 0:
+        if i > 0 or args.steps == 0:
             times[5].append((time.perf_counter() - t0) * 1e3)
     med = [statistics.median(v) for v in times]
     print(json.dumps({

@@ -183,7 +183,7 @@ fn main() {
             format!("{name}/forward"),
             4.0 * bytes,
             "GB/s",
-            &|| "batchnorm stats + apply".to_string(),
+            &|| "batchnorm stats_partial + stats_combine + apply".to_string(),
             &mut || ops::batch_norm2d(&x, &gamma, &beta, Some((&rm, &rv)), cfg).map(|_| ()),
         );
         let stats = ops::batch_norm2d(&x, &gamma, &beta, None, cfg).unwrap();
@@ -201,7 +201,7 @@ fn main() {
             format!("{name}/backward"),
             5.0 * bytes,
             "GB/s",
-            &|| "batchnorm bwd_reduce + bwd_apply".to_string(),
+            &|| "batchnorm bwd_partial + bwd_combine + bwd_apply".to_string(),
             &mut || {
                 ops::norm::batch_norm2d_backward(&x, &gamma, &beta, &stats, &cfg, &gy, true)
                     .map(|_| ())

@@ -152,3 +152,53 @@ fn wgrad_gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
     }
 }
+
+// ---- col2im: the input gradient from the GEMM cols = W^T * dy (rows r = (ci, ky, kx), one
+// column per output pixel): dx[img, ci, y, x] = bias[ci] + sum over the taps (ky, kx) that
+// reach (y, x) from an output pixel, i.e. oy = (y + pad - ky) / stride integral and in range
+// (likewise ox), of cols[img, r, oy * ow + ox]. One invocation per input pixel; dx may be a
+// channel slice (src_c_total, src_c_off name the destination here). Works for any stride,
+// which the stride-1 im2col path of the input gradient does not. ----
+@group(0) @binding(1) var<storage, read_write> dx_out: array<f32>;
+@group(0) @binding(2) var<storage, read> cols_in: array<f32>;
+@group(0) @binding(3) var<storage, read> bias_in: array<f32>;
+
+@compute @workgroup_size(64)
+fn col2im(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let hw = P.h * P.w;
+    let p = gid.x;
+    let ci = gid.y;
+    let img = gid.z;
+    if (p >= hw || ci >= P.ci || img >= P.imgs) {
+        return;
+    }
+    let y = p / P.w;
+    let x = p - y * P.w;
+    let ohw = P.oh * P.ow;
+    let rows = P.ci * P.kh * P.kw;
+    let base = img * rows * ohw;
+    var acc = bias_in[ci];
+    for (var ky = 0u; ky < P.kh; ky = ky + 1u) {
+        let ty = i32(y + P.pad) - i32(ky);
+        if (ty < 0 || u32(ty) % P.stride != 0u) {
+            continue;
+        }
+        let oy = u32(ty) / P.stride;
+        if (oy >= P.oh) {
+            continue;
+        }
+        for (var kx = 0u; kx < P.kw; kx = kx + 1u) {
+            let tx = i32(x + P.pad) - i32(kx);
+            if (tx < 0 || u32(tx) % P.stride != 0u) {
+                continue;
+            }
+            let ox = u32(tx) / P.stride;
+            if (ox >= P.ow) {
+                continue;
+            }
+            let r = (ci * P.kh + ky) * P.kw + kx;
+            acc = acc + cols_in[base + r * ohw + oy * P.ow + ox];
+        }
+    }
+    dx_out[((P.img0 + img) * P.src_c_total + P.src_c_off + ci) * hw + p] = acc;
+}

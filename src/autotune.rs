@@ -21,7 +21,7 @@ struct CacheFile {
 }
 
 /// Bumped whenever an op gains a variant, so that caches measured without it are re-tuned.
-const CACHE_VERSION: u32 = 2;
+const CACHE_VERSION: u32 = 3;
 
 /// Per-adapter cache of measured choices.
 pub struct Autotuner {
@@ -191,8 +191,10 @@ pub fn measure(gpu: &Gpu, run: &mut dyn FnMut() -> Result<()>) -> Result<Duratio
 /// Like [`measure`] for choosing a variant, with a smaller budget. The first run is timed
 /// from the end of its recording (pipeline compilation happens while recording, on the host)
 /// to the end of its execution, so no separate warm-up run is needed; it alone decides when it
-/// is more than twice `to_beat` (the best candidate so far) or took over 20 ms. Otherwise the
-/// minimum of runs filling about 20 ms (at most 10) counts.
+/// is more than 1.5 times `to_beat` (the best candidate so far). Otherwise the minimum of at least
+/// two runs, and of as many as fill about 20 ms (at most 10), counts: a first run can pay for
+/// first touches of freshly allocated buffers, which would misjudge a variant that needs a
+/// large scratch buffer (the im2col paths).
 fn measure_candidate(
     gpu: &Gpu,
     run: &mut dyn FnMut() -> Result<()>,
@@ -214,10 +216,8 @@ fn measure_candidate(
         let dt = recorded.elapsed();
         best = best.min(dt);
         total += dt;
-        let hopeless = to_beat.is_some_and(|b| dt > 2 * b);
-        if (reps == 0 && (hopeless || dt > Duration::from_millis(20)))
-            || total >= Duration::from_millis(20)
-        {
+        let hopeless = to_beat.is_some_and(|b| dt > b * 3 / 2);
+        if (reps == 0 && hopeless) || (reps >= 1 && total >= Duration::from_millis(20)) {
             break;
         }
     }
@@ -260,7 +260,9 @@ pub fn choose<V: Copy>(
     }
     let started = Instant::now();
     let mut best: Option<(Duration, usize)> = None;
-    for (i, (name, v)) in candidates.iter().enumerate() {
+    // Last candidates first: ops list their specialised (usually fastest) variants last, so the
+    // general ones are then often dropped after a single run.
+    for (i, (name, v)) in candidates.iter().enumerate().rev() {
         let dt = measure_candidate(gpu, &mut || run(*v), best.map(|(b, _)| b))?;
         log::info!("autotune {key}: {name} {:.3} ms", dt.as_secs_f64() * 1e3);
         if best.is_none_or(|(b, _)| dt < b) {

@@ -383,24 +383,33 @@ fn compare_writes_tables_and_eval_reads_a_run() {
 
 #[test]
 fn bench_times_every_phase_of_the_apga_step() {
-    let (ok, stdout, err) = apga(&[
+    let small = [
         "bench",
-        "--steps",
-        "1",
         "--batch-size",
         "2",
         "--image-size",
         "32",
         "--policy-filters",
         "2",
-        "--json",
-    ]);
+        "--no-torch",
+    ];
+    let (ok, stdout, err) = apga(&[&small[..], &["--steps", "1", "--json"]].concat());
     assert!(ok, "{err}");
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let all: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let v = &all["ours"];
     let phases = v["phases_ms"].as_array().unwrap();
     assert_eq!(phases.len(), 5);
     assert!(phases.iter().all(|p| p[1].as_f64().unwrap() > 0.0));
     assert!(v["step_ms"].as_f64().unwrap() > 0.0 && v["peak_memory_mib"].as_f64().unwrap() > 0.0);
+    assert!(v["first_step_s"].as_f64().unwrap() > 0.0);
+    assert!(all["torch"].is_null());
+    assert!(all["torch_error"].as_str().unwrap().contains("--no-torch"));
+    // The per-kernel profile of the step, and the warm-up step alone.
+    let (ok, stdout, err) = apga(&[&small[..], &["--steps", "0", "--profile"]].concat());
+    assert!(ok, "{err}");
+    assert!(stdout.contains("warm-up step only"), "{stdout}");
+    assert!(stdout.contains("per-kernel GPU time"), "{stdout}");
+    assert!(stdout.contains("conv"), "{stdout}");
     let (ok, _, err) = apga(&["bench", "--image-size", "40"]);
     assert!(!ok && err.contains("multiple of 32"), "{err}");
 }

@@ -822,3 +822,65 @@ fn im2col_gemm_variants_match_cpu(runtime_checks: bool) {
     );
     check_wgrad_prologue(&g, "GEMM weight gradient with prologue", &mut r);
 }
+
+#[test]
+fn conv_input_gradient_col2im_variant_matches_cpu() {
+    // Input gradient as GEMM + col2im (any stride), forced, with a small workspace; checked
+    // through conv2d's backward and conv_transpose2d's forward (the same direction).
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        kernel_overrides: vec![("conv-dgrad".into(), "col2im".into())],
+        workspace_bytes: 16 << 10,
+        ..Default::default()
+    })
+    .unwrap();
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+    let mut r = rng(25);
+    for &(n, ci, h, w, co, k, s, p) in &[
+        (
+            3usize, 3usize, 8usize, 6usize, 8usize, 3usize, 1usize, 1usize,
+        ),
+        (2, 5, 9, 9, 4, 3, 2, 0),
+        (2, 3, 16, 16, 4, 7, 2, 3),
+        (1, 6, 8, 8, 12, 1, 2, 0),
+    ] {
+        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+        let wt = uniform(&mut r, co * ci * k * k, -1.0, 1.0);
+        let xt = t(&x, &[n, ci, h, w]).with_grad();
+        let tape = apga_gpu::Tape::new();
+        let y = ops::conv2d(&xt, &t(&wt, &[co, ci, k, k]), None, s, p).unwrap();
+        let gy = uniform(&mut r, y.numel(), -1.0, 1.0);
+        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let (want, _) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, k, k], &gy, s, p);
+        assert_close(
+            &format!("col2im input gradient {:?}", (n, ci, h, w, co, k, s, p)),
+            &grads.get(&xt).unwrap().to_vec().unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
+    }
+    // UNet11's decoder up-sampling: conv_transpose2d k3 s2 p1 output_padding 1, with bias.
+    let (n, ci, h, w, co) = (2, 8, 4, 3, 5);
+    let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+    let wt = uniform(&mut r, ci * co * 9, -1.0, 1.0);
+    let b = uniform(&mut r, co, -1.0, 1.0);
+    let (want, _) = cpu_conv_transpose2d(&x, [n, ci, h, w], &wt, [ci, co, 3, 3], Some(&b), 2, 1, 1);
+    let got = ops::conv_transpose2d(
+        &t(&x, &[n, ci, h, w]),
+        &t(&wt, &[ci, co, 3, 3]),
+        Some(&t(&b, &[co])),
+        2,
+        1,
+        1,
+    )
+    .unwrap();
+    assert_close(
+        "conv_transpose2d via col2im",
+        &got.to_vec().unwrap(),
+        &want,
+        1e-4,
+        1e-4,
+    );
+}

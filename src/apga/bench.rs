@@ -62,7 +62,9 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Times `steps` APGA steps (after one warm-up step) of the configuration's networks.
+/// Times `steps` APGA steps (after one warm-up step) of the configuration's networks; with
+/// `steps == 0` only the warm-up step runs and its times (compilation and autotuning
+/// included) are reported, for peak memory and cold start at sizes where a step takes minutes.
 /// With `profile`, every dispatch is timed on the GPU and the last step's per-kernel table is
 /// returned (phase times then include the profiler's waits at each submit).
 pub fn bench(
@@ -120,7 +122,7 @@ pub fn bench(
         let mut t = Instant::now();
         let lap = |k: usize, times: &mut Vec<Vec<f64>>, t: &mut Instant| -> Result<()> {
             gpu.sync()?;
-            if i > 0 {
+            if i > 0 || steps == 0 {
                 times[k].push(t.elapsed().as_secs_f64() * 1e3);
             }
             *t = Instant::now();
@@ -146,9 +148,10 @@ pub fn bench(
         let keep = step::aiding_mask(&policy, &x)?;
         step::classifier_step(&clf, &mut adam_c, &step::apply_mask(&x, &keep)?, &labels)?;
         lap(4, &mut times, &mut t)?;
-        if i > 0 {
+        if i > 0 || steps == 0 {
             times[5].push(start.elapsed().as_secs_f64() * 1e3);
-        } else {
+        }
+        if i == 0 {
             first_step_s = opened.elapsed().as_secs_f64();
         }
     }

@@ -452,7 +452,8 @@ pub struct BenchArgs {
     pub classifier_arch: Option<String>,
     #[arg(long)]
     pub policy_filters: Option<usize>,
-    /// Measured steps (after one warm-up step).
+    /// Measured steps (after one warm-up step); 0 reports the warm-up step alone (compilation
+    /// and autotuning included), for peak memory at sizes where a step takes minutes.
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
     /// One JSON object instead of the table.
@@ -491,10 +492,10 @@ pub fn bench(device: Option<&str>, args: &BenchArgs) -> Result<()> {
     if let Some(v) = args.policy_filters {
         cfg.policy_filters = v;
     }
-    if cfg.batch_size < 2 || !cfg.image_size.is_multiple_of(32) || args.steps == 0 {
+    if cfg.batch_size < 2 || !cfg.image_size.is_multiple_of(32) {
         return Err(Error::shape(
             "bench",
-            "needs --batch-size >= 2, --image-size a multiple of 32 and --steps >= 1",
+            "needs --batch-size >= 2 and --image-size a multiple of 32",
         ));
     }
     let r = apga::bench::bench(&cfg, args.steps, device, args.profile)?;
@@ -512,9 +513,14 @@ pub fn bench(device: Option<&str>, args: &BenchArgs) -> Result<()> {
         println!("{v}");
         return Ok(());
     }
+    let timed = if args.steps == 0 {
+        "warm-up step only, compilation and autotuning included".to_string()
+    } else {
+        format!("median of {} steps", args.steps)
+    };
     println!(
-        "APGA step: classifier {}, UNet11 with {} filters, batch {}, {}x{} (median of {} steps)",
-        r.classifier, r.policy_filters, r.batch_size, r.image_size, r.image_size, args.steps
+        "APGA step: classifier {}, UNet11 with {} filters, batch {}, {}x{} ({timed})",
+        r.classifier, r.policy_filters, r.batch_size, r.image_size, r.image_size
     );
     match &torch {
         Ok(t) => println!(

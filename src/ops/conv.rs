@@ -810,6 +810,58 @@ fn dgrad_gemm(
     gemm_conv(gpu, &g2, dy, src, &wf, bias, out, dst, None)
 }
 
+/// Whether the input gradient can run as GEMM + col2im (any stride): vec4 rows of output
+/// pixels and an output-channel count the GEMM's vec4 reduction covers exactly.
+fn col2im_fits(g: &ConvGeom) -> bool {
+    (g.oh * g.ow).is_multiple_of(4) && g.co.is_multiple_of(4)
+}
+
+/// Input gradient as GEMM + col2im: cols[i] = W^T [ci*kh*kw, co] * dy[i][src] per image, then
+/// every input pixel gathers its taps from cols (conv_gemm.wgsl `col2im`). `wt` is the weight
+/// re-laid out as [ci*kh*kw, round8(co)].
+#[allow(clippy::too_many_arguments)]
+fn dgrad_col2im(
+    g: &ConvGeom,
+    dy: &Storage,
+    src: Slice,
+    wt: &Storage,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+) -> Result<()> {
+    let gpu = wt.gpu();
+    let rows = g.ci * g.kh * g.kw;
+    let ohw = g.oh * g.ow;
+    let group = (gpu.workspace_bytes() / (4 * rows * ohw)).clamp(1, g.n);
+    let zeros = gpu.shared_zeros(rows)?;
+    for img0 in (0..g.n).step_by(group) {
+        let imgs = group.min(g.n - img0);
+        let cols = gpu.alloc(imgs * rows * ohw, &[imgs, rows, ohw])?;
+        let d = BatchedGemm {
+            m: rows,
+            n: ohw,
+            k: g.co,
+            lda: round8(g.co),
+            b_batch: src.total * ohw,
+            b_off: (img0 * src.total + src.off) * ohw,
+            c_batch: rows * ohw,
+            c_off: 0,
+            imgs,
+        };
+        batched_gemm(gpu, &d, (wt, dy, &zeros, &cols), g, None)?;
+        let wg = [(g.h * g.w).div_ceil(64) as u32, g.ci as u32, imgs as u32];
+        check_groups(gpu, "conv2d input gradient (col2im)", g, wg)?;
+        gpu.dispatch(
+            &Kernel::new(&CONV_GEMM, "col2im"),
+            &gemm_params(g, 0, dst, (img0, imgs), Slice::whole(g.co), (0, 0)),
+            &[out],
+            &[&cols, bias],
+            wg,
+        )?;
+    }
+    Ok(())
+}
+
 /// Weights [rows, cols] copied into [rows, cpad] with zero columns after `cols`.
 fn pad_rows(w: &Tensor, rows: usize, cols: usize, cpad: usize) -> Result<Storage> {
     let gpu = w.gpu();
@@ -917,6 +969,7 @@ enum ConvKernel {
     Strip,
     Gemm1x1,
     Im2col,
+    Col2im,
 }
 
 /// Whether the strip variant's register window (7 * stride + kw values) fits its 24 slots.
@@ -929,6 +982,7 @@ fn candidates(
     gemm: bool,
     strip: bool,
     im2col: bool,
+    col2im: bool,
 ) -> Vec<(&'static str, ConvKernel)> {
     let mut v = vec![("direct", ConvKernel::Direct)];
     if strip && strip_fits(g) {
@@ -938,6 +992,9 @@ fn candidates(
         v.push(("gemm1x1", ConvKernel::Gemm1x1));
     } else if im2col {
         v.push(("im2col", ConvKernel::Im2col));
+    }
+    if col2im && !gemm {
+        v.push(("col2im", ConvKernel::Col2im));
     }
     v
 }
@@ -985,9 +1042,9 @@ pub(crate) fn fwd_into(
             g,
             prologue,
         ),
-        ConvKernel::Im2col => fwd_gemm(g, x, src, w, bias, out, dst, prologue),
+        ConvKernel::Im2col | ConvKernel::Col2im => fwd_gemm(g, x, src, w, bias, out, dst, prologue),
     };
-    let cands = candidates(g, gemm, true, im2col_fits(g));
+    let cands = candidates(g, gemm, true, im2col_fits(g), false);
     if cands.len() == 1 {
         return run(ConvKernel::Direct);
     }
@@ -1017,18 +1074,21 @@ pub(crate) fn dgrad_into(
     let gpu = w.gpu();
     let gemm = gemm_1x1(g, g.co);
     let strip = g.stride == 1 && 7 + g.kw <= 24;
-    let cands = candidates(g, gemm, strip, dgrad_gemm_fits(g));
+    let cands = candidates(g, gemm, strip, dgrad_gemm_fits(g), col2im_fits(g));
     if cands.len() == 1 {
         return dgrad_direct(g, dy, src, w, bias, out, dst, false);
     }
-    // A = w^T as [ci, round8(co)], the forward kernel's weight layout (for the 1x1 GEMM).
-    let wt = if gemm {
+    // A = w^T as [ci, round8(co)], the forward kernel's weight layout (for the 1x1 GEMM and
+    // col2im).
+    let wt = if gemm || cands.iter().any(|c| c.1 == ConvKernel::Col2im) {
         Some(relayout_weight(w, false)?)
     } else {
         None
     };
     let run = |k: ConvKernel| match (k, &wt) {
         (ConvKernel::Im2col, _) => dgrad_gemm(g, dy, src, w, bias, out, dst),
+        (ConvKernel::Col2im, Some(wt)) => dgrad_col2im(g, dy, src, wt, bias, out, dst),
+        (ConvKernel::Col2im, None) => dgrad_direct(g, dy, src, w, bias, out, dst, false),
         (ConvKernel::Direct, _) | (ConvKernel::Gemm1x1, None) => {
             dgrad_direct(g, dy, src, w, bias, out, dst, false)
         }
@@ -1054,28 +1114,36 @@ pub(crate) fn dgrad_into(
 /// The kernel a convolution direction ("fwd" or "dgrad") of geometry `g` runs with: the
 /// autotuner's choice where several apply (after the first call), else the only one.
 pub fn kernel_name(gpu: &Gpu, g: &ConvGeom, dir: &str, prologue: bool) -> String {
-    let k = if dir == "fwd" { g.ci } else { g.co };
-    let gemm = gemm_1x1(g, k);
-    let direct = if dir == "fwd" {
+    let fwd = dir == "fwd";
+    let cands = if fwd {
+        candidates(g, gemm_1x1(g, g.ci), true, im2col_fits(g), false)
+    } else {
+        candidates(
+            g,
+            gemm_1x1(g, g.co),
+            g.stride == 1 && 7 + g.kw <= 24,
+            dgrad_gemm_fits(g),
+            col2im_fits(g),
+        )
+    };
+    let direct = if fwd {
         "conv2d.fwd (direct, 8x4)"
     } else {
         "conv2d.dgrad (direct)"
     };
-    let several = gemm
-        || if dir == "fwd" {
-            strip_fits(g)
-        } else {
-            g.stride == 1 && 7 + g.kw <= 24
-        };
-    if !several {
+    if cands.len() == 1 {
         return direct.into();
     }
     match autotune::cached_choice(gpu, &class_key(dir, g, prologue)).as_deref() {
         Some("gemm1x1") => "conv1x1 (batched GEMM)".into(),
-        Some("strip") if dir == "fwd" => "conv2d.fwd_strip (8x8, row strip)".into(),
+        Some("im2col") => "conv_gemm.im2col + batched GEMM".into(),
+        Some("col2im") => "batched GEMM + conv_gemm.col2im".into(),
+        Some("strip") if fwd => "conv2d.fwd_strip (8x8, row strip)".into(),
         Some("strip") => "conv2d.dgrad_strip (8x8, row strip)".into(),
         Some(_) => direct.into(),
-        None if gemm => "conv1x1 (batched GEMM, default)".into(),
+        None if gemm_1x1(g, if fwd { g.ci } else { g.co }) => {
+            "conv1x1 (batched GEMM, default)".into()
+        }
         None => format!("{direct}, default"),
     }
 }
@@ -1094,6 +1162,7 @@ pub fn wgrad_kernel_name(gpu: &Gpu, g: &ConvGeom, prologue: bool) -> String {
     );
     match autotune::cached_choice(gpu, &key).as_deref() {
         Some("wgrad8") => "conv2d_wgrad (8x8, split rows)".into(),
+        Some("gemm") => "conv_gemm.wgrad_gemm (im2col^T + GEMM)".into(),
         _ => "conv2d_wgrad (4x4, split rows)".into(),
     }
 }
