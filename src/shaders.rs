@@ -24,6 +24,7 @@ shader!(MATMUL_VEC4, "matmul_vec4", trusted = true);
 shader!(CONV2D, "conv2d", trusted = false);
 shader!(CONV2D_WGRAD, "conv2d_wgrad", trusted = false);
 shader!(CONV1X1, "conv1x1", trusted = true);
+shader!(CONV1X1_SUBGROUP, "conv1x1_subgroup", trusted = true);
 shader!(CONV_GEMM, "conv_gemm", trusted = true);
 shader!(LAYOUT, "layout", trusted = false);
 shader!(BATCHNORM, "batchnorm", trusted = false);
@@ -42,6 +43,7 @@ pub static ALL: &[&Shader] = &[
     &CONV2D,
     &CONV2D_WGRAD,
     &CONV1X1,
+    &CONV1X1_SUBGROUP,
     &CONV_GEMM,
     &LAYOUT,
     &BATCHNORM,

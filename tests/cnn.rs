@@ -441,13 +441,21 @@ fn fused_bn_relu_conv_matches_the_unfused_ops() {
 #[test]
 fn conv1x1_gemm_path_matches_cpu() {
     // With autotuning off the 1x1 GEMM kernel is the default wherever it applies (hw and the
-    // reduced channels multiples of 4), so this context exercises it deterministically.
-    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
-        autotune: false,
-        ..Default::default()
-    })
-    .unwrap();
-    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+    // reduced channels multiples of 4), so this context exercises it deterministically; the
+    // second context forces the subgroup variant of the GEMM where the adapter has subgroups.
+    for overrides in [vec![], vec![("gemm-batched".into(), "subgroup".into())]] {
+        let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+            autotune: false,
+            kernel_overrides: overrides,
+            ..Default::default()
+        })
+        .unwrap();
+        conv1x1_gemm_matches_cpu_on(&g);
+    }
+}
+
+fn conv1x1_gemm_matches_cpu_on(g: &apga_gpu::Gpu) {
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(g, v, s).unwrap();
     let mut r = rng(20);
     // (n, ci, h, w, co): rows and columns no multiple of 8, a single image, DenseNet-like.
     for &(n, ci, h, w, co) in &[
@@ -493,7 +501,7 @@ fn conv1x1_gemm_path_matches_cpu() {
     }
     // The fused BN+ReLU prologue on a channel prefix of a block buffer.
     check_prologue(
-        &g,
+        g,
         "conv1x1 gemm with prologue",
         &mut r,
         (2, 12, 8, 4, 4, 6),
@@ -734,6 +742,7 @@ fn im2col_gemm_variants_match_cpu(runtime_checks: bool) {
             ("conv-fwd".into(), "im2col".into()),
             ("conv-wgrad".into(), "gemm".into()),
             ("conv-dgrad".into(), "im2col".into()),
+            ("gemm-batched".into(), "subgroup".into()),
         ],
         workspace_bytes: 16 << 10,
         ..Default::default()

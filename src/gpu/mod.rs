@@ -186,7 +186,10 @@ impl Gpu {
         let (adapter, summary) = adapter::select(&request)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
-        let features = adapter.features() & wgpu::Features::TIMESTAMP_QUERY;
+        // Timestamps for the profiler; subgroup operations for the kernels that have a
+        // subgroup variant (chosen by the autotuner, never required).
+        let features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SUBGROUP);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("apga-gpu"),
             required_features: features,

@@ -11,7 +11,7 @@ use crate::autotune;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Storage};
 use crate::ops::{reshape, sum};
-use crate::shaders::{CONV1X1, CONV2D, CONV2D_WGRAD, CONV_GEMM, LAYOUT};
+use crate::shaders::{CONV1X1, CONV1X1_SUBGROUP, CONV2D, CONV2D_WGRAD, CONV_GEMM, LAYOUT};
 use crate::tensor::Tensor;
 
 /// Geometry of a convolution: input [n, ci, h, w], output [n, co, oh, ow], kernel kh x kw.
@@ -579,13 +579,28 @@ fn batched_gemm(
     ];
     check_groups(gpu, "conv (batched GEMM)", g, wg)?;
     let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
-    gpu.dispatch(
-        &Kernel::new(&CONV1X1, "main").with(&constants),
-        &params,
-        &[out],
-        &[a, b, bias, prologue.unwrap_or(bias)],
-        wg,
-    )
+    let run = |shader: &'static crate::gpu::Shader| {
+        gpu.dispatch(
+            &Kernel::new(shader, "main").with(&constants),
+            &params,
+            &[out],
+            &[a, b, bias, prologue.unwrap_or(bias)],
+            wg,
+        )
+    };
+    if !gpu.features().contains(wgpu::Features::SUBGROUP) {
+        return run(&CONV1X1);
+    }
+    let key = format!(
+        "gemm-batched/m{}/n{}/k{}/i{}",
+        autotune::bucket(d.m),
+        autotune::bucket(d.n),
+        autotune::bucket(d.k),
+        autotune::bucket(d.imgs)
+    );
+    let cands = [("vec4", &CONV1X1), ("subgroup", &CONV1X1_SUBGROUP)];
+    let shader = autotune::choose(gpu, &key, &cands, 0, run)?;
+    run(shader)
 }
 
 /// The batched-GEMM kernel for a 1x1 convolution: out[n][:, dst] = a (m x k, rows of `lda`) *

@@ -1,0 +1,116 @@
+// The batched GEMM of conv1x1.wgsl (same parameters, bindings and blocking: 8 rows x 8
+// columns per invocation, vec4 loads), with the rows of A shared through subgroup shuffles.
+// In conv1x1.wgsl every invocation of an 8-wide row of the workgroup loads the same 8 vec4 of
+// A per step of 4 along K; CPU drivers run such a row as one SIMD batch and load each of
+// those values once per lane. Here lane x of the row loads only row row0 + x and the others
+// read it with subgroupShuffle, which on a CPU driver is a register permute: a quarter of the
+// loads per multiply-add instead of a half. Needs the SUBGROUP feature; where the subgroups
+// do not line up with workgroup rows (size not a multiple of 8, or another invocation order)
+// the kernel detects it and loads A per lane, so it is correct on any adapter.
+// (No `enable subgroups;`: naga 30 accepts the subgroup built-ins without it and rejects the
+// directive; wgpu checks the SUBGROUP feature when the pipeline is built.)
+
+struct Params {
+    m: u32, n: u32, k: u32, lda: u32,
+    b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
+    _p0: u32, _p1: u32, _p2: u32, _p3: u32,
+}
+
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read_write> c: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> a: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> b: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
+@group(0) @binding(5) var<storage, read> affine: array<f32>;
+override PROLOGUE: bool = false;
+
+fn load_b(index: u32, k: u32) -> vec4<f32> {
+    let v = b[index];
+    if (PROLOGUE) {
+        return max(v * affine[k] + vec4<f32>(affine[P.k + k]), vec4<f32>(0.0));
+    }
+    return v;
+}
+
+// A 1-D workgroup of 64 laid out as 8 x 8 (subgroup built-ins need 1-D workgroups): the same
+// grid and invocation order as conv1x1.wgsl's @workgroup_size(8, 8).
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(local_invocation_index) li: u32,
+        @builtin(subgroup_invocation_id) sid: u32,
+        @builtin(subgroup_size) sgs: u32) {
+    let lx = li % 8u;
+    let ly = li / 8u;
+    let k4 = P.k / 4u;
+    let lda4 = P.lda / 4u;
+    let n4 = P.n / 4u;
+    let row0 = (wid.y * 8u + ly) * 8u;
+    let cq0 = (wid.x * 8u + lx) * 2u;
+    // No early return: every lane takes part in the shuffles. Lanes past the matrix compute
+    // on clamped indices and store nothing.
+    let in_range = row0 < P.m && cq0 < n4;
+    let img = wid.z;
+    let bb = (img * P.b_batch + P.b_off) / 4u;
+    let cb = (img * P.c_batch + P.c_off) / 4u;
+    let cqa = min(cq0, n4 - 1u);
+    let cq1 = min(cq0 + 1u, n4 - 1u);
+    // The lane that holds row row0 + i is base + i when subgroups are consecutive
+    // invocations (x fastest) and a multiple of 8 wide.
+    let lane = li % max(sgs, 1u);
+    let base = lane - lx;
+    let shared_rows = subgroupAll(sgs % 8u == 0u && sid == lane);
+    let my_row = min(row0 + lx, P.m - 1u) * lda4;
+    var arow: array<u32, 8>;
+    for (var i = 0u; i < 8u; i = i + 1u) {
+        arow[i] = min(row0 + i, P.m - 1u) * lda4;
+    }
+    var acc0: array<vec4<f32>, 8>;
+    var acc1: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 8u; i = i + 1u) {
+        acc0[i] = vec4<f32>(0.0);
+        acc1[i] = vec4<f32>(0.0);
+    }
+    for (var kq = 0u; kq < k4; kq = kq + 1u) {
+        let k0 = kq * 4u;
+        let kb = bb + k0 * n4;
+        let b00 = load_b(kb + cqa, k0);
+        let b10 = load_b(kb + n4 + cqa, k0 + 1u);
+        let b20 = load_b(kb + 2u * n4 + cqa, k0 + 2u);
+        let b30 = load_b(kb + 3u * n4 + cqa, k0 + 3u);
+        let b01 = load_b(kb + cq1, k0);
+        let b11 = load_b(kb + n4 + cq1, k0 + 1u);
+        let b21 = load_b(kb + 2u * n4 + cq1, k0 + 2u);
+        let b31 = load_b(kb + 3u * n4 + cq1, k0 + 3u);
+        let mine = a[my_row + kq];
+        for (var i = 0u; i < 8u; i = i + 1u) {
+            var av: vec4<f32>;
+            if (shared_rows) {
+                av = subgroupShuffle(mine, base + i);
+            } else {
+                av = a[arow[i] + kq];
+            }
+            acc0[i] = fma(vec4<f32>(av.x), b00, acc0[i]);
+            acc0[i] = fma(vec4<f32>(av.y), b10, acc0[i]);
+            acc0[i] = fma(vec4<f32>(av.z), b20, acc0[i]);
+            acc0[i] = fma(vec4<f32>(av.w), b30, acc0[i]);
+            acc1[i] = fma(vec4<f32>(av.x), b01, acc1[i]);
+            acc1[i] = fma(vec4<f32>(av.y), b11, acc1[i]);
+            acc1[i] = fma(vec4<f32>(av.z), b21, acc1[i]);
+            acc1[i] = fma(vec4<f32>(av.w), b31, acc1[i]);
+        }
+    }
+    if (!in_range) {
+        return;
+    }
+    let has1 = cq0 + 1u < n4;
+    for (var i = 0u; i < 8u; i = i + 1u) {
+        let r = row0 + i;
+        if (r < P.m) {
+            let bv = vec4<f32>(bias[r]);
+            c[cb + r * n4 + cq0] = acc0[i] + bv;
+            if (has1) {
+                c[cb + r * n4 + cq0 + 1u] = acc1[i] + bv;
+            }
+        }
+    }
+}
