@@ -26,6 +26,7 @@ shader!(CONV2D_WGRAD, "conv2d_wgrad", trusted = false);
 shader!(CONV1X1, "conv1x1", trusted = true);
 shader!(CONV1X1_SUBGROUP, "conv1x1_subgroup", trusted = true);
 shader!(CONV_GEMM, "conv_gemm", trusted = true);
+shader!(CONV_GEMM_SUBGROUP, "conv_gemm_subgroup", trusted = true);
 shader!(LAYOUT, "layout", trusted = false);
 shader!(BATCHNORM, "batchnorm", trusted = false);
 shader!(POOL, "pool", trusted = false);
@@ -45,6 +46,7 @@ pub static ALL: &[&Shader] = &[
     &CONV1X1,
     &CONV1X1_SUBGROUP,
     &CONV_GEMM,
+    &CONV_GEMM_SUBGROUP,
     &LAYOUT,
     &BATCHNORM,
     &POOL,

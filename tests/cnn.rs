@@ -722,16 +722,23 @@ fn check_prologue(
 
 #[test]
 fn conv_im2col_gemm_variants_match_cpu() {
-    im2col_gemm_variants_match_cpu(false);
+    im2col_gemm_variants_match_cpu(false, "gemm");
+}
+
+/// The same with the subgroup variant of the weight-gradient GEMM (where the adapter has
+/// subgroups; elsewhere the override names no candidate and the default runs).
+#[test]
+fn conv_im2col_gemm_subgroup_weight_gradient_matches_cpu() {
+    im2col_gemm_variants_match_cpu(false, "gemm_sg");
 }
 
 /// The same with wgpu's bounds checks on in the trusted GEMM kernels (`APGA_RUNTIME_CHECKS=1`).
 #[test]
 fn conv_im2col_gemm_variants_match_cpu_with_bounds_checks() {
-    im2col_gemm_variants_match_cpu(true);
+    im2col_gemm_variants_match_cpu(true, "gemm");
 }
 
-fn im2col_gemm_variants_match_cpu(runtime_checks: bool) {
+fn im2col_gemm_variants_match_cpu(runtime_checks: bool, wgrad: &str) {
     // Forward, stride-1 input gradient and weight gradient as im2col + GEMM, forced for every
     // convolution of this context, with a workspace of 16 KiB so that most batches are split
     // into image groups.
@@ -740,7 +747,7 @@ fn im2col_gemm_variants_match_cpu(runtime_checks: bool) {
         autotune: false,
         kernel_overrides: vec![
             ("conv-fwd".into(), "im2col".into()),
-            ("conv-wgrad".into(), "gemm".into()),
+            ("conv-wgrad".into(), wgrad.into()),
             ("conv-dgrad".into(), "im2col".into()),
             ("gemm-batched".into(), "subgroup".into()),
         ],

@@ -11,7 +11,9 @@ use crate::autotune;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Storage};
 use crate::ops::{reshape, sum};
-use crate::shaders::{CONV1X1, CONV1X1_SUBGROUP, CONV2D, CONV2D_WGRAD, CONV_GEMM, LAYOUT};
+use crate::shaders::{
+    CONV1X1, CONV1X1_SUBGROUP, CONV2D, CONV2D_WGRAD, CONV_GEMM, CONV_GEMM_SUBGROUP, LAYOUT,
+};
 use crate::tensor::Tensor;
 
 /// Geometry of a convolution: input [n, ci, h, w], output [n, co, oh, ow], kernel kh x kw.
@@ -214,9 +216,10 @@ pub(crate) fn wgrad(
     dys: Slice,
     prologue: Option<&Storage>,
 ) -> Result<Tensor> {
+    // block 0: the im2col GEMM; 1: its subgroup variant; 4, 8: the direct blockings.
     let run = |block: usize| {
-        if block == 0 {
-            wgrad_gemm(gpu, g, x, src, dy, dys, prologue)
+        if block <= 1 {
+            wgrad_gemm(gpu, g, x, src, dy, dys, prologue, block == 1)
         } else {
             wgrad_blocked(gpu, g, x, src, dy, dys, prologue, block)
         }
@@ -224,6 +227,9 @@ pub(crate) fn wgrad(
     let mut cands = vec![("wgrad4", 4usize), ("wgrad8", 8usize)];
     if im2col_fits(g) {
         cands.push(("gemm", 0));
+        if gpu.features().contains(wgpu::Features::SUBGROUP) {
+            cands.push(("gemm_sg", 1));
+        }
     }
     let key = format!(
         "conv-wgrad/k{}s{}/ci{}/co{}/hw{}/n{}/{}",
@@ -907,8 +913,9 @@ fn pad_rows(w: &Tensor, rows: usize, cols: usize, cpad: usize) -> Result<Storage
     Ok(out)
 }
 
-/// Weight gradient as transposed im2col + GEMM (conv_gemm.wgsl `wgrad_gemm`): partial sums
-/// over chunks of (image, pixel quad) pairs, added up; the padded taps are dropped.
+/// Weight gradient as transposed im2col + GEMM (conv_gemm.wgsl `wgrad_gemm`, or with
+/// `subgroup` conv_gemm_subgroup.wgsl's): partial sums over chunks of (image, pixel quad)
+/// pairs, added up; the padded taps are dropped.
 #[allow(clippy::too_many_arguments)]
 fn wgrad_gemm(
     gpu: &Gpu,
@@ -918,6 +925,7 @@ fn wgrad_gemm(
     dy: &Storage,
     dys: Slice,
     prologue: Option<&Storage>,
+    subgroup: bool,
 ) -> Result<Tensor> {
     let ktot = g.ci * g.kh * g.kw;
     let kpad = im2col_rows(g);
@@ -950,8 +958,13 @@ fn wgrad_gemm(
             chunks as u32,
         ];
         check_groups(gpu, "conv2d weight gradient", g, wg)?;
+        let shader = if subgroup {
+            &CONV_GEMM_SUBGROUP
+        } else {
+            &CONV_GEMM
+        };
         gpu.dispatch(
-            &Kernel::new(&CONV_GEMM, "wgrad_gemm"),
+            &Kernel::new(shader, "wgrad_gemm"),
             &gemm_params(g, kpad, src, (img0, imgs), dys, (per_chunk, chunk0)),
             &[&partial],
             &[dy, &cols],
@@ -1178,6 +1191,7 @@ pub fn wgrad_kernel_name(gpu: &Gpu, g: &ConvGeom, prologue: bool) -> String {
     match autotune::cached_choice(gpu, &key).as_deref() {
         Some("wgrad8") => "conv2d_wgrad (8x8, split rows)".into(),
         Some("gemm") => "conv_gemm.wgrad_gemm (im2col^T + GEMM)".into(),
+        Some("gemm_sg") => "conv_gemm_subgroup.wgrad_gemm (im2col^T + GEMM)".into(),
         _ => "conv2d_wgrad (4x4, split rows)".into(),
     }
 }
