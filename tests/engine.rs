@@ -252,3 +252,21 @@ fn runs_on_the_backend_wgpu_backend_asks_for() {
         );
     }
 }
+
+#[test]
+fn a_buffer_beyond_the_binding_limit_is_an_error_value() {
+    // One element more than the adapter can bind as storage (128 MiB on lavapipe): the op
+    // returns an error naming the limit and what to change instead of a wgpu validation error.
+    let g = private_gpu();
+    let n = g.max_binding_elems() + 1;
+    let Ok(x) = Tensor::zeros(&g, &[n]) else {
+        return; // the adapter cannot even allocate it (max_buffer_size)
+    };
+    let e = ops::relu(&x).err().expect("binding too large").to_string();
+    assert!(
+        e.contains("binds at most") && e.contains("--batch-size"),
+        "{e}"
+    );
+    drop(x);
+    g.sync().unwrap();
+}

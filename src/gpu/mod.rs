@@ -698,6 +698,23 @@ impl Gpu {
         if workgroups.contains(&0) {
             return Ok(());
         }
+        let max_binding = self.inner.limits.max_storage_buffer_binding_size as u64;
+        if let Some(big) = outputs
+            .iter()
+            .chain(inputs)
+            .map(|st| st.len() as u64 * 4)
+            .find(|&b| b > max_binding)
+        {
+            return Err(Error::Gpu(format!(
+                "kernel {}::{} would bind a buffer of {:.1} MiB, but this adapter binds at most \
+                 {:.1} MiB per buffer (its max_storage_buffer_binding_size); use a smaller \
+                 --batch-size or --image-size",
+                kernel.shader.name,
+                kernel.entry,
+                big as f64 / (1 << 20) as f64,
+                max_binding as f64 / (1 << 20) as f64
+            )));
+        }
         let pipeline = self.pipeline(kernel, outputs.len(), inputs.len())?;
         let mut batch = lock(&self.inner.batch);
         if batch.params.len() + self.inner.param_slot > PARAM_ARENA_BYTES as usize

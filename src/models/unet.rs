@@ -96,6 +96,9 @@ impl DecoderBlock {
 /// with 2 * num_filters channels in its first layer, 64 at the default).
 pub struct UNet11 {
     pub num_filters: usize,
+    /// Images per pass through the network; `None` chooses the most whose largest
+    /// activation fits the adapter's largest storage binding (see [`UNet11::forward`]).
+    pub max_images_per_pass: Option<usize>,
     encoder: Vec<Conv2d>,
     center: DecoderBlock,
     dec5: DecoderBlock,
@@ -146,6 +149,7 @@ impl UNet11 {
             .collect::<Result<Vec<_>>>()?;
         Ok(UNet11 {
             num_filters,
+            max_images_per_pass: None,
             encoder,
             center: DecoderBlock::new(gpu, &mut init, "center", nf * 16, nf * 16, nf * 8)?,
             dec5: DecoderBlock::new(gpu, &mut init, "dec5", nf * 24, nf * 16, nf * 8)?,
@@ -182,7 +186,28 @@ impl UNet11 {
     }
 
     /// Per-pixel logits [n, 1, h, w] of images [n, 3, h, w]; h and w must be multiples of 32.
+    ///
+    /// UNet11 has no batch statistics, so the batch may run in groups of images with the
+    /// same result (and, through the tape, the same gradients). It does when the largest
+    /// activation, the decoder's last concatenation [n, 3 * num_filters, h, w], would exceed
+    /// the adapter's largest storage binding (128 MiB on lavapipe: the paper's batch of 25 at
+    /// 224x224 needs 482 MB there); peak memory is the same either way.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let [n, _, h, w] = x.dims4("UNet11 input")?;
+        let per_image = 3 * self.num_filters.max(1) * h * w;
+        let fits = (x.gpu().max_binding_elems() / per_image.max(1)).max(1);
+        let group = self.max_images_per_pass.unwrap_or(fits).clamp(1, n.max(1));
+        if group >= n {
+            return self.forward_images(x);
+        }
+        let parts = (0..n)
+            .step_by(group)
+            .map(|i0| self.forward_images(&ops::narrow(x, 0, i0, group.min(n - i0))?))
+            .collect::<Result<Vec<_>>>()?;
+        ops::concat(&parts.iter().collect::<Vec<_>>(), 0)
+    }
+
+    fn forward_images(&self, x: &Tensor) -> Result<Tensor> {
         let [_, c, h, w] = x.dims4("UNet11 input")?;
         if c != 3 || !h.is_multiple_of(32) || !w.is_multiple_of(32) || h == 0 || w == 0 {
             return Err(Error::shape(
