@@ -740,8 +740,9 @@ fn conv_im2col_gemm_variants_match_cpu_with_bounds_checks() {
 
 fn im2col_gemm_variants_match_cpu(runtime_checks: bool, wgrad: &str) {
     // Forward, stride-1 input gradient and weight gradient as im2col + GEMM, forced for every
-    // convolution of this context, with a workspace of 16 KiB so that most batches are split
-    // into image groups.
+    // convolution of this context, with a workspace of 40 KiB (one image's column buffer of
+    // every case fits, several images of most do not, so batches run in image groups). The
+    // profiler confirms which kernels ran.
     let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
         runtime_checks,
         autotune: false,
@@ -751,7 +752,8 @@ fn im2col_gemm_variants_match_cpu(runtime_checks: bool, wgrad: &str) {
             ("conv-dgrad".into(), "im2col".into()),
             ("gemm-batched".into(), "subgroup".into()),
         ],
-        workspace_bytes: 16 << 10,
+        workspace_bytes: 40 << 10,
+        profile: true,
         ..Default::default()
     })
     .unwrap();
@@ -837,6 +839,15 @@ fn im2col_gemm_variants_match_cpu(runtime_checks: bool, wgrad: &str) {
         1,
     );
     check_wgrad_prologue(&g, "GEMM weight gradient with prologue", &mut r);
+    let ran = g.profile_report().unwrap().unwrap().table(100);
+    for k in [
+        "conv_gemm::im2col",
+        "wgrad_gemm",
+        "layout::flip_transpose",
+        "conv1x1",
+    ] {
+        assert!(ran.contains(k), "{k} did not run:\n{ran}");
+    }
 }
 
 #[test]
@@ -846,7 +857,8 @@ fn conv_input_gradient_col2im_variant_matches_cpu() {
     let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
         autotune: false,
         kernel_overrides: vec![("conv-dgrad".into(), "col2im".into())],
-        workspace_bytes: 16 << 10,
+        workspace_bytes: 40 << 10,
+        profile: true,
         ..Default::default()
     })
     .unwrap();
@@ -898,5 +910,10 @@ fn conv_input_gradient_col2im_variant_matches_cpu() {
         &want,
         1e-4,
         1e-4,
+    );
+    let ran = g.profile_report().unwrap().unwrap().table(100);
+    assert!(
+        ran.contains("conv_gemm::col2im"),
+        "col2im did not run:\n{ran}"
     );
 }

@@ -225,7 +225,7 @@ pub(crate) fn wgrad(
         }
     };
     let mut cands = vec![("wgrad4", 4usize), ("wgrad8", 8usize)];
-    if im2col_fits(g) {
+    if im2col_fits(gpu, g) {
         cands.push(("gemm", 0));
         if gpu.features().contains(wgpu::Features::SUBGROUP) {
             cands.push(("gemm_sg", 1));
@@ -644,9 +644,17 @@ fn im2col_rows(g: &ConvGeom) -> usize {
     (g.ci * g.kh * g.kw).div_ceil(4) * 4
 }
 
-/// Whether the im2col + GEMM path applies: vec4 rows of output pixels.
-fn im2col_fits(g: &ConvGeom) -> bool {
-    (g.oh * g.ow).is_multiple_of(4)
+/// Whether one image's column buffer of `rows` x `pixels` fits the workspace and one storage
+/// binding (larger ones would need a split over pixels; those shapes keep the direct kernels).
+fn cols_fit(gpu: &Gpu, rows: usize, pixels: usize) -> bool {
+    let bytes = 4 * rows * pixels;
+    bytes <= gpu.workspace_bytes() && bytes / 4 <= gpu.max_binding_elems()
+}
+
+/// Whether the im2col + GEMM path applies: vec4 rows of output pixels, one image's im2col
+/// buffer within the workspace.
+fn im2col_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+    (g.oh * g.ow).is_multiple_of(4) && cols_fit(gpu, im2col_rows(g), g.oh * g.ow)
 }
 
 /// Images per im2col buffer (at most the context's workspace), at least one.
@@ -781,8 +789,12 @@ fn gemm_conv(
 
 /// Whether the stride-1 input gradient can run as a convolution of the output gradient
 /// (square kernel, padding at most k - 1, vec4 rows of input pixels).
-fn dgrad_gemm_fits(g: &ConvGeom) -> bool {
-    g.stride == 1 && g.kh == g.kw && g.pad < g.kh && (g.h * g.w).is_multiple_of(4)
+fn dgrad_gemm_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+    g.stride == 1
+        && g.kh == g.kw
+        && g.pad < g.kh
+        && (g.h * g.w).is_multiple_of(4)
+        && cols_fit(gpu, (g.co * g.kh * g.kw).div_ceil(4) * 4, g.h * g.w)
 }
 
 /// Stride-1 input gradient as im2col + GEMM: out[:, dst] = conv(dy[:, src], flip(w)^T, pad
@@ -833,8 +845,10 @@ fn dgrad_gemm(
 
 /// Whether the input gradient can run as GEMM + col2im (any stride): vec4 rows of output
 /// pixels and an output-channel count the GEMM's vec4 reduction covers exactly.
-fn col2im_fits(g: &ConvGeom) -> bool {
-    (g.oh * g.ow).is_multiple_of(4) && g.co.is_multiple_of(4)
+fn col2im_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+    (g.oh * g.ow).is_multiple_of(4)
+        && g.co.is_multiple_of(4)
+        && cols_fit(gpu, g.ci * g.kh * g.kw, g.oh * g.ow)
 }
 
 /// Input gradient as GEMM + col2im: cols[i] = W^T [ci*kh*kw, co] * dy[i][src] per image, then
@@ -1072,7 +1086,7 @@ pub(crate) fn fwd_into(
         ),
         ConvKernel::Im2col | ConvKernel::Col2im => fwd_gemm(g, x, src, w, bias, out, dst, prologue),
     };
-    let cands = candidates(g, gemm, true, im2col_fits(g), false);
+    let cands = candidates(g, gemm, true, im2col_fits(gpu, g), false);
     if cands.len() == 1 {
         return run(ConvKernel::Direct);
     }
@@ -1102,7 +1116,7 @@ pub(crate) fn dgrad_into(
     let gpu = w.gpu();
     let gemm = gemm_1x1(g, g.co);
     let strip = g.stride == 1 && 7 + g.kw <= 24;
-    let cands = candidates(g, gemm, strip, dgrad_gemm_fits(g), col2im_fits(g));
+    let cands = candidates(g, gemm, strip, dgrad_gemm_fits(gpu, g), col2im_fits(gpu, g));
     if cands.len() == 1 {
         return dgrad_direct(g, dy, src, w, bias, out, dst, false);
     }
@@ -1144,14 +1158,14 @@ pub(crate) fn dgrad_into(
 pub fn kernel_name(gpu: &Gpu, g: &ConvGeom, dir: &str, prologue: bool) -> String {
     let fwd = dir == "fwd";
     let cands = if fwd {
-        candidates(g, gemm_1x1(g, g.ci), true, im2col_fits(g), false)
+        candidates(g, gemm_1x1(g, g.ci), true, im2col_fits(gpu, g), false)
     } else {
         candidates(
             g,
             gemm_1x1(g, g.co),
             g.stride == 1 && 7 + g.kw <= 24,
-            dgrad_gemm_fits(g),
-            col2im_fits(g),
+            dgrad_gemm_fits(gpu, g),
+            col2im_fits(gpu, g),
         )
     };
     let direct = if fwd {
