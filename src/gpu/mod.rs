@@ -278,6 +278,11 @@ impl Gpu {
     pub fn features(&self) -> wgpu::Features {
         self.inner.features
     }
+    /// Whether the device has subgroup operations (kernels with a subgroup variant offer it
+    /// to the autotuner only then).
+    pub fn has_subgroups(&self) -> bool {
+        self.inner.features.contains(wgpu::Features::SUBGROUP)
+    }
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.device
     }

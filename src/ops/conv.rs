@@ -227,7 +227,7 @@ pub(crate) fn wgrad(
     let mut cands = vec![("wgrad4", 4usize), ("wgrad8", 8usize)];
     if im2col_fits(gpu, g) {
         cands.push(("gemm", 0));
-        if gpu.features().contains(wgpu::Features::SUBGROUP) {
+        if gpu.has_subgroups() {
             cands.push(("gemm_sg", 1));
         }
     }
@@ -594,7 +594,7 @@ fn batched_gemm(
             wg,
         )
     };
-    if !gpu.features().contains(wgpu::Features::SUBGROUP) {
+    if !gpu.has_subgroups() {
         return run(&CONV1X1);
     }
     let key = format!(
