@@ -163,7 +163,7 @@ impl Op {
                         .ok_or_else(|| Error::Autodiff(format!("{op:?}: saved tensor missing")))
                 };
                 let gx = match op {
-                    UnaryOp::Relu => ops::binary(BinaryOp::ReluGrad, g, &saved(x)?)?,
+                    UnaryOp::Relu => ops::binary(BinaryOp::ReluGrad, g, &saved(y)?)?,
                     UnaryOp::Sigmoid => ops::binary(BinaryOp::SigmoidGrad, g, &saved(y)?)?,
                     UnaryOp::Exp => ops::mul(g, &saved(y)?)?,
                     UnaryOp::Log => ops::div(g, &saved(x)?)?,

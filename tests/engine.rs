@@ -270,3 +270,31 @@ fn a_buffer_beyond_the_binding_limit_is_an_error_value() {
     drop(x);
     g.sync().unwrap();
 }
+
+#[test]
+fn relu_keeps_its_output_not_its_input_for_backward() {
+    // As PyTorch's in-place ReLU: relu's backward needs only the mask y > 0, so the input
+    // (here a temporary, in UNet11 a convolution's output) is freed during the forward pass.
+    let g = private_gpu();
+    let x = Tensor::from_slice(&g, &vec![0.5; 1024], &[1024])
+        .unwrap()
+        .with_grad();
+    g.sync().unwrap();
+    let base = g.memory().in_use;
+    let tape = Tape::new();
+    let y = ops::relu(&ops::add_scalar(&x, -1.0).unwrap()).unwrap();
+    g.sync().unwrap();
+    assert_eq!(
+        g.memory().in_use - base,
+        4096,
+        "only relu's output (1024 values) may stay alive"
+    );
+    let gx = tape.backward(&ops::sum_all(&y).unwrap()).unwrap();
+    assert!(gx
+        .get(&x)
+        .unwrap()
+        .to_vec()
+        .unwrap()
+        .iter()
+        .all(|&v| v == 0.0));
+}
