@@ -224,6 +224,9 @@ fn measure_candidate(
     Ok(best)
 }
 
+/// Wall time after which `choose` stops measuring further candidates for one shape class.
+const TUNING_BUDGET: Duration = Duration::from_secs(2);
+
 /// Picks among `candidates` (name, value) for the op and shape class `key`: the cached choice
 /// if there is one, the `default` index when autotuning is off, else the fastest by
 /// measurement of `run` on the caller's real operands.
@@ -261,8 +264,13 @@ pub fn choose<V: Copy>(
     let started = Instant::now();
     let mut best: Option<(Duration, usize)> = None;
     // Last candidates first: ops list their specialised (usually fastest) variants last, so the
-    // general ones are then often dropped after a single run.
+    // general ones are then often dropped after a single run. Once a shape class has cost
+    // TUNING_BUDGET, the best so far is kept (huge shapes, where one run takes seconds).
     for (i, (name, v)) in candidates.iter().enumerate().rev() {
+        if best.is_some() && started.elapsed() > TUNING_BUDGET {
+            log::info!("autotune {key}: budget spent, {name} not measured");
+            continue;
+        }
         let dt = measure_candidate(gpu, &mut || run(*v), best.map(|(b, _)| b))?;
         log::info!("autotune {key}: {name} {:.3} ms", dt.as_secs_f64() * 1e3);
         if best.is_none_or(|(b, _)| dt < b) {

@@ -263,6 +263,28 @@ fn pooling_matches_cpu() {
         ops::max_pool2d(&tensor(&x, &[2, 3, 5, 7]), 3, 2, 2).is_err(),
         "padding > k/2"
     );
+    // Ties (a ReLU's zeros): each window's gradient goes to its first valid position in scan
+    // order, as PyTorch's. 3x3 windows, stride 2, padding 1 over a 5x5 plane of zeros (3x3
+    // outputs; 9 outputs, an odd count, so the packed window positions end mid-word).
+    let xt = tensor(&[0.0; 25], &[1, 1, 5, 5]).with_grad();
+    let tape = apga_gpu::Tape::new();
+    let y = ops::max_pool2d(&xt, 3, 2, 1).unwrap();
+    let grads = tape.backward(&ops::sum_all(&y).unwrap()).unwrap();
+    let mut want = vec![0.0f32; 25];
+    for oy in 0..3usize {
+        for ox in 0..3usize {
+            // First valid pixel of the window starting at (2 oy - 1, 2 ox - 1).
+            let (iy, ix) = ((2 * oy).saturating_sub(1), (2 * ox).saturating_sub(1));
+            want[iy * 5 + ix] += 1.0;
+        }
+    }
+    assert_close(
+        "max_pool backward with ties",
+        &grads.get(&xt).unwrap().to_vec().unwrap(),
+        &want,
+        0.0,
+        0.0,
+    );
 }
 
 #[test]

@@ -27,6 +27,8 @@ pub struct BenchResult {
     pub classifier: String,
     pub policy_filters: usize,
     pub phases_ms: Vec<(String, f64)>,
+    /// Highest GPU memory in use during each phase (last step), above inputs and weights.
+    pub phases_peak_mib: Vec<(String, f64)>,
     pub step_ms: f64,
     pub images_per_s: f64,
     pub peak_memory_mib: f64,
@@ -115,13 +117,20 @@ pub fn bench(
     gpu.reset_peak_memory();
     let base = gpu.memory().in_use;
     let mut first_step_s = 0.0;
+    let mib = |bytes: u64| bytes.saturating_sub(base) as f64 / (1 << 20) as f64;
+    let mut overall_peak = 0u64;
+    let mut phase_peaks = vec![0.0; names.len()];
     for i in 0..=steps {
         if i == steps {
             gpu.profile_reset()?;
         }
         let mut t = Instant::now();
-        let lap = |k: usize, times: &mut Vec<Vec<f64>>, t: &mut Instant| -> Result<()> {
+        let mut lap = |k: usize, times: &mut Vec<Vec<f64>>, t: &mut Instant| -> Result<()> {
             gpu.sync()?;
+            let m = gpu.memory();
+            overall_peak = overall_peak.max(m.peak_in_use);
+            phase_peaks[k] = mib(m.peak_in_use);
+            gpu.reset_peak_memory();
             if i > 0 || steps == 0 {
                 times[k].push(t.elapsed().as_secs_f64() * 1e3);
             }
@@ -171,7 +180,12 @@ pub fn bench(
             .collect(),
         step_ms,
         images_per_s: b as f64 / (step_ms / 1e3),
-        peak_memory_mib: (gpu.memory().peak_in_use - base) as f64 / (1 << 20) as f64,
+        phases_peak_mib: names
+            .iter()
+            .zip(&phase_peaks)
+            .map(|(n, m)| (n.to_string(), *m))
+            .collect(),
+        peak_memory_mib: mib(overall_peak.max(gpu.memory().peak_in_use)),
         first_step_s,
         pipelines_built,
         compile_s: compile.as_secs_f64(),

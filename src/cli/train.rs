@@ -556,8 +556,13 @@ pub fn bench(device: Option<&str>, args: &BenchArgs) -> Result<()> {
     );
     println!("  {:.2} images/s", r.images_per_s);
     println!(
-        "  peak GPU memory above inputs and weights: {:.1} MiB",
-        r.peak_memory_mib
+        "  peak GPU memory above inputs and weights: {:.1} MiB ({})",
+        r.peak_memory_mib,
+        r.phases_peak_mib
+            .iter()
+            .map(|(n, m)| format!("{n} {m:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "  cold start: {:.1} s from opening the GPU to the end of the first step ({} pipelines built in {:.1} s, {} kernel choices autotuned in {:.1} s)",

@@ -1,6 +1,7 @@
 //! Buffer pool: storage buffers are recycled by size class instead of being created and
 //! destroyed for every tensor. Classes are 256-byte steps up to 4 KiB, then four classes per
-//! power of two (at most 25% slack). Counters track bytes in use, bytes held, and their peaks.
+//! power of two (at most 25% slack), sixteen above 16 MiB (at most 6.25%). Counters track
+//! bytes in use, bytes held, and their peaks.
 
 use std::collections::HashMap;
 
@@ -16,7 +17,13 @@ pub fn size_class(bytes: u64) -> u64 {
         return bytes.div_ceil(256) * 256;
     }
     let top = 63 - bytes.leading_zeros() as u64; // floor(log2)
-    let step = 1u64 << (top - 2);
+                                                 // Four classes per power of two (<= 25% slack) below 16 MiB; sixteen (<= 6.25%) above,
+                                                 // where the slack of a few activations would otherwise add hundreds of MB to the peak.
+    let step = if top >= 24 {
+        1u64 << (top - 4)
+    } else {
+        1u64 << (top - 2)
+    };
     bytes.div_ceil(step) * step
 }
 
@@ -111,6 +118,13 @@ mod tests {
                 assert!(c as f64 <= bytes as f64 * 1.25 + 4.0, "{bytes} -> {c}");
             }
             prev = c;
+        }
+        for bytes in [(16u64 << 20) + 1, 77_070_336, 115_605_504, 1 << 30] {
+            let c = size_class(bytes);
+            assert!(
+                c >= bytes && c as f64 <= bytes as f64 * 1.0625,
+                "{bytes} -> {c}"
+            );
         }
         assert_eq!(size_class(1), 256);
         assert_eq!(size_class(4096), 4096);

@@ -78,17 +78,25 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
     let g = geom("max_pool2d", x, k, stride, padding)?;
     let gpu = x.gpu();
     let shape = out_shape(x, &g);
+    if k > 16 {
+        return Err(Error::shape(
+            "max_pool2d",
+            format!("kernel {k} is larger than 16 (window positions are saved as bytes)"),
+        ));
+    }
     let n = g.planes * g.oh * g.ow;
     let out = gpu.alloc(n, &shape)?;
-    let argmax = gpu.alloc(n, &shape)?;
+    // Window positions of the maxima, one byte per output, four per 32-bit word.
+    let words = n.div_ceil(4);
+    let argmax = gpu.alloc(words, &[words])?;
     gpu.dispatch(
         &Kernel::new(&POOL, "max_fwd"),
         &g.params(),
         &[&out, &argmax],
         &[x.storage()],
-        gpu.grid(n.div_ceil(256)),
+        gpu.grid(words.div_ceil(256)),
     )?;
-    let argmax = Tensor::from_storage(std::sync::Arc::new(argmax), &shape, false);
+    let argmax = Tensor::from_storage(std::sync::Arc::new(argmax), &[words], false);
     Ok(autodiff::track(out, &shape, &[x], || Op::MaxPool2d {
         argmax,
         geom: g,
