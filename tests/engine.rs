@@ -262,7 +262,7 @@ fn a_buffer_beyond_the_binding_limit_is_an_error_value() {
     let Ok(x) = Tensor::zeros(&g, &[n]) else {
         return; // the adapter cannot even allocate it (max_buffer_size)
     };
-    let e = ops::relu(&x).err().expect("binding too large").to_string();
+    let e = ops::relu(&x).expect_err("binding too large").to_string();
     assert!(
         e.contains("binds at most") && e.contains("--batch-size"),
         "{e}"

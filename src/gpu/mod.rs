@@ -703,7 +703,7 @@ impl Gpu {
         if workgroups.contains(&0) {
             return Ok(());
         }
-        let max_binding = self.inner.limits.max_storage_buffer_binding_size as u64;
+        let max_binding = self.inner.limits.max_storage_buffer_binding_size;
         if let Some(big) = outputs
             .iter()
             .chain(inputs)
