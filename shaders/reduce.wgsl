@@ -29,7 +29,12 @@ struct Params {
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, 64>;
 
+// One merged dim (the common case, e.g. the partial sums of a weight gradient): no division
+// per element, which CPU drivers scalarise.
 fn kept_offset(o: u32) -> u32 {
+    if (P.kept_rank == 1u) {
+        return o * P.kept_stride[0][0];
+    }
     var rem = o;
     var off = 0u;
     for (var d = i32(P.kept_rank) - 1; d >= 0; d = d - 1) {
@@ -43,6 +48,9 @@ fn kept_offset(o: u32) -> u32 {
 }
 
 fn red_offset(j: u32) -> u32 {
+    if (P.red_rank == 1u) {
+        return j * P.red_stride[0][0];
+    }
     var rem = j;
     var off = 0u;
     for (var d = i32(P.red_rank) - 1; d >= 0; d = d - 1) {

@@ -224,6 +224,32 @@ fn measure_candidate(
     Ok(best)
 }
 
+thread_local! {
+    static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Depth of nested `choose` measurements on this thread, restored on drop (also on errors).
+struct Nesting {
+    outermost: bool,
+}
+
+impl Nesting {
+    fn enter() -> Nesting {
+        let outermost = DEPTH.with(|d| {
+            let v = d.get();
+            d.set(v + 1);
+            v == 0
+        });
+        Nesting { outermost }
+    }
+}
+
+impl Drop for Nesting {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get().saturating_sub(1)));
+    }
+}
+
 /// Wall time after which `choose` stops measuring further candidates for one shape class.
 const TUNING_BUDGET: Duration = Duration::from_secs(2);
 
@@ -262,6 +288,9 @@ pub fn choose<V: Copy>(
         }
     }
     let started = Instant::now();
+    // A variant may itself choose among sub-variants while it is measured (the GEMM inside
+    // an im2col convolution); only the outermost choice adds to the tuning time.
+    let nesting = Nesting::enter();
     let mut best: Option<(Duration, usize)> = None;
     // Last candidates first: ops list their specialised (usually fastest) variants last, so the
     // general ones are then often dropped after a single run. Once a shape class has cost
@@ -285,7 +314,9 @@ pub fn choose<V: Copy>(
         .unwrap_or_else(|e| e.into_inner());
     tuner.insert(key, candidates[i].0);
     tuner.tuned += 1;
-    tuner.tuning_time += started.elapsed();
+    if nesting.outermost {
+        tuner.tuning_time += started.elapsed();
+    }
     Ok(candidates[i].1)
 }
 
