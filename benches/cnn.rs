@@ -145,7 +145,7 @@ fn main() {
             format!("{name}/forward"),
             flops,
             "GFLOP/s",
-            &|| "conv2d.dgrad (direct, phase-blocked)".to_string(),
+            &|| ops::conv::kernel_name(&gpu, &g, "dgrad", false),
             &mut || ops::conv_transpose2d(&x, &wt, None, 2, 1, 1).map(|_| ()),
         );
         time(
