@@ -61,21 +61,33 @@ fn round8(c: usize) -> usize {
 fn relayout_weight(w: &Tensor, for_dgrad: bool) -> Result<Storage> {
     let [co, ci, kh, kw] = w.dims4("conv weight")?;
     let kk = kh * kw;
-    let (rows, cols, inner, s_outer, s_inner, s_col) = if for_dgrad {
-        (co * kk, ci, kk, ci * kk, 1, kk)
+    if for_dgrad {
+        weight_copy(
+            w,
+            "relayout",
+            [co * kk, ci, round8(ci), kk, ci * kk, 1, kk, co],
+        )
     } else {
-        (ci * kk, co, kk, kk, 1, ci * kk)
-    };
-    let cpad = round8(cols);
+        weight_copy(
+            w,
+            "relayout",
+            [ci * kk, co, round8(co), kk, kk, 1, ci * kk, ci],
+        )
+    }
+}
+
+/// One weight-copy kernel of layout.wgsl (`relayout` or `flip_transpose`) over `w`, with its
+/// parameters `[rows, cols, cpad, inner, s_outer, s_inner, s_col, outer]`: a [rows, cpad]
+/// result on a grid of (cpad / 64, inner, outer) workgroups (`flip_transpose`: (cpad / 64,
+/// outer, 1)).
+fn weight_copy(w: &Tensor, entry: &'static str, p: [usize; 8]) -> Result<Storage> {
+    let [rows, _, cpad, inner, _, _, _, outer] = p;
     let gpu = w.gpu();
-    let out = gpu.alloc(rows * cpad, &[rows, cpad])?;
-    let outer = rows / inner;
-    let params = [rows, cols, cpad, inner, s_outer, s_inner, s_col, outer]
-        .into_iter()
-        .chain([0; 8])
-        .map(|v| v as u32)
-        .collect::<Vec<_>>();
-    let grid = [cpad.div_ceil(64) as u32, inner as u32, outer as u32];
+    let grid = if entry == "flip_transpose" {
+        [cpad.div_ceil(64) as u32, outer as u32, 1]
+    } else {
+        [cpad.div_ceil(64) as u32, inner as u32, outer as u32]
+    };
     let max = gpu.limits().max_compute_workgroups_per_dimension;
     if grid.iter().any(|&v| v > max) {
         return Err(Error::shape(
@@ -86,8 +98,10 @@ fn relayout_weight(w: &Tensor, for_dgrad: bool) -> Result<Storage> {
             ),
         ));
     }
+    let out = gpu.alloc(rows * cpad, &[rows, cpad])?;
+    let params: Vec<u32> = p.into_iter().chain([0; 8]).map(|v| v as u32).collect();
     gpu.dispatch(
-        &Kernel::new(&LAYOUT, "relayout"),
+        &Kernel::new(&LAYOUT, entry),
         &params,
         &[&out],
         &[w.storage()],
@@ -825,21 +839,7 @@ fn dgrad_gemm(
     };
     let kk = g.kh * g.kw;
     let cpad = im2col_rows(&g2);
-    let wf = gpu.alloc(g.ci * cpad, &[g.ci, cpad])?;
-    let params = [0, g.co, cpad, kk, 0, 0, 0, g.ci]
-        .into_iter()
-        .chain([0; 8])
-        .map(|v| v as u32)
-        .collect::<Vec<_>>();
-    let grid = [cpad.div_ceil(64) as u32, g.ci as u32, 1];
-    check_groups(gpu, "conv2d input gradient", g, grid)?;
-    gpu.dispatch(
-        &Kernel::new(&LAYOUT, "flip_transpose"),
-        &params,
-        &[&wf],
-        &[w.storage()],
-        grid,
-    )?;
+    let wf = weight_copy(w, "flip_transpose", [g.ci, g.co, cpad, kk, 0, 0, 0, g.ci])?;
     gemm_conv(gpu, &g2, dy, src, &wf, bias, out, dst, None)
 }
 
@@ -899,32 +899,7 @@ fn dgrad_col2im(
 
 /// Weights [rows, cols] copied into [rows, cpad] with zero columns after `cols`.
 fn pad_rows(w: &Tensor, rows: usize, cols: usize, cpad: usize) -> Result<Storage> {
-    let gpu = w.gpu();
-    let out = gpu.alloc(rows * cpad, &[rows, cpad])?;
-    let params = [rows, cols, cpad, 1, cols, 0, 1, rows]
-        .into_iter()
-        .chain([0; 8])
-        .map(|v| v as u32)
-        .collect::<Vec<_>>();
-    let grid = [cpad.div_ceil(64) as u32, 1, rows as u32];
-    let max = gpu.limits().max_compute_workgroups_per_dimension;
-    if grid.iter().any(|&v| v > max) {
-        return Err(Error::shape(
-            "conv weight",
-            format!(
-                "{:?} needs {grid:?} workgroups; the adapter allows {max} per dimension",
-                w.shape()
-            ),
-        ));
-    }
-    gpu.dispatch(
-        &Kernel::new(&LAYOUT, "relayout"),
-        &params,
-        &[&out],
-        &[w.storage()],
-        grid,
-    )?;
-    Ok(out)
+    weight_copy(w, "relayout", [rows, cols, cpad, 1, cols, 0, 1, rows])
 }
 
 /// Weight gradient as transposed im2col + GEMM (conv_gemm.wgsl `wgrad_gemm`, or with
