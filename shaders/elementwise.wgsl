@@ -122,3 +122,45 @@ fn where_select(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         out[i] = select(c[i], b[i], a[i] != 0.0);
     }
 }
+
+// ReLU that keeps only what its backward needs: y = max(x, 0), and bit j of mask word w is
+// 1[x > 0] of element 32 w + j (one invocation per word). The mask is 1/32 of the memory of
+// saving y or x, so a ReLU output that nothing else keeps (UNet11's encoder outputs, which
+// the skip concatenations copy) is freed during the forward pass.
+@group(0) @binding(2) var<storage, read_write> relu_bits: array<u32>;
+@group(0) @binding(3) var<storage, read> relu_x: array<f32>;
+
+@compute @workgroup_size(256)
+fn relu_mask(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let w = linear_id(wid, nwg, lid);
+    if (w * 32u >= P.n) {
+        return;
+    }
+    var bits = 0u;
+    for (var j = 0u; j < 32u; j = j + 1u) {
+        let i = w * 32u + j;
+        if (i >= P.n) {
+            break;
+        }
+        let v = relu_x[i];
+        let on = v > 0.0;
+        out[i] = select(0.0, v, on);
+        bits = bits | select(0u, 1u << j, on);
+    }
+    relu_bits[w] = bits;
+}
+
+// ReLU backward from the mask: dx = grad where the bit is set (a = grad, bits = the mask).
+@group(0) @binding(3) var<storage, read> relu_bits_in: array<u32>;
+
+@compute @workgroup_size(256)
+fn relu_mask_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                 @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= P.n) {
+        return;
+    }
+    let on = ((relu_bits_in[i / 32u] >> (i % 32u)) & 1u) != 0u;
+    out[i] = select(0.0, a[i], on);
+}

@@ -27,6 +27,8 @@ pub enum Op {
         x: Option<Tensor>,
         y: Option<Tensor>,
     },
+    /// ReLU recorded with a bit mask of `x > 0` (see `ops::relu`).
+    ReluMask { mask: Tensor },
     /// `where(mask, a, b)`; gradient flows to `a` where the mask is set, else to `b`.
     Where {
         mask: Tensor,
@@ -174,6 +176,9 @@ impl Op {
                     }
                 };
                 vec![Some(gx)]
+            }
+            Op::ReluMask { mask } => {
+                vec![Some(ops::elementwise::relu_mask_backward(g, mask)?)]
             }
             Op::Where {
                 mask,

@@ -300,8 +300,51 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn div(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     binary(BinaryOp::Div, a, b)
 }
+/// `max(x, 0)`. When recorded, the tape keeps a bit mask of `x > 0` (1/32 of the output's
+/// memory) instead of the output or the input, so neither is kept alive by the ReLU.
 pub fn relu(x: &Tensor) -> Result<Tensor> {
-    unary(UnaryOp::Relu, x)
+    if !(x.requires_grad() && autodiff::is_recording()) {
+        return unary(UnaryOp::Relu, x);
+    }
+    let gpu = x.gpu();
+    let n = x.numel();
+    let words = n.div_ceil(32);
+    let y = gpu.alloc(n, x.shape())?;
+    let bits = gpu.alloc(words, &[words])?;
+    let mut params = vec![n as u32, 0, 0, 0];
+    params.extend([0u32; 24]);
+    gpu.dispatch(
+        &Kernel::new(&ELEMENTWISE, "relu_mask"),
+        &params,
+        &[&y, &bits],
+        &[x.storage()],
+        gpu.grid(words.div_ceil(256)),
+    )?;
+    let mask = Tensor::from_storage(std::sync::Arc::new(bits), &[words], false);
+    Ok(autodiff::track(y, x.shape(), &[x], || Op::ReluMask {
+        mask,
+    }))
+}
+
+/// The gradient of `relu` from its saved bit mask.
+pub(crate) fn relu_mask_backward(g: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let gpu = g.gpu();
+    let n = g.numel();
+    let mut params = vec![n as u32, 0, 0, 0];
+    params.extend([0u32; 24]);
+    let dx = gpu.alloc(n, g.shape())?;
+    gpu.dispatch(
+        &Kernel::new(&ELEMENTWISE, "relu_mask_bwd"),
+        &params,
+        &[&dx],
+        &[g.storage(), mask.storage()],
+        gpu.grid(n.div_ceil(256)),
+    )?;
+    Ok(Tensor::from_storage(
+        std::sync::Arc::new(dx),
+        g.shape(),
+        false,
+    ))
 }
 pub fn sigmoid(x: &Tensor) -> Result<Tensor> {
     unary(UnaryOp::Sigmoid, x)
