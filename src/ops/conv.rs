@@ -1059,7 +1059,9 @@ pub(crate) fn fwd_into(
             g,
             prologue,
         ),
-        ConvKernel::Im2col | ConvKernel::Col2im => fwd_gemm(g, x, src, w, bias, out, dst, prologue),
+        ConvKernel::Im2col => fwd_gemm(g, x, src, w, bias, out, dst, prologue),
+        // col2im is an input-gradient variant; the forward never offers it.
+        ConvKernel::Col2im => fwd_direct(g, x, src, w, bias, out, dst, prologue, false),
     };
     let cands = candidates(g, gemm, true, im2col_fits(gpu, g), false);
     if cands.len() == 1 {
