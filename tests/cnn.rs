@@ -589,7 +589,6 @@ fn conv_input_gradient_strip_variant_matches_cpu() {
         ..Default::default()
     })
     .unwrap();
-    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
     let mut r = rng(22);
     for &(n, ci, h, w, co, k, p) in &[
         (2usize, 3usize, 7usize, 9usize, 5usize, 3usize, 1usize),
@@ -598,45 +597,69 @@ fn conv_input_gradient_strip_variant_matches_cpu() {
         (1, 4, 8, 12, 6, 1, 0),
         (1, 3, 9, 10, 2, 7, 3),
     ] {
-        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
-        let wt = uniform(&mut r, co * ci * k * k, -1.0, 1.0);
-        let xt = t(&x, &[n, ci, h, w]).with_grad();
-        let tape = apga_gpu::Tape::new();
-        let y = ops::conv2d(&xt, &t(&wt, &[co, ci, k, k]), None, 1, p).unwrap();
-        let (oh, ow) = (y.shape()[2], y.shape()[3]);
-        let gy = uniform(&mut r, n * co * oh * ow, -1.0, 1.0);
-        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
-        let grads = tape.backward(&loss).unwrap();
-        let (want, _) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, k, k], &gy, 1, p);
-        assert_close(
-            &format!("dgrad strip {:?}", (n, ci, h, w, co, k, p)),
-            &grads.get(&xt).unwrap().to_vec().unwrap(),
-            &want,
-            1e-4,
-            1e-4,
-        );
+        check_input_gradient(&g, "dgrad strip", &mut r, (n, ci, h, w, co, k, 1, p));
     }
-    let (n, ci, h, w, co) = (2, 4, 5, 7, 3);
-    let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
-    let wt = uniform(&mut r, ci * co * 9, -1.0, 1.0);
-    let b = uniform(&mut r, co, -1.0, 1.0);
-    let (want, _) = cpu_conv_transpose2d(&x, [n, ci, h, w], &wt, [ci, co, 3, 3], Some(&b), 1, 1, 0);
-    let got = ops::conv_transpose2d(
-        &t(&x, &[n, ci, h, w]),
-        &t(&wt, &[ci, co, 3, 3]),
-        Some(&t(&b, &[co])),
-        1,
-        1,
-        0,
-    )
-    .unwrap();
-    assert_close(
+    check_conv_transpose(
+        &g,
         "conv_transpose2d via dgrad strip",
-        &got.to_vec().unwrap(),
+        &mut r,
+        (2, 4, 5, 7, 3),
+        (1, 1, 0),
+    );
+}
+
+/// The input gradient of conv2d on context `g` (whose overrides pick the variant under test)
+/// against the CPU scatter definition, for (n, ci, h, w, co, k, stride, pad).
+fn check_input_gradient(
+    g: &apga_gpu::Gpu,
+    what: &str,
+    r: &mut rand::rngs::StdRng,
+    (n, ci, h, w, co, k, s, p): ConvCase,
+) {
+    let t = |v: &[f32], sh: &[usize]| apga_gpu::Tensor::from_slice(g, v, sh).unwrap();
+    let x = uniform(r, n * ci * h * w, -1.0, 1.0);
+    let wt = uniform(r, co * ci * k * k, -1.0, 1.0);
+    let xt = t(&x, &[n, ci, h, w]).with_grad();
+    let tape = apga_gpu::Tape::new();
+    let y = ops::conv2d(&xt, &t(&wt, &[co, ci, k, k]), None, s, p).unwrap();
+    let gy = uniform(r, y.numel(), -1.0, 1.0);
+    let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let (want, _) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, k, k], &gy, s, p);
+    assert_close(
+        &format!("{what} {:?}", (n, ci, h, w, co, k, s, p)),
+        &grads.get(&xt).unwrap().to_vec().unwrap(),
         &want,
         1e-4,
         1e-4,
     );
+}
+
+/// conv_transpose2d (3x3 kernel, with bias) on context `g` against the CPU reference, for
+/// input (n, ci, h, w), co output channels and (stride, padding, output padding).
+fn check_conv_transpose(
+    g: &apga_gpu::Gpu,
+    what: &str,
+    r: &mut rand::rngs::StdRng,
+    (n, ci, h, w, co): (usize, usize, usize, usize, usize),
+    (s, p, op): (usize, usize, usize),
+) {
+    let t = |v: &[f32], sh: &[usize]| apga_gpu::Tensor::from_slice(g, v, sh).unwrap();
+    let x = uniform(r, n * ci * h * w, -1.0, 1.0);
+    let wt = uniform(r, ci * co * 9, -1.0, 1.0);
+    let b = uniform(r, co, -1.0, 1.0);
+    let (want, _) =
+        cpu_conv_transpose2d(&x, [n, ci, h, w], &wt, [ci, co, 3, 3], Some(&b), s, p, op);
+    let got = ops::conv_transpose2d(
+        &t(&x, &[n, ci, h, w]),
+        &t(&wt, &[ci, co, 3, 3]),
+        Some(&t(&b, &[co])),
+        s,
+        p,
+        op,
+    )
+    .unwrap();
+    assert_close(what, &got.to_vec().unwrap(), &want, 1e-4, 1e-4);
 }
 
 #[test]
@@ -884,7 +907,6 @@ fn conv_input_gradient_col2im_variant_matches_cpu() {
         ..Default::default()
     })
     .unwrap();
-    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
     let mut r = rng(25);
     for &(n, ci, h, w, co, k, s, p) in &[
         (
@@ -894,44 +916,20 @@ fn conv_input_gradient_col2im_variant_matches_cpu() {
         (2, 3, 16, 16, 4, 7, 2, 3),
         (1, 6, 8, 8, 12, 1, 2, 0),
     ] {
-        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
-        let wt = uniform(&mut r, co * ci * k * k, -1.0, 1.0);
-        let xt = t(&x, &[n, ci, h, w]).with_grad();
-        let tape = apga_gpu::Tape::new();
-        let y = ops::conv2d(&xt, &t(&wt, &[co, ci, k, k]), None, s, p).unwrap();
-        let gy = uniform(&mut r, y.numel(), -1.0, 1.0);
-        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
-        let grads = tape.backward(&loss).unwrap();
-        let (want, _) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, k, k], &gy, s, p);
-        assert_close(
-            &format!("col2im input gradient {:?}", (n, ci, h, w, co, k, s, p)),
-            &grads.get(&xt).unwrap().to_vec().unwrap(),
-            &want,
-            1e-4,
-            1e-4,
+        check_input_gradient(
+            &g,
+            "col2im input gradient",
+            &mut r,
+            (n, ci, h, w, co, k, s, p),
         );
     }
     // UNet11's decoder up-sampling: conv_transpose2d k3 s2 p1 output_padding 1, with bias.
-    let (n, ci, h, w, co) = (2, 8, 4, 3, 5);
-    let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
-    let wt = uniform(&mut r, ci * co * 9, -1.0, 1.0);
-    let b = uniform(&mut r, co, -1.0, 1.0);
-    let (want, _) = cpu_conv_transpose2d(&x, [n, ci, h, w], &wt, [ci, co, 3, 3], Some(&b), 2, 1, 1);
-    let got = ops::conv_transpose2d(
-        &t(&x, &[n, ci, h, w]),
-        &t(&wt, &[ci, co, 3, 3]),
-        Some(&t(&b, &[co])),
-        2,
-        1,
-        1,
-    )
-    .unwrap();
-    assert_close(
+    check_conv_transpose(
+        &g,
         "conv_transpose2d via col2im",
-        &got.to_vec().unwrap(),
-        &want,
-        1e-4,
-        1e-4,
+        &mut r,
+        (2, 8, 4, 3, 5),
+        (2, 1, 1),
     );
     let ran = g.profile_report().unwrap().unwrap().table(100);
     assert!(
