@@ -1097,25 +1097,17 @@ pub(crate) fn dgrad_into(
     if cands.len() == 1 {
         return dgrad_direct(g, dy, src, w, bias, out, dst, false);
     }
-    // A = w^T as [ci, round8(co)], the forward kernel's weight layout (for the 1x1 GEMM and
-    // col2im).
-    let wt = if gemm || cands.iter().any(|c| c.1 == ConvKernel::Col2im) {
-        Some(relayout_weight(w, false)?)
-    } else {
-        None
-    };
-    let run = |k: ConvKernel| match (k, &wt) {
-        (ConvKernel::Im2col, _) => dgrad_gemm(g, dy, src, w, bias, out, dst),
-        (ConvKernel::Col2im, Some(wt)) => dgrad_col2im(g, dy, src, wt, bias, out, dst),
-        (ConvKernel::Col2im, None) => dgrad_direct(g, dy, src, w, bias, out, dst, false),
-        (ConvKernel::Direct, _) | (ConvKernel::Gemm1x1, None) => {
-            dgrad_direct(g, dy, src, w, bias, out, dst, false)
-        }
-        (ConvKernel::Strip, _) => dgrad_direct(g, dy, src, w, bias, out, dst, true),
-        (ConvKernel::Gemm1x1, Some(wt)) => gemm_1x1_run(
+    // The 1x1 GEMM and col2im read A = w^T as [ci, round8(co)] (the forward kernel's weight
+    // layout), re-laid out only when one of them runs, not before the choice.
+    let run = |k: ConvKernel| match k {
+        ConvKernel::Im2col => dgrad_gemm(g, dy, src, w, bias, out, dst),
+        ConvKernel::Col2im => dgrad_col2im(g, dy, src, &relayout_weight(w, false)?, bias, out, dst),
+        ConvKernel::Direct => dgrad_direct(g, dy, src, w, bias, out, dst, false),
+        ConvKernel::Strip => dgrad_direct(g, dy, src, w, bias, out, dst, true),
+        ConvKernel::Gemm1x1 => gemm_1x1_run(
             gpu,
             (g.ci, g.co, round8(g.co)),
-            wt,
+            &relayout_weight(w, false)?,
             dy,
             src,
             bias,
