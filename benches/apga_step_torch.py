@@ -155,16 +155,19 @@ def main():
         lap(1)
         with torch.no_grad():
             a = (p >= 0.5).float()
+            # The reward forward leaves the classifier's running statistics alone (eval mode).
+            clf.eval()
             l_adv = F.cross_entropy(clf(x * (1 - a)), labels)
+            clf.train()
         lap(2)
-        reward = l_adv - l_orig
+        reward = (l_adv - l_orig).item()
         b_prev = reward if baseline is None else baseline
-        adv = (reward - b_prev).detach()
+        adv = reward - b_prev
         l_pg = F.binary_cross_entropy(p, a) * adv + args.lambda_zeros * F.binary_cross_entropy(p, torch.zeros_like(p))
         opt_p.zero_grad(set_to_none=True)
         l_pg.backward()
         opt_p.step()
-        baseline = reward.detach()
+        baseline = reward
         lap(3)
         with torch.no_grad():
             keep = (torch.sigmoid(policy(x)) > 0.5).float()

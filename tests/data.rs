@@ -432,6 +432,7 @@ fn synthetic_images_are_deterministic_and_evidence_lies_in_the_roi() {
         train: 40,
         val: 10,
         seed: 3,
+        ..Default::default()
     };
     let a = generate(&cfg, "train", 5);
     assert_eq!(a.pixels, generate(&cfg, "train", 5).pixels);
@@ -472,6 +473,7 @@ fn synthetic_classes_are_distinguishable_inside_the_roi() {
         train: 200,
         val: 0,
         seed: 1,
+        ..Default::default()
     };
     let feature = |i: usize| {
         let g = generate(&cfg, "train", i);
@@ -497,17 +499,18 @@ fn synthetic_classes_are_distinguishable_inside_the_roi() {
 }
 
 #[test]
-fn cutout_zeroes_one_rectangle_in_every_channel() {
+fn cutout_fills_one_rectangle_in_every_channel() {
     let (n, c, s) = (3, 3, 16);
+    let fill = [-2.0, -3.0, -4.0];
     for mode in [Cutout::RandomErasing, Cutout::Square { side: 8 }] {
         let mut imgs = vec![1.0f32; n * c * s * s];
         let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-        let rects = cutout(&mut imgs, n, c, s, mode, &mut rng);
+        let rects = cutout(&mut imgs, n, c, s, mode, fill, &mut rng);
         let mut again = vec![1.0f32; n * c * s * s];
         let mut rng2 = rand::rngs::StdRng::seed_from_u64(5);
         assert_eq!(
             rects,
-            cutout(&mut again, n, c, s, mode, &mut rng2),
+            cutout(&mut again, n, c, s, mode, fill, &mut rng2),
             "seeded"
         );
         for (i, &(y0, x0, h, w)) in rects.iter().enumerate() {
@@ -517,9 +520,80 @@ fn cutout_zeroes_one_rectangle_in_every_channel() {
             }
             for ch in 0..c {
                 let plane = &imgs[(i * c + ch) * s * s..(i * c + ch + 1) * s * s];
-                let zeros = plane.iter().filter(|v| **v == 0.0).count();
-                assert_eq!(zeros, h * w, "image {i} channel {ch}");
+                let filled = plane.iter().filter(|v| **v == fill[ch]).count();
+                assert_eq!(filled, h * w, "image {i} channel {ch}");
             }
         }
     }
+}
+
+#[test]
+fn random_erasing_erases_the_released_scripts_share_on_average() {
+    // The released eraser (corner drawn before the fit test, sides truncated) erases about
+    // 15 % of the image on average (simulated from the script: 14.6 % at 224 and at 64);
+    // torchvision-style sampling (corner drawn after the fit) would give about 31 %.
+    let (n, s) = (3000, 64);
+    let mut imgs = vec![1.0f32; n * s * s];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let rects = cutout(
+        &mut imgs,
+        n,
+        1,
+        s,
+        Cutout::RandomErasing,
+        [0.0; 3],
+        &mut rng,
+    );
+    let mean = rects.iter().map(|r| (r.2 * r.3) as f64).sum::<f64>() / (n * s * s) as f64;
+    assert!((0.13..0.165).contains(&mean), "mean erased share {mean}");
+}
+
+#[test]
+fn headroom_style_adds_faint_evidence_distractors_and_a_label_following_marker() {
+    use apga_gpu::data::synthetic::Style;
+    let classic = SyntheticConfig {
+        size: 64,
+        ..Default::default()
+    };
+    let style = Style {
+        evidence_strength: 0.5,
+        clutter: 2,
+        shortcut: 1.0,
+    };
+    let hard = SyntheticConfig { style, ..classic };
+    for i in 0..20 {
+        let (c, h) = (generate(&classic, "train", i), generate(&hard, "train", i));
+        assert_eq!(c.label, h.label);
+        assert_eq!(c.roi, h.roi, "same anatomy");
+        if c.label == 1 {
+            // Inside the evidence, the faint gap keeps part of the bone's density.
+            let mean = |img: &[f32]| {
+                let (mut s, mut n) = (0.0, 0.0);
+                for (p, e) in img.iter().zip(&c.evidence) {
+                    if *e > 0.0 {
+                        s += p;
+                        n += 1.0;
+                    }
+                }
+                s / n
+            };
+            assert!(mean(&h.pixels) > mean(&c.pixels) + 0.1, "image {i}");
+        }
+        // The marker lies outside the bone, and with p = 1 its side follows the label.
+        let marker: Vec<usize> = (0..64 * 64).filter(|&k| h.shortcut[k] > 0.0).collect();
+        assert!(!marker.is_empty());
+        assert!(marker.iter().all(|&k| h.roi[k] == 0.0));
+        let x = marker.iter().map(|k| k % 64).sum::<usize>() / marker.len();
+        assert_eq!(x > 32, h.label == 1, "image {i}: marker at x {x}");
+        assert!(c.shortcut.iter().all(|v| *v == 0.0), "classic: no marker");
+    }
+    // Validation markers do not follow the label.
+    let follows = (0..200)
+        .filter(|&i| {
+            let g = generate(&hard, "val", i);
+            let m: Vec<usize> = (0..64 * 64).filter(|&k| g.shortcut[k] > 0.0).collect();
+            (m.iter().map(|k| k % 64).sum::<usize>() / m.len().max(1) > 32) == (g.label == 1)
+        })
+        .count();
+    assert!((70..130).contains(&follows), "{follows} of 200");
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::apga::config::TrainConfig;
+use crate::apga::policy::{advantages, policy_loss};
 use crate::apga::{classifier_config, step};
 use crate::error::Result;
 use crate::gpu::{Gpu, GpuOptions};
@@ -113,6 +114,12 @@ pub fn bench(
     ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); names.len() + 1];
     let mut state = step::PolicyState::default();
+    // The paper's step (Eq. 7, threshold action), as the PyTorch twin runs it.
+    let paper = TrainConfig {
+        pg_variant: crate::apga::PgVariant::Paper,
+        ..cfg.clone()
+    };
+    let fill = cfg.erase_value.fill(cfg.normalize);
     gpu.sync()?;
     gpu.reset_peak_memory();
     let base = gpu.memory().in_use;
@@ -144,18 +151,16 @@ pub fn bench(
         let p = step::policy_probs(&policy, &x)?;
         lap(1, &mut times, &mut t)?;
         let a = no_grad(|| ops::ge_scalar(&p, 0.5))?;
-        let x_adv = no_grad(|| step::apply_mask(&x, &ops::add_scalar(&ops::neg(&a)?, 1.0)?))?;
-        let l_adv = no_grad(|| ops::cross_entropy(&clf.forward(&x_adv, true)?, &labels))?;
+        let x_adv = no_grad(|| step::erase(&x, &ops::add_scalar(&ops::neg(&a)?, 1.0)?, fill))?;
+        let l_adv = no_grad(|| ops::cross_entropy(&clf.forward(&x_adv, false)?, &labels))?;
         lap(2, &mut times, &mut t)?;
-        let reward = ops::sub(&l_adv, &l_orig)?;
-        let b_prev = state.baseline.clone().unwrap_or_else(|| reward.clone());
-        let adv = ops::sub(&reward, &b_prev)?;
-        let l_pg = step::policy_loss(&p, &a, &adv, cfg)?;
+        let reward = l_adv.item()? - l_orig.item()?;
+        let adv = advantages(&[reward], &mut state, &paper);
+        let l_pg = policy_loss(&p, &a, &p, &adv, 0.0, &paper)?;
         adam_p.step(&tape.backward(&l_pg)?)?;
-        state.baseline = Some(reward.detach());
         lap(3, &mut times, &mut t)?;
         let keep = step::aiding_mask(&policy, &x)?;
-        step::classifier_step(&clf, &mut adam_c, &step::apply_mask(&x, &keep)?, &labels)?;
+        step::classifier_step(&clf, &mut adam_c, &step::erase(&x, &keep, fill)?, &labels)?;
         lap(4, &mut times, &mut t)?;
         if i > 0 || steps == 0 {
             times[5].push(start.elapsed().as_secs_f64() * 1e3);

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::synthetic::Style;
 use crate::data::Normalize;
 
 /// Augmentation method (the paper's Table rows).
@@ -19,6 +20,9 @@ pub enum Method {
     Apga,
     /// Soft masks P * x with the classifier loss back-propagated into the segmenter.
     EndToEnd,
+    /// Ablation: the warm-start policy's mask as the aiding mask, 1:1 like APGA, with no
+    /// policy gradient. Only APGA beating it shows the reinforcement learning adds something.
+    FrozenMask,
 }
 
 impl Method {
@@ -29,37 +33,116 @@ impl Method {
             Method::Gradcam => "gradcam",
             Method::Apga => "apga",
             Method::EndToEnd => "end-to-end",
+            Method::FrozenMask => "frozen-mask",
         }
     }
-    /// Whether the method trains a segmentation policy.
+    /// Whether the method uses a segmentation policy (trained or frozen).
     pub fn has_policy(self) -> bool {
-        matches!(self, Method::Apga | Method::EndToEnd)
+        matches!(self, Method::Apga | Method::EndToEnd | Method::FrozenMask)
     }
 }
 
-/// The two readings of the policy-gradient step (see `../shared/design/apga.md`).
+/// The readings of the policy-gradient step (see `../shared/design/apga.md`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum PgVariant {
-    /// The paper: Eq. 7, baseline updated after use (b_1 = R_1), reward in train mode.
+    /// The paper exactly: Eq. 7 (BCE(P, a) adv + lambda_zeros BCE(P, 0)), the threshold
+    /// action a = 1[P >= 0.5], one reward per batch, baseline updated after use (b_1 = R_1).
+    /// `--action`, `--regularizer` and `--reward` do not apply.
     Paper,
-    /// The authors' released script: reward in eval mode after the classifier step, baseline
-    /// updated before the advantage, 100 adv BCE(P, a) + 0.1 |adv| BCE(P, 0) + 0.01 |adv|
-    /// BCE(P, 1).
+    /// The authors' released script: reward R = L_adv (eval mode, after the classifier
+    /// step) - L_orig (the step's train-mode loss), baseline updated before the advantage from
+    /// b_1 = R_1, 100 adv BCE(P, a) + 0.1 |adv| BCE(P, 0) + 0.01 |adv| BCE(P, 1), threshold
+    /// action. `--action`, `--regularizer` and `--reward` do not apply.
     ReleasedCode,
+    /// The default: the paper's REINFORCE with the choices `--action`, `--regularizer` and
+    /// `--reward` make (defaults measured to keep the policy alive: a sampled action per cell,
+    /// a coverage target, one reward per image), the advantage normalised by the running
+    /// standard deviation of the reward. Not the paper's equation; see README.
+    Stable,
+}
+
+/// The adversarial action a (1 = erased) taken from P.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// a = 1[P >= 0.5] (the paper; deterministic, so it never explores).
+    Threshold,
+    /// a ~ Bernoulli(P_cell) per `--action-cell` x `--action-cell` cell of average-pooled P
+    /// (exact REINFORCE for that cell policy; 1 = per pixel).
+    Sample,
+}
+
+/// The term of the policy loss that keeps the mask from covering everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Regularizer {
+    /// lambda_zeros BCE(P, 0) (Eq. 7): pulls every P down every step, whatever the reward.
+    Constant,
+    /// |adv| (0.1 BCE(P, 0) + 0.01 BCE(P, 1)) (the released script): vanishes with the
+    /// advantage.
+    AbsAdv,
+    /// coverage_weight (mean P of the image - target)^2 per image, the target being the
+    /// warm-start policy's mean P on its first batch: the area erased stays put, the policy
+    /// gradient decides where.
+    Coverage,
+}
+
+/// How the reward is credited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reward {
+    /// One reward per batch, R = L_adv - L_orig of the batch means (the paper).
+    Batch,
+    /// One reward per image, R_i = CE_i(x_adv) - CE_i(x), both in eval mode after the
+    /// classifier step (each image's action only changes its own loss: less variance).
+    Image,
+}
+
+/// What an erased pixel becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum EraseValue {
+    /// Black (raw 0), in every normalisation: (0 - mean) / std under ImageNet's (the
+    /// released script's [0, 1] images erased to 0).
+    Black,
+    /// The ImageNet mean colour (what x * (1 - a) gives on ImageNet-normalised tensors).
+    Mean,
+}
+
+impl EraseValue {
+    /// The per-channel value of an erased pixel after `normalize`.
+    pub fn fill(self, normalize: Normalize) -> [f32; 3] {
+        use crate::data::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
+        let raw = match self {
+            EraseValue::Black => [0.0; 3],
+            EraseValue::Mean => IMAGENET_MEAN,
+        };
+        match normalize {
+            Normalize::Imagenet => {
+                std::array::from_fn(|c| (raw[c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
+            }
+            Normalize::None => raw,
+        }
+    }
 }
 
 /// Starting configurations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Preset {
-    /// Minutes on a 2-core machine without a GPU: 64x64 synthetic images, a small DenseNet
-    /// (growth 8, blocks 2-2-2, 16 initial features) and UNet11 with 4 filters, batch 16,
-    /// Adam lr 1e-3, 8 pretraining and 6 method epochs.
+    /// Minutes on a 2-core machine without a GPU: 64x64 synthetic images with headroom
+    /// (400 + 200), a small DenseNet (growth 8, blocks 2-2-2, 16 initial features) and UNet11
+    /// with 4 filters, batch 16, Adam lr 1e-3, up to 30 pretraining epochs (patience 8) and 6
+    /// method epochs.
     Quick,
     /// The paper: DenseNet-169 and UNet11 (32 filters), 224x224, batch 25, Adam lr 1e-4 for
-    /// both networks, lambda_zeros 0.1, baseline decay 0.5, ImageNet normalisation.
+    /// both networks, lambda_zeros 0.1, baseline decay 0.5, ImageNet normalisation, Eq. 7.
     Paper,
+    /// The authors' released script: the paper's sizes, `--pg-variant released-code`, Adam
+    /// lr 1e-5 for both networks, [0, 1] images (no normalisation), validation every 100
+    /// iterations and at each epoch end.
+    Released,
 }
 
 /// Everything a run needs, resolved.
@@ -68,6 +151,37 @@ pub struct TrainConfig {
     pub preset: Preset,
     pub method: Method,
     pub pg_variant: PgVariant,
+    /// Stable variant only: the action, the regulariser and the reward's credit.
+    #[serde(default = "default_action")]
+    pub action: Action,
+    /// Side of the cells of the sampled action (pixels).
+    #[serde(default = "default_action_cell")]
+    pub action_cell: usize,
+    #[serde(default = "default_regularizer")]
+    pub regularizer: Regularizer,
+    /// Weight of the coverage term.
+    #[serde(default = "default_coverage_weight")]
+    pub coverage_weight: f64,
+    #[serde(default = "default_reward")]
+    pub reward: Reward,
+    /// Where the policy starts: "foreground" (label-free pretraining on the training images'
+    /// Otsu foreground), "random" (PyTorch's initialisation) or a UNet11 .safetensors file.
+    #[serde(default = "default_policy_init")]
+    pub policy_init: String,
+    /// Adam steps of the foreground warm start.
+    #[serde(default = "default_warm_start_steps")]
+    pub warm_start_steps: usize,
+    /// What erased pixels become (APGA, cutout, GradCAM, frozen mask).
+    #[serde(default = "default_erase_value")]
+    pub erase_value: EraseValue,
+    /// The guard: an aiding image keeping less than this share of its pixels, or more than
+    /// 1 - this, is not trained on nor used for test-time augmentation.
+    #[serde(default = "default_guard")]
+    pub guard: f64,
+    /// Evaluate every this many method steps as well as at each epoch end (0: epoch ends
+    /// only). The same schedule for every method.
+    #[serde(default)]
+    pub eval_every: usize,
     pub data: String,
     pub body_part: String,
     pub k_shot: Option<usize>,
@@ -75,6 +189,9 @@ pub struct TrainConfig {
     pub classes: usize,
     pub train_size: usize,
     pub val_size: usize,
+    /// Synthetic data: evidence strength, clutter and shortcut.
+    #[serde(default)]
+    pub synthetic_style: Style,
     pub skip_bad_images: bool,
     pub image_size: usize,
     pub normalize: Normalize,
@@ -106,19 +223,68 @@ pub struct TrainConfig {
     pub mask_samples: usize,
 }
 
+fn default_action() -> Action {
+    Action::Threshold
+}
+fn default_action_cell() -> usize {
+    8
+}
+fn default_regularizer() -> Regularizer {
+    Regularizer::Constant
+}
+fn default_coverage_weight() -> f64 {
+    10.0
+}
+fn default_reward() -> Reward {
+    Reward::Batch
+}
+fn default_policy_init() -> String {
+    "random".into()
+}
+fn default_warm_start_steps() -> usize {
+    300
+}
+fn default_erase_value() -> EraseValue {
+    EraseValue::Black
+}
+fn default_guard() -> f64 {
+    0.01
+}
+
 impl TrainConfig {
+    /// The action, regulariser and reward credit in force (the paper and released-code
+    /// variants fix their own).
+    pub fn pg_choices(&self) -> (Action, Regularizer, Reward) {
+        match self.pg_variant {
+            PgVariant::Paper => (Action::Threshold, Regularizer::Constant, Reward::Batch),
+            PgVariant::ReleasedCode => (Action::Threshold, Regularizer::AbsAdv, Reward::Batch),
+            PgVariant::Stable => (self.action, self.regularizer, self.reward),
+        }
+    }
+
     pub fn preset(preset: Preset) -> TrainConfig {
         let quick = TrainConfig {
             preset,
             method: Method::Apga,
-            pg_variant: PgVariant::Paper,
+            pg_variant: PgVariant::Stable,
+            action: Action::Sample,
+            action_cell: 8,
+            regularizer: Regularizer::Coverage,
+            coverage_weight: default_coverage_weight(),
+            reward: Reward::Image,
+            policy_init: "foreground".into(),
+            warm_start_steps: default_warm_start_steps(),
+            erase_value: EraseValue::Black,
+            guard: default_guard(),
+            eval_every: 0,
             data: "synthetic".into(),
             body_part: "all".into(),
             k_shot: None,
             val_fraction: 0.2,
             classes: 2,
             train_size: 400,
-            val_size: 100,
+            val_size: 200,
+            synthetic_style: Style::headroom(),
             skip_bad_images: false,
             image_size: 64,
             normalize: Normalize::None,
@@ -130,8 +296,8 @@ impl TrainConfig {
             lambda_zeros: 0.1,
             baseline_decay: 0.5,
             epochs: 6,
-            pretrain_epochs: 8,
-            patience: 3,
+            pretrain_epochs: 30,
+            patience: 8,
             seed: 0,
             classifier_weights: None,
             replace_head: false,
@@ -139,20 +305,31 @@ impl TrainConfig {
             workers: 2,
             mask_samples: 4,
         };
+        let paper = TrainConfig {
+            pg_variant: PgVariant::Paper,
+            image_size: 224,
+            normalize: Normalize::Imagenet,
+            batch_size: 25,
+            classifier_arch: "densenet169".into(),
+            policy_filters: 32,
+            lr_classifier: 1e-4,
+            lr_policy: 1e-4,
+            epochs: 30,
+            pretrain_epochs: 100,
+            patience: 15,
+            ..quick.clone()
+        };
         match preset {
             Preset::Quick => quick,
-            Preset::Paper => TrainConfig {
-                image_size: 224,
-                normalize: Normalize::Imagenet,
-                batch_size: 25,
-                classifier_arch: "densenet169".into(),
-                policy_filters: 32,
-                lr_classifier: 1e-4,
-                lr_policy: 1e-4,
-                epochs: 30,
-                pretrain_epochs: 100,
-                patience: 15,
-                ..quick
+            Preset::Paper => TrainConfig { preset, ..paper },
+            Preset::Released => TrainConfig {
+                preset,
+                pg_variant: PgVariant::ReleasedCode,
+                lr_classifier: 1e-5,
+                lr_policy: 1e-5,
+                normalize: Normalize::None,
+                eval_every: 100,
+                ..paper
             },
         }
     }

@@ -1,15 +1,18 @@
 //! Evaluation: image-level accuracy, per-class accuracy and the confusion matrix; with a
 //! policy, test-time augmentation by the aiding mask (mean of the softmax on the image and on
 //! the masked image) and, for synthetic data, the kept mask's IoU and coverage against the true
-//! region of interest; for MURA, study-level accuracy (mean probability per study) and
-//! Cohen's kappa.
+//! region of interest, the share of the class evidence and of the shortcut marker it keeps;
+//! for MURA, study-level accuracy (mean probability per study) and Cohen's kappa. Aiding
+//! images the guard refuses (almost blank or untouched) are left out of test-time
+//! augmentation: those images count with their plain prediction.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::apga::step::{aiding_mask, apply_mask};
+use crate::apga::policy::{aiding_mask, erase, guard_ok, kept_per_image};
+use crate::apga::step::Masking;
 use crate::data::{Dataset, Loader, LoaderConfig, Preprocess, Sample};
 use crate::error::Result;
 use crate::models::{DenseNet, UNet11};
@@ -33,8 +36,17 @@ pub struct Metrics {
     /// Synthetic data: IoU and coverage (|kept and ROI| / |ROI|) of the kept mask P > 0.5.
     pub mask_iou: Option<f64>,
     pub mask_coverage: Option<f64>,
-    /// Share of pixels the policy keeps.
+    /// Share of pixels the policy keeps (1 - the erased fraction of the aiding mask).
     pub mask_kept_fraction: Option<f64>,
+    /// Synthetic data: share of the class-evidence pixels the kept mask keeps.
+    #[serde(default)]
+    pub evidence_kept: Option<f64>,
+    /// Synthetic data with a shortcut marker: share of the marker's pixels the mask keeps.
+    #[serde(default)]
+    pub shortcut_kept: Option<f64>,
+    /// Images whose aiding mask the guard refused (plain prediction used for TTA).
+    #[serde(default)]
+    pub guarded: usize,
 }
 
 fn softmax_rows(logits: &[f32], k: usize) -> Vec<f64> {
@@ -86,6 +98,7 @@ pub fn evaluate(
     pre: Preprocess,
     workers: usize,
     batch_size: usize,
+    masking: Masking,
 ) -> Result<Metrics> {
     let k = ds.classes.len();
     let cfg = LoaderConfig {
@@ -104,6 +117,8 @@ pub fn evaluate(
     let (mut tta_correct, mut loss_sum) = (0usize, 0f64);
     let (mut inter, mut union, mut roi_px, mut kept_px, mut all_px) =
         (0f64, 0f64, 0f64, 0f64, 0f64);
+    let (mut ev_kept, mut ev_px, mut sc_kept, mut sc_px) = (0f64, 0f64, 0f64, 0f64);
+    let mut guarded_flags: Vec<bool> = Vec::new();
     let mut study_probs: BTreeMap<String, (Vec<f64>, usize, usize)> = BTreeMap::new();
     for batch in Loader::new(samples.clone(), ds.synthetic, pre, cfg) {
         let batch = batch?;
@@ -119,8 +134,13 @@ pub fn evaluate(
         let tta_probs = match policy {
             Some(p) => {
                 let keep = aiding_mask(p, &x)?;
-                let logits_aid = no_grad(|| clf.forward(&apply_mask(&x, &keep)?, false))?;
+                let logits_aid = no_grad(|| clf.forward(&erase(&x, &keep, masking.fill)?, false))?;
                 let pa = softmax_rows(&logits_aid.to_vec()?, k);
+                guarded_flags = kept_per_image(&keep)?
+                    .iter()
+                    .map(|&f| !guard_ok(f, masking.guard))
+                    .collect();
+                m.guarded += guarded_flags.iter().filter(|g| **g).count();
                 // One policy forward per batch: the aiding mask 1[P > 0.5] is the kept mask.
                 let kv = keep.to_vec()?;
                 kept_px += kv.iter().map(|v| *v as f64).sum::<f64>();
@@ -133,6 +153,18 @@ pub fn evaluate(
                         roi_px += inside as u8 as f64;
                     }
                 }
+                let overlap = |truth: &Option<Vec<f32>>, hit: &mut f64, all: &mut f64| {
+                    if let Some(t) = truth {
+                        for (kept, t) in kv.iter().zip(t) {
+                            if *t > 0.5 {
+                                *all += 1.0;
+                                *hit += (*kept > 0.5) as u8 as f64;
+                            }
+                        }
+                    }
+                };
+                overlap(&batch.evidence, &mut ev_kept, &mut ev_px);
+                overlap(&batch.shortcut, &mut sc_kept, &mut sc_px);
                 Some(pa)
             }
             None => None,
@@ -141,13 +173,15 @@ pub fn evaluate(
             let row = &probs[j * k..(j + 1) * k];
             let pred = argmax(row);
             m.confusion[label][pred] += 1;
-            if let Some(pa) = &tta_probs {
+            if let Some(pa) = tta_probs.as_ref().filter(|_| !guarded_flags[j]) {
                 let mixed: Vec<f64> = row
                     .iter()
                     .zip(&pa[j * k..(j + 1) * k])
                     .map(|(a, b)| 0.5 * (a + b))
                     .collect();
                 tta_correct += (argmax(&mixed) == label) as usize;
+            } else if tta_probs.is_some() {
+                tta_correct += (pred == label) as usize;
             }
             if let Some(study) = &samples[batch.indices[j]].study {
                 let e = study_probs
@@ -176,6 +210,12 @@ pub fn evaluate(
         if roi_px > 0.0 {
             m.mask_iou = Some(inter / union.max(1.0));
             m.mask_coverage = Some(inter / roi_px);
+        }
+        if ev_px > 0.0 {
+            m.evidence_kept = Some(ev_kept / ev_px);
+        }
+        if sc_px > 0.0 {
+            m.shortcut_kept = Some(sc_kept / sc_px);
         }
     }
     if !study_probs.is_empty() {

@@ -1,7 +1,11 @@
 //! One training step of each method, on GPU tensors. Losses, reward, baseline and advantage
 //! stay on the GPU; the caller reads the returned scalars back once per step, for logging.
 
-use crate::apga::config::{PgVariant, TrainConfig};
+use crate::apga::config::{PgVariant, Reward, TrainConfig};
+use crate::apga::policy::{
+    advantages, guard_ok, guarded_subset, kept_per_image, policy_loss, take_action,
+};
+pub use crate::apga::policy::{aiding_mask, erase, policy_probs, PolicyState};
 use crate::error::Result;
 use crate::models::{DenseNet, UNet11};
 use crate::optim::Adam;
@@ -30,67 +34,59 @@ pub fn classifier_step(
     Ok(loss.detach())
 }
 
-/// `x * mask` with a one-channel mask [n, 1, h, w] applied to every channel.
-pub fn apply_mask(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
-    ops::mul(x, mask)
+/// How erased pixels and the guard are handled in a step (from the configuration).
+#[derive(Debug, Clone, Copy)]
+pub struct Masking {
+    /// What an erased pixel becomes, per channel, after normalisation.
+    pub fill: [f32; 3],
+    /// The guard's bound (see `policy::guard_ok`).
+    pub guard: f64,
 }
 
-/// The policy's probabilities P = sigmoid(M_p(x)) (recorded if a tape is open).
-pub fn policy_probs(policy: &UNet11, x: &Tensor) -> Result<Tensor> {
-    ops::sigmoid(&policy.forward(x)?)
-}
-
-/// Keep-mask of the aiding action: 1[P > 0.5], from the current policy, no gradient.
-pub fn aiding_mask(policy: &UNet11, x: &Tensor) -> Result<Tensor> {
-    no_grad(|| ops::gt_scalar(&policy_probs(policy, x)?, 0.5))
-}
-
-/// State the policy gradient carries across steps: the reward baseline b_t (a GPU scalar).
-#[derive(Default)]
-pub struct PolicyState {
-    pub baseline: Option<Tensor>,
-}
-
-fn abs(x: &Tensor) -> Result<Tensor> {
-    ops::add(&ops::relu(x)?, &ops::relu(&ops::neg(x)?)?)
-}
-
-/// The policy loss for probabilities `p`, action `a` (1 = erased) and a constant `advantage`:
-/// Eq. 7, `BCE(P, a) * adv + lambda_zeros * BCE(P, 0)`, or the released script's
-/// `100 adv BCE(P, a) + 0.1 |adv| BCE(P, 0) + 0.01 |adv| BCE(P, 1)`. BCE(P, a) is
-/// -log pi(a) of the Bernoulli policy, so a positive advantage reinforces the action taken.
-pub fn policy_loss(
-    p: &Tensor,
-    a: &Tensor,
-    advantage: &Tensor,
-    cfg: &TrainConfig,
-) -> Result<Tensor> {
-    let zeros = Tensor::zeros(p.gpu(), p.shape())?;
-    let bce_a = ops::binary_cross_entropy(p, a)?;
-    let bce_0 = ops::binary_cross_entropy(p, &zeros)?;
-    let adv = advantage.detach();
-    if cfg.pg_variant == PgVariant::ReleasedCode {
-        let ones = Tensor::full(p.gpu(), p.shape(), 1.0)?;
-        let bce_1 = ops::binary_cross_entropy(p, &ones)?;
-        let abs_adv = abs(&adv)?;
-        ops::add(
-            &ops::add(
-                &ops::mul_scalar(&ops::mul(&bce_a, &adv)?, 100.0)?,
-                &ops::mul_scalar(&ops::mul(&bce_0, &abs_adv)?, 0.1)?,
-            )?,
-            &ops::mul_scalar(&ops::mul(&bce_1, &abs_adv)?, 0.01)?,
-        )
-    } else {
-        ops::add(
-            &ops::mul(&bce_a, &adv)?,
-            &ops::mul_scalar(&bce_0, cfg.lambda_zeros as f32)?,
-        )
+impl Masking {
+    pub fn of(cfg: &TrainConfig) -> Masking {
+        Masking {
+            fill: cfg.erase_value.fill(cfg.normalize),
+            guard: cfg.guard,
+        }
     }
 }
 
-/// One APGA step (Algorithm 1): classifier step on x; policy action a = 1[P >= 0.5] erases
-/// pixels; reward R = L_adv - L_orig; policy step on Eq. 7; classifier step on the aiding
-/// image 1[P' > 0.5] * x of the updated policy.
+/// A classifier step on the aiding images `erase(x, keep)` the guard lets through; returns
+/// (loss or None when fewer than two images passed, number of images guarded out).
+pub fn aiding_step(
+    clf: &DenseNet,
+    adam: &mut Adam,
+    x: &Tensor,
+    keep: &Tensor,
+    labels: &[usize],
+    masking: Masking,
+) -> Result<(Option<Tensor>, usize)> {
+    let kept = kept_per_image(keep)?;
+    let guarded = kept
+        .iter()
+        .filter(|&&k| !guard_ok(k, masking.guard))
+        .count();
+    let x_aid = no_grad(|| erase(x, keep, masking.fill))?;
+    Ok(
+        match guarded_subset(&x_aid, labels, &kept, masking.guard)? {
+            Some((xa, ya)) => (Some(classifier_step(clf, adam, &xa, &ya)?), guarded),
+            None => (None, guarded),
+        },
+    )
+}
+
+/// Per-image cross-entropy of the classifier in eval mode (the running statistics stay).
+fn eval_losses(clf: &DenseNet, x: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    let y: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+    let y = Tensor::from_slice(x.gpu(), &y, &[labels.len()])?;
+    ops::cross_entropy_rows(&clf.forward(x, false)?, &y)
+}
+
+/// One APGA step (Algorithm 1): classifier step on x; the policy's action a erases pixels
+/// (the threshold 1[P >= 0.5] or a sampled one); reward R = L_adv - L_orig with the classifier
+/// in eval mode (its running statistics untouched); policy step on the policy loss; classifier
+/// step on the aiding images 1[P' > 0.5] x of the updated policy, past the guard.
 #[allow(clippy::too_many_arguments)]
 pub fn apga_step(
     clf: &DenseNet,
@@ -102,80 +98,121 @@ pub fn apga_step(
     labels: &[usize],
     cfg: &TrainConfig,
 ) -> Result<StepValues> {
+    let masking = Masking::of(cfg);
+    let (action, _, reward_kind) = cfg.pg_choices();
     // 1. L_orig and a classifier step on the original images.
     let l_orig_step = classifier_step(clf, adam_c, x, labels)?;
     // 2-3. P and the action: the pixels the policy calls important are erased.
     let tape = Tape::new();
     let p = policy_probs(policy, x)?;
-    let (a, x_adv) = no_grad(|| -> Result<(Tensor, Tensor)> {
-        let a = ops::ge_scalar(&p, 0.5)?;
-        let keep = ops::add_scalar(&ops::neg(&a)?, 1.0)?;
-        Ok((a.clone(), apply_mask(x, &keep)?))
-    })?;
-    // 4-5. Reward from the classifier, no gradient into it.
-    let released = cfg.pg_variant == PgVariant::ReleasedCode;
-    let (l_orig, l_adv) = no_grad(|| -> Result<(Tensor, Tensor)> {
-        if released {
-            // The released script scores both images in eval mode, after the step.
-            Ok((
-                classifier_loss(clf, x, labels, false)?,
-                classifier_loss(clf, &x_adv, labels, false)?,
-            ))
-        } else {
-            Ok((
-                l_orig_step.clone(),
-                classifier_loss(clf, &x_adv, labels, true)?,
-            ))
-        }
-    })?;
-    let reward = ops::sub(&l_adv, &l_orig)?;
-    let decay = cfg.baseline_decay as f32;
-    let ema = |b: &Tensor| -> Result<Tensor> {
-        ops::add(
-            &ops::mul_scalar(b, decay)?,
-            &ops::mul_scalar(&reward, 1.0 - decay)?,
+    let taken = take_action(&p, action, cfg.action_cell, cfg.seed, state.steps)?;
+    state.steps += 1;
+    let x_adv = no_grad(|| {
+        erase(
+            x,
+            &ops::add_scalar(&ops::neg(&taken.erased)?, 1.0)?,
+            masking.fill,
         )
-    };
-    let (advantage, baseline) = if released {
-        // Baseline updated before the advantage (starting from 0).
-        let b = match &state.baseline {
-            Some(b) => ema(b)?,
-            None => ops::mul_scalar(&reward, 1.0 - decay)?,
-        };
-        (ops::sub(&reward, &b)?, b)
-    } else {
-        // b_1 = R_1 (first advantage 0); b updated after use.
-        let b = state.baseline.clone().unwrap_or_else(|| reward.clone());
-        (ops::sub(&reward, &b)?, b)
-    };
-    let next_baseline = if released {
-        baseline.clone()
-    } else {
-        ema(&baseline)?
-    };
-    // 6. Policy loss (Eq. 7); the advantage is a constant.
-    let l_pg = policy_loss(&p, &a, &advantage.detach(), cfg)?;
+    })?;
+    // 4-5. Reward from the classifier in eval mode, no gradient into it. The paper and the
+    // released script take L_orig from the step (train mode, before it); the per-image
+    // reward scores both images the same way, after the step.
+    let (l_adv, rewards) = no_grad(|| -> Result<(f32, Vec<f32>)> {
+        let adv_rows = eval_losses(clf, &x_adv, labels)?.to_vec()?;
+        let l_adv = adv_rows.iter().sum::<f32>() / adv_rows.len() as f32;
+        Ok(match reward_kind {
+            Reward::Batch if cfg.pg_variant != PgVariant::Stable => {
+                let l_orig = l_orig_step.item()?;
+                (l_adv, vec![l_adv - l_orig])
+            }
+            kind => {
+                let orig_rows = eval_losses(clf, x, labels)?.to_vec()?;
+                let l_orig = orig_rows.iter().sum::<f32>() / orig_rows.len() as f32;
+                let r = match kind {
+                    Reward::Batch => vec![l_adv - l_orig],
+                    Reward::Image => adv_rows
+                        .iter()
+                        .zip(&orig_rows)
+                        .map(|(a, o)| a - o)
+                        .collect(),
+                };
+                (l_adv, r)
+            }
+        })
+    })?;
+    let baseline = state.baseline;
+    let adv = advantages(&rewards, state, cfg);
+    if state.coverage_target.is_none() {
+        state.coverage_target = Some(no_grad(|| ops::mean_all(&p.detach()))?.item()?);
+    }
+    // 6. The policy loss; the advantage is a constant.
+    let l_pg = policy_loss(
+        &taken.probs,
+        &taken.action,
+        &p,
+        &adv,
+        state.coverage_target.unwrap_or(0.0),
+        cfg,
+    )?;
     let grads = tape.backward(&l_pg)?;
     adam_p.step(&grads)?;
-    state.baseline = Some(next_baseline.detach());
     // 7. The aiding action of the updated policy, and a classifier step on it.
     let keep = aiding_mask(policy, x)?;
-    let l_aid = classifier_step(clf, adam_c, &apply_mask(x, &keep)?, labels)?;
-    let coverage = ops::mean_all(&a)?;
-    Ok(vec![
+    let (l_aid, guarded) = aiding_step(clf, adam_c, x, &keep, labels, masking)?;
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+    let g = x.gpu();
+    let mut out = vec![
         ("l_orig", l_orig_step),
-        ("l_adv", l_adv),
-        ("reward", reward),
-        ("baseline", baseline),
-        ("advantage", advantage),
+        ("l_adv", Tensor::scalar(g, l_adv)?),
+        ("reward", Tensor::scalar(g, mean(&rewards))?),
+        (
+            "baseline",
+            Tensor::scalar(g, baseline.unwrap_or(mean(&rewards)))?,
+        ),
+        ("advantage", Tensor::scalar(g, mean(&adv))?),
+        (
+            "advantage_abs",
+            Tensor::scalar(g, mean(&adv.iter().map(|a| a.abs()).collect::<Vec<_>>()))?,
+        ),
         ("l_pg", l_pg.detach()),
-        ("erased_fraction", coverage),
-        ("l_aid", l_aid),
-    ])
+        ("erased_fraction", ops::mean_all(&taken.erased)?),
+        ("aid_kept_fraction", ops::mean_all(&keep)?),
+        ("guarded", Tensor::scalar(g, guarded as f32)?),
+    ];
+    if let Some(l) = l_aid {
+        out.push(("l_aid", l));
+    }
+    Ok(out)
+}
+
+/// The frozen-mask ablation: a classifier step on x, then one on the aiding images of the
+/// (untrained) policy, past the guard.
+#[allow(clippy::too_many_arguments)]
+pub fn frozen_mask_step(
+    clf: &DenseNet,
+    policy: &UNet11,
+    adam_c: &mut Adam,
+    x: &Tensor,
+    labels: &[usize],
+    masking: Masking,
+) -> Result<StepValues> {
+    let l_orig = classifier_step(clf, adam_c, x, labels)?;
+    let keep = aiding_mask(policy, x)?;
+    let (l_aid, guarded) = aiding_step(clf, adam_c, x, &keep, labels, masking)?;
+    let mut out = vec![
+        ("l_orig", l_orig),
+        ("aid_kept_fraction", ops::mean_all(&keep)?),
+        ("guarded", Tensor::scalar(x.gpu(), guarded as f32)?),
+    ];
+    if let Some(l) = l_aid {
+        out.push(("l_aid", l));
+    }
+    Ok(out)
 }
 
 /// End-to-end: x_soft = P * x, the classifier loss back-propagated into the segmenter, plus
-/// 0.5 BCE(P, 0) + 0.6 BCE(P, 1); both networks step.
+/// 0.5 BCE(P, 0) + 0.6 BCE(P, 1); both networks step; then, as the released script does, a
+/// classifier step on the thresholded mask's images (past the guard).
 pub fn end_to_end_step(
     clf: &DenseNet,
     policy: &UNet11,
@@ -183,11 +220,12 @@ pub fn end_to_end_step(
     adam_p: &mut Adam,
     x: &Tensor,
     labels: &[usize],
+    masking: Masking,
 ) -> Result<StepValues> {
     let l_orig = classifier_step(clf, adam_c, x, labels)?;
     let tape = Tape::new();
     let p = policy_probs(policy, x)?;
-    let x_soft = apply_mask(x, &p)?;
+    let x_soft = ops::mul(x, &p)?;
     let l_c = classifier_loss(clf, &x_soft, labels, true)?;
     let zeros = Tensor::zeros(x.gpu(), p.shape())?;
     let ones = Tensor::full(x.gpu(), p.shape(), 1.0)?;
@@ -200,12 +238,19 @@ pub fn end_to_end_step(
     adam_c.step(&grads)?;
     adam_p.step(&grads)?;
     let kept = no_grad(|| ops::mean_all(&ops::gt_scalar(&p, 0.5)?))?;
-    Ok(vec![
+    let keep = aiding_mask(policy, x)?;
+    let (l_aid, guarded) = aiding_step(clf, adam_c, x, &keep, labels, masking)?;
+    let mut out = vec![
         ("l_orig", l_orig),
         ("l_soft", l_c.detach()),
         ("loss", loss.detach()),
         ("kept_fraction", kept),
-    ])
+        ("guarded", Tensor::scalar(x.gpu(), guarded as f32)?),
+    ];
+    if let Some(l) = l_aid {
+        out.push(("l_aid", l));
+    }
+    Ok(out)
 }
 
 /// A classifier step on the original batch, then one on `augmented` (the 1:1 mix of the

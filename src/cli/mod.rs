@@ -1,5 +1,6 @@
 //! Layer 9: the `apga-gpu` command line.
 
+mod compare;
 mod data;
 mod infer;
 mod train;
@@ -46,7 +47,7 @@ pub enum Command {
     Eval(EvalArgs),
     /// Run several methods over several seeds and write the paper's kind of table (mean +- std
     /// per method, best in bold) as Markdown and CSV, plus the per-seed numbers.
-    Compare(Box<train::CompareArgs>),
+    Compare(Box<compare::CompareArgs>),
     /// Time the APGA step and each of its phases (classifier step, policy forward, adversarial
     /// forward, policy step, aiding step): step time, images/s and peak GPU memory.
     Bench(train::BenchArgs),
@@ -83,8 +84,18 @@ pub struct DataArgs {
     #[arg(long, default_value_t = 400)]
     pub train_size: usize,
     /// Synthetic data: validation images.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 200)]
     pub val_size: usize,
+    /// Synthetic data: share of bone density the evidence removes (1 = black gaps).
+    #[arg(long, default_value_t = crate::data::synthetic::Style::headroom().evidence_strength)]
+    pub evidence_strength: f32,
+    /// Synthetic data: distractor bars outside the bone (with label-independent gaps).
+    #[arg(long, default_value_t = crate::data::synthetic::Style::headroom().clutter)]
+    pub clutter: usize,
+    /// Synthetic data: probability that a marker's position follows the label in training
+    /// (0 = no marker; validation markers are random).
+    #[arg(long, default_value_t = crate::data::synthetic::Style::headroom().shortcut)]
+    pub shortcut: f32,
 }
 
 impl DataArgs {
@@ -98,6 +109,11 @@ impl DataArgs {
             synthetic_size: image_size,
             synthetic_classes: self.classes,
             synthetic_train: self.train_size,
+            synthetic_style: crate::data::synthetic::Style {
+                evidence_strength: self.evidence_strength,
+                clutter: self.clutter,
+                shortcut: self.shortcut,
+            },
             synthetic_val: self.val_size,
         }
     }
@@ -202,7 +218,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(args) => data::run(&args),
         Command::Train(args) => train::run(cli.device.as_deref(), &args),
         Command::Eval(args) => train::eval(cli.device.as_deref(), &args),
-        Command::Compare(args) => train::compare(cli.device.as_deref(), &args),
+        Command::Compare(args) => compare::compare(cli.device.as_deref(), &args),
         Command::Bench(args) => train::bench(cli.device.as_deref(), &args),
     }
 }

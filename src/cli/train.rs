@@ -2,7 +2,10 @@
 
 use std::path::PathBuf;
 
-use crate::apga::{self, Method, PgVariant, Preset, RunOptions, TrainConfig};
+use crate::apga::{
+    self, Action, EraseValue, Method, PgVariant, Preset, Regularizer, Reward, RunOptions,
+    TrainConfig,
+};
 use crate::data::Normalize;
 use crate::error::{Error, Result};
 
@@ -26,9 +29,57 @@ pub struct TrainArgs {
     pub resume: Option<PathBuf>,
     #[arg(long, value_enum)]
     pub method: Option<Method>,
-    /// Policy-gradient step: as the paper writes it, or as the authors' script does it.
+    /// Policy-gradient step: stable (default: the choices below), paper (Eq. 7 exactly) or
+    /// released-code (the authors' script).
     #[arg(long, value_enum)]
     pub pg_variant: Option<PgVariant>,
+    /// Stable variant: the adversarial action: threshold 1[P >= 0.5] (the paper) or sample
+    /// a ~ Bernoulli(P) per --action-cell cell.
+    #[arg(long, value_enum)]
+    pub action: Option<Action>,
+    /// Side in pixels of the sampled action's cells (1 = per pixel).
+    #[arg(long)]
+    pub action_cell: Option<usize>,
+    /// Stable variant: constant lambda_zeros BCE(P, 0) (Eq. 7), abs-adv (the released
+    /// script's |adv|-scaled terms) or coverage (the warm start's erased area kept).
+    #[arg(long, value_enum)]
+    pub regularizer: Option<Regularizer>,
+    /// Weight of the coverage regulariser.
+    #[arg(long)]
+    pub coverage_weight: Option<f64>,
+    /// Stable variant: one reward per batch (the paper) or per image.
+    #[arg(long, value_enum)]
+    pub reward: Option<Reward>,
+    /// Starting policy: foreground (label-free warm start on the training images' Otsu
+    /// foreground, cached), random (PyTorch's initialisation) or a UNet11 .safetensors file
+    /// (e.g. the paper's Carvana TernausNet converted by weights/convert_ternausnet.py).
+    #[arg(long)]
+    pub policy_init: Option<String>,
+    /// Adam steps of the foreground warm start.
+    #[arg(long)]
+    pub warm_start_steps: Option<usize>,
+    /// What erased pixels become, for APGA, cutout, GradCAM and the frozen mask: black (raw
+    /// 0 in every normalisation, as the released script's [0, 1] images) or mean (the
+    /// ImageNet mean colour, what x * (1 - a) gives on normalised tensors).
+    #[arg(long, value_enum)]
+    pub erase_value: Option<EraseValue>,
+    /// Aiding images keeping less than this share of pixels (or more than 1 - it) are not
+    /// trained on nor used for test-time augmentation.
+    #[arg(long)]
+    pub guard: Option<f64>,
+    /// Also evaluate every N method steps (0: at epoch ends only), for every method alike.
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    /// Synthetic data: share of bone density the evidence removes (1 = black gaps).
+    #[arg(long)]
+    pub evidence_strength: Option<f32>,
+    /// Synthetic data: distractor bars outside the bone, with label-independent gaps.
+    #[arg(long)]
+    pub clutter: Option<usize>,
+    /// Synthetic data: probability that the marker's position follows the label in training
+    /// (0 = no marker; validation markers are random).
+    #[arg(long)]
+    pub shortcut: Option<f32>,
     /// synthetic | mura:PATH | folder:PATH | csv:FILE
     #[arg(long)]
     pub data: Option<String>,
@@ -87,7 +138,7 @@ pub struct TrainArgs {
     /// Replace a --classifier-weights head of another class count (e.g. ImageNet's 1000).
     #[arg(long)]
     pub replace_head: bool,
-    /// Initial segmenter weights (.safetensors, UNet11 keys).
+    /// Initial segmenter weights (.safetensors, UNet11 keys); the same as --policy-init FILE.
     #[arg(long)]
     pub segmenter_weights: Option<String>,
     /// Data-loading threads.
@@ -154,6 +205,25 @@ impl TrainArgs {
             lr_classifier
         );
         set!(
+            action,
+            action_cell,
+            regularizer,
+            coverage_weight,
+            reward,
+            policy_init,
+            warm_start_steps
+        );
+        set!(erase_value, guard, eval_every);
+        if let Some(v) = self.evidence_strength {
+            cfg.synthetic_style.evidence_strength = v;
+        }
+        if let Some(v) = self.clutter {
+            cfg.synthetic_style.clutter = v;
+        }
+        if let Some(v) = self.shortcut {
+            cfg.synthetic_style.shortcut = v;
+        }
+        set!(
             lr_policy,
             lambda_zeros,
             baseline_decay,
@@ -180,168 +250,6 @@ impl TrainArgs {
         }
         Ok(cfg)
     }
-}
-
-#[derive(clap::Args, Debug)]
-pub struct CompareArgs {
-    /// Comma-separated methods.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "baseline,cutout,gradcam,apga"
-    )]
-    pub methods: Vec<Method>,
-    /// Number of seeds (seed, seed + 1, ...).
-    #[arg(long, default_value_t = 5)]
-    pub seeds: u64,
-    /// Every training option (the method and out directory are set per run).
-    #[command(flatten)]
-    pub train: TrainArgs,
-}
-
-/// One run of a comparison.
-struct Row {
-    method: Method,
-    seed: u64,
-    accuracy: f64,
-    tta: Option<f64>,
-    iou: Option<f64>,
-}
-
-/// (mean, standard deviation)
-type MeanStd = (f64, f64);
-
-/// Mean and sample standard deviation.
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n.max(1.0);
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (m, var.sqrt())
-}
-
-pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
-    if args.methods.is_empty() || args.seeds == 0 {
-        return Err(Error::shape(
-            "compare",
-            "needs at least one method and one seed",
-        ));
-    }
-    let base = args.train.resolve()?;
-    apga::install_interrupt_handler();
-    let dir = args.train.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!(
-            "{}-compare",
-            chrono::Local::now().format("%Y%m%d-%H%M%S")
-        ))
-    });
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-        path: dir.clone(),
-        source,
-    })?;
-    let mut rows: Vec<Row> = Vec::new();
-    for &method in &args.methods {
-        for i in 0..args.seeds {
-            let seed = base.seed + i;
-            let cfg = TrainConfig {
-                method,
-                seed,
-                ..base.clone()
-            };
-            let opts = RunOptions {
-                out: Some(dir.join(format!("{}-seed{seed}", method.name()))),
-                quiet: args.train.quiet,
-                device: device.map(str::to_string),
-                pretrained_cache: args.train.pretrained_cache.clone(),
-                stop_after_steps: None,
-            };
-            let s = apga::train(cfg, &opts)?;
-            println!(
-                "{} seed {seed}: accuracy {:.3}",
-                method.name(),
-                s.best.accuracy
-            );
-            rows.push(Row {
-                method,
-                seed,
-                accuracy: s.best.accuracy,
-                tta: s.best.tta_accuracy,
-                iou: s.best.mask_iou,
-            });
-        }
-    }
-    let mut per_seed = String::from("method,seed,accuracy,tta_accuracy,mask_iou\n");
-    let opt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
-    for r in &rows {
-        per_seed += &format!(
-            "{},{},{:.6},{},{}\n",
-            r.method.name(),
-            r.seed,
-            r.accuracy,
-            opt(r.tta),
-            opt(r.iou)
-        );
-    }
-    let stats: Vec<(Method, MeanStd, Option<MeanStd>, Option<MeanStd>)> = args
-        .methods
-        .iter()
-        .map(|&m| {
-            let of = |f: &dyn Fn(&Row) -> Option<f64>| {
-                let v: Vec<f64> = rows
-                    .iter()
-                    .filter(|r| r.method == m)
-                    .filter_map(f)
-                    .collect();
-                (!v.is_empty()).then(|| mean_std(&v))
-            };
-            (
-                m,
-                of(&|r| Some(r.accuracy)).unwrap_or((0.0, 0.0)),
-                of(&|r| r.tta),
-                of(&|r| r.iou),
-            )
-        })
-        .collect();
-    let best = stats.iter().map(|s| s.1 .0).fold(f64::MIN, f64::max);
-    let pm = |v: Option<MeanStd>| {
-        v.map(|(m, s)| format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s))
-            .unwrap_or_else(|| "-".into())
-    };
-    let mut md = format!(
-        "Validation accuracy (%) over {} seeds, mean ± std; best in bold.\n\n| method | accuracy | with TTA | mask IoU (%) |\n|---|---|---|---|\n",
-        args.seeds
-    );
-    let mut csv =
-        String::from("method,accuracy_mean,accuracy_std,tta_mean,tta_std,iou_mean,iou_std\n");
-    for (m, acc, tta, iou) in &stats {
-        let a = pm(Some(*acc));
-        let a = if acc.0 == best { format!("**{a}**") } else { a };
-        md += &format!("| {} | {a} | {} | {} |\n", m.name(), pm(*tta), pm(*iou));
-        let c = |v: Option<MeanStd>| {
-            v.map(|(m, s)| format!("{m:.6},{s:.6}"))
-                .unwrap_or_else(|| ",".into())
-        };
-        csv += &format!(
-            "{},{:.6},{:.6},{},{}\n",
-            m.name(),
-            acc.0,
-            acc.1,
-            c(*tta),
-            c(*iou)
-        );
-    }
-    for (name, text) in [
-        ("compare.md", &md),
-        ("compare.csv", &csv),
-        ("per_seed.csv", &per_seed),
-    ] {
-        crate::autotune::write_atomic(&dir.join(name), text.as_bytes())?;
-    }
-    println!("\n{md}\n(written to {})", dir.display());
-    Ok(())
 }
 
 pub fn run(device: Option<&str>, args: &TrainArgs) -> Result<()> {

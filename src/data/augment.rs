@@ -5,22 +5,26 @@ use rand::{rngs::StdRng, Rng};
 /// Cutout variants (see `../shared/design/apga.md`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Cutout {
-    /// The authors' released code: random erasing with probability 1: area fraction
-    /// U(0, 1) of the image, aspect ratio U(0.3, 1/0.3), position uniform, resampled until the
-    /// rectangle fits (up to 100 tries, as torchvision's RandomErasing).
+    /// The authors' released code (the `get_random_eraser` of Yu's cutout-random-erasing,
+    /// probability 1): area s ~ U(0, 1) of the image, aspect ratio r ~ U(0.3, 1/0.3),
+    /// w = floor(sqrt(s / r)), h = floor(sqrt(s r)) of the image side, top-left corner uniform
+    /// over the whole image, all redrawn until the rectangle fits. Drawing the corner before
+    /// the fit test favours small rectangles: about 15 % of the image is erased on average.
     RandomErasing,
     /// DeVries & Taylor (2017): a square of side `side`, centre uniform over the image,
     /// clipped at the borders.
     Square { side: usize },
 }
 
-/// Zeroes one rectangle per image, in every channel. Returns the rectangles (y0, x0, h, w).
+/// Erases one rectangle per image to `fill` (per channel: the erased value after
+/// normalisation, black by default). Returns the rectangles (y0, x0, h, w).
 pub fn cutout(
     images: &mut [f32],
     n: usize,
     channels: usize,
     size: usize,
     mode: Cutout,
+    fill: [f32; 3],
     rng: &mut StdRng,
 ) -> Vec<(usize, usize, usize, usize)> {
     let plane = size * size;
@@ -29,15 +33,17 @@ pub fn cutout(
         let rect = match mode {
             Cutout::RandomErasing => {
                 let area = plane as f64;
+                // The released loop has no bound; it ends within a few tries (a zero-area
+                // rectangle always fits), so the bound only guards against a broken generator.
                 let mut found = (0, 0, 0, 0);
-                for _ in 0..100 {
+                for _ in 0..10_000 {
                     let target = rng.random_range(0.0..1.0) * area;
                     let ratio: f64 = rng.random_range(0.3..1.0 / 0.3);
-                    let h = (target * ratio).sqrt().round() as usize;
-                    let w = (target / ratio).sqrt().round() as usize;
-                    if h > 0 && w > 0 && h < size && w < size {
-                        let y0 = rng.random_range(0..=size - h);
-                        let x0 = rng.random_range(0..=size - w);
+                    let w = (target / ratio).sqrt() as usize;
+                    let h = (target * ratio).sqrt() as usize;
+                    let x0 = rng.random_range(0..size);
+                    let y0 = rng.random_range(0..size);
+                    if x0 + w <= size && y0 + h <= size {
                         found = (y0, x0, h, w);
                         break;
                     }
@@ -59,7 +65,7 @@ pub fn cutout(
         for c in 0..channels {
             let base = (i * channels + c) * plane;
             for y in y0..y0 + h {
-                images[base + y * size + x0..base + y * size + x0 + w].fill(0.0);
+                images[base + y * size + x0..base + y * size + x0 + w].fill(fill[c.min(2)]);
             }
         }
         rects.push(rect);

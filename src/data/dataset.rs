@@ -112,6 +112,7 @@ pub struct DataOptions {
     pub synthetic_classes: usize,
     pub synthetic_train: usize,
     pub synthetic_val: usize,
+    pub synthetic_style: crate::data::synthetic::Style,
 }
 
 impl Default for DataOptions {
@@ -126,6 +127,7 @@ impl Default for DataOptions {
             synthetic_classes: 2,
             synthetic_train: 400,
             synthetic_val: 100,
+            synthetic_style: Default::default(),
         }
     }
 }
@@ -259,6 +261,7 @@ impl Dataset {
             train: opts.synthetic_train,
             val: opts.synthetic_val,
             seed: opts.seed,
+            style: opts.synthetic_style,
         };
         if cfg.classes < 2 || cfg.size < 16 {
             return Err(Error::shape(
@@ -286,10 +289,21 @@ impl Dataset {
             });
         }
         Ok(Dataset {
-            description: format!(
-                "synthetic ({} classes, {}x{}, seed {})",
-                cfg.classes, cfg.size, cfg.size, cfg.seed
-            ),
+            description: {
+                let st = cfg.style;
+                let style = if st == Default::default() {
+                    String::new()
+                } else {
+                    format!(
+                        ", evidence strength {}, clutter {}, shortcut {}",
+                        st.evidence_strength, st.clutter, st.shortcut
+                    )
+                };
+                format!(
+                    "synthetic ({} classes, {}x{}, seed {}{style})",
+                    cfg.classes, cfg.size, cfg.size, cfg.seed
+                )
+            },
             classes,
             train: split("train", cfg.train),
             val: split("val", cfg.val),

@@ -22,6 +22,10 @@ pub struct Batch {
     pub images: Vec<f32>,
     pub labels: Vec<usize>,
     pub rois: Option<Vec<f32>>,
+    /// Synthetic data: where the class evidence is, [n, s, s] (see `SyntheticImage`).
+    pub evidence: Option<Vec<f32>>,
+    /// Synthetic data: where the shortcut marker is, [n, s, s].
+    pub shortcut: Option<Vec<f32>>,
     /// Positions of the samples in the split.
     pub indices: Vec<usize>,
     /// Unreadable images left out of this batch (with `skip_bad_images`).
@@ -68,12 +72,19 @@ impl Default for LoaderConfig {
     }
 }
 
-/// Preprocessed values of one sample: ([3, s, s], optional ROI [s, s]).
+/// Ground-truth masks of a synthetic sample, each [s, s].
+pub struct Truth {
+    pub roi: Vec<f32>,
+    pub evidence: Vec<f32>,
+    pub shortcut: Vec<f32>,
+}
+
+/// Preprocessed values of one sample: ([3, s, s], the ground truth of synthetic data).
 pub fn load_sample(
     sample: &Sample,
     pre: &Preprocess,
     synthetic: Option<&SyntheticConfig>,
-) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+) -> Result<(Vec<f32>, Option<Truth>)> {
     match &sample.source {
         Source::File(p) => Ok((pre.load(p)?, None)),
         Source::Synthetic { split, index } => {
@@ -96,7 +107,14 @@ pub fn load_sample(
                     };
                 }
             }
-            Ok((out, Some(img.roi)))
+            Ok((
+                out,
+                Some(Truth {
+                    roi: img.roi,
+                    evidence: img.evidence,
+                    shortcut: img.shortcut,
+                }),
+            ))
         }
     }
 }
@@ -182,15 +200,25 @@ fn build(
         images: Vec::with_capacity(idx.len() * 3 * pre.size * pre.size),
         labels: Vec::new(),
         rois: None,
+        evidence: None,
+        shortcut: None,
         indices: Vec::new(),
         skipped: 0,
     };
     for &i in idx {
         match load_sample(&samples[i], pre, synthetic) {
-            Ok((img, roi)) => {
+            Ok((img, truth)) => {
                 batch.images.extend(img);
-                if let Some(r) = roi {
-                    batch.rois.get_or_insert_with(Vec::new).extend(r);
+                if let Some(t) = truth {
+                    batch.rois.get_or_insert_with(Vec::new).extend(t.roi);
+                    batch
+                        .evidence
+                        .get_or_insert_with(Vec::new)
+                        .extend(t.evidence);
+                    batch
+                        .shortcut
+                        .get_or_insert_with(Vec::new)
+                        .extend(t.shortcut);
                 }
                 batch.labels.push(samples[i].label);
                 batch.indices.push(i);

@@ -21,7 +21,10 @@ pub use elementwise::{
 };
 pub use fused::bn_relu_conv2d;
 pub use layout::{concat, narrow, pad_axis, write_slice};
-pub use loss::{binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy};
+pub use loss::{
+    bce_elementwise, binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy,
+    cross_entropy_rows,
+};
 pub use matmul::{linear, matmul, matmul_t, matmul_with, MatmulVariant};
 pub use norm::{batch_norm2d, BatchNormConfig};
 pub use pool::{avg_pool2d, global_avg_pool2d, max_pool2d};

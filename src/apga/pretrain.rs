@@ -1,0 +1,259 @@
+//! What every method starts from: the baseline classifier trained to convergence on the
+//! original images, and the policy's label-free foreground warm start; both cached in the
+//! pretrained folder and reused by every method of a comparison.
+
+use std::path::Path;
+
+use crate::apga::eval::Metrics;
+use crate::apga::run_dir::{check_finite, io, Log};
+use crate::apga::trainer::{adam, Ctx};
+use crate::apga::{classifier_config, step, TrainConfig};
+use crate::data::foreground::foreground_targets;
+use crate::error::Result;
+use crate::models::{unet, DenseNet, UNet11};
+use crate::nn::state::{self, LoadOptions};
+use crate::nn::Module;
+use crate::tensor::Tensor;
+use crate::{ops, Tape};
+
+/// A key identifying the converged baseline of a configuration (same data, classifier,
+/// optimiser and seed give the same classifier).
+pub(crate) fn pretrain_key(cfg: &TrainConfig) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let fields = format!(
+        "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}",
+        cfg.data,
+        cfg.body_part,
+        cfg.k_shot,
+        cfg.val_fraction,
+        cfg.classes,
+        cfg.train_size,
+        cfg.val_size,
+        cfg.image_size,
+        cfg.normalize,
+        cfg.batch_size,
+        cfg.classifier_arch,
+        cfg.lr_classifier,
+        cfg.pretrain_epochs,
+        cfg.patience,
+        cfg.classifier_weights,
+    );
+    fields.hash(&mut h);
+    // Synthetic data's style changes the images (absent from the key before styles existed).
+    if cfg.data == "synthetic" && cfg.synthetic_style != Default::default() {
+        format!("{:?}", cfg.synthetic_style).hash(&mut h);
+    }
+    cfg.seed.hash(&mut h);
+    format!(
+        "{}-seed{}-{:016x}",
+        cfg.classifier_arch,
+        cfg.seed,
+        h.finish()
+    )
+}
+
+/// A key identifying the foreground warm start of a configuration's policy.
+fn policy_key(cfg: &TrainConfig) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!(
+        "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{}|{}|{:?}|foreground-v1",
+        cfg.data,
+        cfg.body_part,
+        cfg.k_shot,
+        cfg.val_fraction,
+        cfg.classes,
+        cfg.train_size,
+        cfg.val_size,
+        cfg.image_size,
+        cfg.normalize,
+        cfg.batch_size,
+        cfg.warm_start_steps,
+        cfg.synthetic_style,
+    )
+    .hash(&mut h);
+    cfg.seed.hash(&mut h);
+    format!(
+        "unet11-{}f-seed{}-{:016x}",
+        cfg.policy_filters,
+        cfg.seed,
+        h.finish()
+    )
+}
+
+/// The policy a run starts from (`--policy-init`): PyTorch's initialisation (`random`), a
+/// UNet11 state dict (a file; `--segmenter-weights` is the same), or `foreground`: UNet11
+/// trained label-free for `warm_start_steps` Adam steps (lr 1e-3) to output the Otsu
+/// foreground of each training image with soft targets 0.1 / 0.9 (`data::foreground`), in
+/// place of the paper's Carvana-pretrained TernausNet; cached like the converged classifier.
+pub(crate) fn starting_policy(ctx: &Ctx, log: &mut Log, cache: &Path) -> Result<UNet11> {
+    let cfg = &ctx.cfg;
+    let policy = UNet11::new(&ctx.gpu, cfg.policy_filters, cfg.seed.wrapping_add(1))?;
+    let aliases = LoadOptions {
+        aliases: unet::encoder_aliases(),
+        ..Default::default()
+    };
+    let init = cfg
+        .segmenter_weights
+        .clone()
+        .unwrap_or_else(|| cfg.policy_init.clone());
+    match init.as_str() {
+        "random" => return Ok(policy),
+        "foreground" => {}
+        file => {
+            let r = state::load(&policy, Path::new(file), &aliases)?;
+            ctx.say(format!("policy weights from {file} ({} tensors)", r.loaded));
+            return Ok(policy);
+        }
+    }
+    let path = cache.join(format!("{}.safetensors", policy_key(cfg)));
+    if path.is_file() {
+        state::load(&policy, &path, &aliases)?;
+        ctx.say(format!(
+            "foreground warm start of the policy loaded from {}",
+            path.display()
+        ));
+        return Ok(policy);
+    }
+    let mut opt = adam(&policy.parameters(), 1e-3)?;
+    let bar = ctx.progress(cfg.warm_start_steps, "policy warm start".into());
+    let (mut done, mut epoch, mut last) = (0, 0u64, 0.0);
+    let s = cfg.image_size;
+    while done < cfg.warm_start_steps {
+        for batch in ctx.loader(2_000_000 + epoch) {
+            if done >= cfg.warm_start_steps {
+                break;
+            }
+            let batch = batch?;
+            if batch.is_empty() {
+                continue;
+            }
+            let x = ctx.batch_tensor(&batch)?;
+            let n = batch.len();
+            let t = foreground_targets(&batch.images, n, s, cfg.normalize, 0.1, 0.9);
+            let t = Tensor::from_slice(&ctx.gpu, &t, &[n, 1, s, s])?;
+            let tape = Tape::new();
+            let loss = ops::binary_cross_entropy_with_logits(&policy.forward(&x)?, &t)?;
+            let grads = tape.backward(&loss)?;
+            opt.step(&grads)?;
+            done += 1;
+            if done % 25 == 0 || done == cfg.warm_start_steps {
+                last = loss.item()? as f64;
+                check_finite("policy warm-start loss", last)?;
+                bar.set_message(format!("loss {last:.4}"));
+            }
+            bar.inc(1);
+        }
+        epoch += 1;
+    }
+    bar.finish_and_clear();
+    log.write(serde_json::json!({"phase": "policy_warm_start", "steps": done, "loss": last}))?;
+    let tmp = cache.join(format!("{}.partial.safetensors", policy_key(cfg)));
+    let dup: Vec<(String, String)> = unet::encoder_aliases()
+        .into_iter()
+        .map(|(a, b)| (b, a))
+        .collect();
+    state::save(&policy, &tmp, &dup)?;
+    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    ctx.say(format!(
+        "policy warm start: {done} steps on the training images' Otsu foreground, loss {last:.4} (saved {})",
+        path.display()
+    ));
+    Ok(policy)
+}
+
+/// Trains the baseline classifier to convergence (early stopping on validation accuracy), or
+/// loads it from the cache.
+pub(crate) fn pretrained_classifier(
+    ctx: &Ctx,
+    log: &mut Log,
+    cache: &Path,
+) -> Result<(DenseNet, Metrics)> {
+    let cfg = &ctx.cfg;
+    let clf = DenseNet::new(
+        &ctx.gpu,
+        classifier_config(&cfg.classifier_arch, ctx.ds.classes.len())?,
+        cfg.seed,
+    )?;
+    let path = cache.join(format!("{}.safetensors", pretrain_key(cfg)));
+    if path.is_file() {
+        state::load(&clf, &path, &LoadOptions::default())?;
+        let m = ctx.eval(&clf, None)?;
+        ctx.say(format!(
+            "converged baseline classifier loaded from {} (val accuracy {:.3})",
+            path.display(),
+            m.accuracy
+        ));
+        return Ok((clf, m));
+    }
+    if let Some(w) = &cfg.classifier_weights {
+        let opts = LoadOptions {
+            replace_head: cfg.replace_head.then(|| "classifier.".to_string()),
+            ..Default::default()
+        };
+        let r = state::load(&clf, Path::new(w), &opts)?;
+        ctx.say(format!(
+            "initial classifier weights from {w} ({} tensors, head replaced: {})",
+            r.loaded,
+            !r.replaced.is_empty()
+        ));
+    }
+    let mut opt = adam(&clf.parameters(), cfg.lr_classifier)?;
+    let mut best: Option<(f64, usize)> = None;
+    let tmp = cache.join(format!("{}.partial.safetensors", pretrain_key(cfg)));
+    let mut since_best = 0;
+    for epoch in 0..cfg.pretrain_epochs {
+        let loader = ctx.loader(1_000_000 + epoch as u64);
+        let bar = ctx.progress(loader.len(), format!("pretrain {}", epoch + 1));
+        let mut sum = 0.0;
+        let mut n = 0;
+        for batch in loader {
+            let batch = batch?;
+            if batch.is_empty() {
+                continue;
+            }
+            let x = ctx.batch_tensor(&batch)?;
+            let loss = step::classifier_step(&clf, &mut opt, &x, &batch.labels)?.item()? as f64;
+            check_finite("pretraining loss", loss)?;
+            sum += loss;
+            n += 1;
+            bar.set_message(format!("loss {loss:.4}"));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let m = ctx.eval(&clf, None)?;
+        log.write(serde_json::json!({"phase": "pretrain", "epoch": epoch + 1, "train_loss": sum / n.max(1) as f64, "val": m}))?;
+        ctx.say(format!(
+            "pretrain epoch {:>3}: train loss {:.4}  val accuracy {:.3}",
+            epoch + 1,
+            sum / n.max(1) as f64,
+            m.accuracy
+        ));
+        if best.is_none_or(|(a, _)| m.accuracy > a) {
+            best = Some((m.accuracy, epoch));
+            state::save(&clf, &tmp, &[])?;
+            since_best = 0;
+        } else {
+            since_best += 1;
+            if since_best >= cfg.patience {
+                ctx.say(format!(
+                    "early stop: no improvement for {} epochs",
+                    cfg.patience
+                ));
+                break;
+            }
+        }
+    }
+    if tmp.is_file() {
+        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        state::load(&clf, &path, &LoadOptions::default())?;
+    }
+    let m = ctx.eval(&clf, None)?;
+    ctx.say(format!(
+        "converged baseline classifier: val accuracy {:.3} (saved {})",
+        m.accuracy,
+        path.display()
+    ));
+    Ok((clf, m))
+}

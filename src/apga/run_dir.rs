@@ -1,0 +1,115 @@
+//! The run directory's files: the JSON-lines log, the step scalars read back for it, the
+//! Figure-2 style mask overlays, and the finite-value check that stops a diverging run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::apga::policy::policy_probs;
+use crate::apga::trainer::Ctx;
+use crate::data::{Loader, LoaderConfig, Preprocess};
+use crate::error::{Error, Result};
+use crate::models::UNet11;
+use crate::tensor::Tensor;
+
+/// JSON-lines log of a run.
+pub(crate) struct Log {
+    pub(crate) file: std::fs::File,
+    pub(crate) path: PathBuf,
+}
+
+impl Log {
+    pub(crate) fn write(&mut self, value: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{value}").map_err(|source| Error::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}
+
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+/// Reads the named GPU scalars of a step back in one transfer.
+pub(crate) fn read_scalars(values: &[(&'static str, Tensor)]) -> Result<Vec<(&'static str, f64)>> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    let flat: Vec<Tensor> = values
+        .iter()
+        .map(|(_, t)| crate::ops::reshape(t, &[1]))
+        .collect::<Result<_>>()?;
+    let refs: Vec<&Tensor> = flat.iter().collect();
+    let all = crate::ops::concat(&refs, 0)?.to_vec()?;
+    Ok(values
+        .iter()
+        .zip(all)
+        .map(|((n, _), v)| (*n, v as f64))
+        .collect())
+}
+
+pub(crate) fn check_finite(what: &str, v: f64) -> Result<()> {
+    if v.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::Incomplete(format!(
+            "{what} became {v}: training stopped; the last good checkpoint is intact (try a lower learning rate)"
+        )))
+    }
+}
+
+/// Writes Figure-2 style overlays (kept region tinted) of the first validation images.
+pub(crate) fn save_masks(ctx: &Ctx, policy: &UNet11, dir: &Path, tag: &str) -> Result<()> {
+    let n = ctx.cfg.mask_samples.min(ctx.ds.val.len());
+    if n == 0 {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let cfg = LoaderConfig {
+        batch_size: n,
+        shuffle: false,
+        workers: 1,
+        ..Default::default()
+    };
+    let samples = Arc::new(ctx.ds.val[..n].to_vec());
+    let pre_raw = Preprocess {
+        normalize: crate::data::Normalize::None,
+        ..ctx.pre
+    };
+    let raw = Loader::new(samples.clone(), ctx.ds.synthetic, pre_raw, cfg)
+        .next()
+        .transpose()?;
+    let net_in = Loader::new(samples, ctx.ds.synthetic, ctx.pre, cfg)
+        .next()
+        .transpose()?;
+    let (Some(raw), Some(net_in)) = (raw, net_in) else {
+        return Ok(());
+    };
+    let s = ctx.cfg.image_size;
+    let x = ctx.batch_tensor(&net_in)?;
+    let p = crate::no_grad(|| policy_probs(policy, &x))?.to_vec()?;
+    let plane = s * s;
+    for j in 0..raw.len() {
+        let img = &raw.images[j * 3 * plane..(j + 1) * 3 * plane];
+        let overlay = image::RgbImage::from_fn(s as u32, s as u32, |x, y| {
+            let i = y as usize * s + x as usize;
+            let kept = p[j * plane + i] > 0.5;
+            let c = |ch: usize, tint: f32| {
+                let v = img[ch * plane + i];
+                let v = if kept { 0.6 * v + 0.4 * tint } else { v };
+                (v.clamp(0.0, 1.0) * 255.0).round() as u8
+            };
+            image::Rgb([c(0, 0.0), c(1, 1.0), c(2, 0.0)])
+        });
+        let path = dir.join(format!("{tag}_val{j}.png"));
+        overlay.save(&path).map_err(|e| Error::Format {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! `apga-gpu compare`: every method with every seed (sharing the converged baseline and the
+//! policy's warm start of a seed), then the table: mean ± std over seeds per method, and the
+//! per-seed paired difference against the baseline (same seed, same starting classifier).
+//! Seeds run in the outer loop and the tables are rewritten after every run, so a stopped
+//! comparison leaves the seeds it finished.
+
+use std::path::{Path, PathBuf};
+
+use crate::apga::{self, Method, RunOptions, Summary, TrainConfig};
+use crate::cli::train::TrainArgs;
+use crate::error::{Error, Result};
+
+#[derive(clap::Args, Debug)]
+pub struct CompareArgs {
+    /// Comma-separated methods.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "baseline,cutout,gradcam,frozen-mask,apga"
+    )]
+    pub methods: Vec<Method>,
+    /// Number of seeds (seed, seed + 1, ...).
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// Every training option (the method and out directory are set per run).
+    #[command(flatten)]
+    pub train: TrainArgs,
+}
+
+/// One run of a comparison: its best evaluation (plain accuracy, the same rule for all).
+struct Row {
+    method: Method,
+    seed: u64,
+    values: [Option<f64>; 6],
+}
+
+/// Columns of the table: (header, CSV name).
+const COLUMNS: [(&str, &str); 6] = [
+    ("accuracy", "accuracy"),
+    ("with TTA", "tta_accuracy"),
+    ("mask IoU", "mask_iou"),
+    ("mask keeps", "mask_kept_fraction"),
+    ("evidence kept", "evidence_kept"),
+    ("marker kept", "shortcut_kept"),
+];
+
+impl Row {
+    fn of(method: Method, seed: u64, s: &Summary) -> Row {
+        let b = &s.best;
+        Row {
+            method,
+            seed,
+            values: [
+                Some(b.accuracy),
+                b.tta_accuracy,
+                b.mask_iou,
+                b.mask_kept_fraction,
+                b.evidence_kept,
+                b.shortcut_kept,
+            ],
+        }
+    }
+}
+
+/// Mean and sample standard deviation.
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n.max(1.0);
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+fn pm((m, s): (f64, f64)) -> String {
+    format!("{:.1} ± {:.1}", 100.0 * m, 100.0 * s)
+}
+
+/// compare.md, compare.csv and per_seed.csv of the rows so far.
+fn write_tables(dir: &Path, methods: &[Method], rows: &[Row]) -> Result<String> {
+    let seeds: Vec<u64> = {
+        let mut v: Vec<u64> = rows.iter().map(|r| r.seed).collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let stat = |m: Method, c: usize| -> Option<(f64, f64)> {
+        let v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.method == m)
+            .filter_map(|r| r.values[c])
+            .collect();
+        (!v.is_empty()).then(|| mean_std(&v))
+    };
+    // Paired differences of accuracy against the baseline of the same seed.
+    let paired = |m: Method| -> Vec<(u64, f64)> {
+        seeds
+            .iter()
+            .filter_map(|&s| {
+                let get = |mm: Method| {
+                    rows.iter()
+                        .find(|r| r.method == mm && r.seed == s)
+                        .and_then(|r| r.values[0])
+                };
+                Some((s, get(m)? - get(Method::Baseline)?))
+            })
+            .collect()
+    };
+    let best = methods
+        .iter()
+        .filter_map(|&m| stat(m, 0))
+        .map(|s| s.0)
+        .fold(f64::MIN, f64::max);
+    let mut md = format!(
+        "Validation accuracy and masks (%) over seeds {seeds:?}, mean ± std (sample); each run's best evaluation by plain accuracy; best accuracy in bold. Δ = paired difference against the baseline of the same seed.\n\n| method | runs |"
+    );
+    for (h, _) in COLUMNS {
+        md += &format!(" {h} |");
+    }
+    md += " Δ accuracy vs baseline | Δ per seed |\n|---|---|";
+    md += &"---|".repeat(COLUMNS.len() + 2);
+    md += "\n";
+    let mut csv = String::from("method,runs");
+    for (_, c) in COLUMNS {
+        csv += &format!(",{c}_mean,{c}_std");
+    }
+    csv += ",delta_accuracy_mean,delta_accuracy_std\n";
+    for &m in methods {
+        let runs = rows.iter().filter(|r| r.method == m).count();
+        if runs == 0 {
+            continue;
+        }
+        md += &format!("| {} | {runs} |", m.name());
+        csv += &format!("{},{runs}", m.name());
+        for c in 0..COLUMNS.len() {
+            let cell = stat(m, c).map(pm).unwrap_or_else(|| "-".into());
+            let cell = match stat(m, c) {
+                Some(s) if c == 0 && s.0 == best => format!("**{cell}**"),
+                _ => cell,
+            };
+            md += &format!(" {cell} |");
+            csv += &stat(m, c)
+                .map(|(a, b)| format!(",{a:.6},{b:.6}"))
+                .unwrap_or_else(|| ",,".into());
+        }
+        let d = paired(m);
+        if m == Method::Baseline || d.is_empty() {
+            md += " - | - |\n";
+            csv += ",,\n";
+        } else {
+            let v: Vec<f64> = d.iter().map(|x| x.1).collect();
+            let (a, b) = mean_std(&v);
+            let per: Vec<String> = d
+                .iter()
+                .map(|(s, x)| format!("{s}: {:+.1}", 100.0 * x))
+                .collect();
+            md += &format!(
+                " {:+.1} ± {:.1} ({} of {} seeds > 0) | {} |\n",
+                100.0 * a,
+                100.0 * b,
+                v.iter().filter(|x| **x > 0.0).count(),
+                v.len(),
+                per.join(", ")
+            );
+            csv += &format!(",{a:.6},{b:.6}\n");
+        }
+    }
+    let mut per_seed = String::from("method,seed");
+    for (_, c) in COLUMNS {
+        per_seed += &format!(",{c}");
+    }
+    per_seed += "\n";
+    for r in rows {
+        per_seed += &format!("{},{}", r.method.name(), r.seed);
+        for v in r.values {
+            per_seed += &v.map(|x| format!(",{x:.6}")).unwrap_or_else(|| ",".into());
+        }
+        per_seed += "\n";
+    }
+    for (name, text) in [
+        ("compare.md", &md),
+        ("compare.csv", &csv),
+        ("per_seed.csv", &per_seed),
+    ] {
+        crate::autotune::write_atomic(&dir.join(name), text.as_bytes())?;
+    }
+    Ok(md)
+}
+
+pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
+    if args.methods.is_empty() || args.seeds == 0 {
+        return Err(Error::shape(
+            "compare",
+            "needs at least one method and one seed",
+        ));
+    }
+    let base = args.train.resolve()?;
+    apga::install_interrupt_handler();
+    let dir = args.train.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "{}-compare",
+            chrono::Local::now().format("%Y%m%d-%H%M%S")
+        ))
+    });
+    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut md = String::new();
+    for i in 0..args.seeds {
+        let seed = base.seed + i;
+        for &method in &args.methods {
+            let cfg = TrainConfig {
+                method,
+                seed,
+                ..base.clone()
+            };
+            let opts = RunOptions {
+                out: Some(dir.join(format!("{}-seed{seed}", method.name()))),
+                quiet: args.train.quiet,
+                device: device.map(str::to_string),
+                pretrained_cache: args.train.pretrained_cache.clone(),
+                stop_after_steps: None,
+            };
+            let s = apga::train(cfg, &opts)?;
+            println!(
+                "{} seed {seed}: accuracy {:.3} (converged baseline {:.3})",
+                method.name(),
+                s.best.accuracy,
+                s.pretrained.accuracy
+            );
+            rows.push(Row::of(method, seed, &s));
+            md = write_tables(&dir, &args.methods, &rows)?;
+        }
+    }
+    println!("\n{md}\n(written to {})", dir.display());
+    Ok(())
+}
