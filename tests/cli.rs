@@ -274,7 +274,7 @@ fn data_opens_all_four_sources_and_exports_samples() {
 fn train_runs_end_to_end_from_the_command_line_with_a_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tiny.toml");
-    std::fs::write(&cfg, "image_size = 32\ntrain_size = 16\nval_size = 8\nbatch_size = 8\npolicy_filters = 2\nepochs = 1\n").unwrap();
+    std::fs::write(&cfg, "image_size = 32\ntrain_size = 16\nval_size = 8\nbatch_size = 8\npolicy_filters = 2\nepochs = 1\nwarm_start_steps = 20\n").unwrap();
     let out = dir.path().join("run");
     let cache = dir.path().join("cache");
     let (ok, stdout, err) = apga(&[
@@ -337,6 +337,8 @@ fn compare_writes_tables_and_eval_reads_a_run() {
         "1",
         "--pretrain-epochs",
         "1",
+        "--warm-start-steps",
+        "20",
         "--quiet",
     ];
     let mut args = vec![
@@ -361,7 +363,7 @@ fn compare_writes_tables_and_eval_reads_a_run() {
     assert_eq!(per_seed.lines().count(), 5, "{per_seed}");
     let csv = std::fs::read_to_string(out.join("compare.csv")).unwrap();
     assert!(
-        csv.starts_with("method,accuracy_mean,accuracy_std"),
+        csv.starts_with("method,runs,accuracy_mean,accuracy_std"),
         "{csv}"
     );
     // eval on one of the runs reproduces its recorded best accuracy.

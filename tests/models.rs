@@ -668,3 +668,33 @@ fn unet11_in_image_groups_matches_the_whole_batch() {
         }
     }
 }
+
+/// Opt-in: a TernausNet checkpoint as the paper's released script loads it (`{"model":
+/// state_dict}` with `module.` prefixes), converted by `weights/convert_ternausnet.py`, loads
+/// into UNet11 and reproduces PyTorch's logits. Make the files with
+/// `python3 weights/convert_ternausnet.py --self-test --keep DIR`, then
+/// `APGA_TERNAUSNET_SELFTEST=DIR cargo test --release --test models -- --ignored ternausnet`.
+#[test]
+#[ignore = "needs APGA_TERNAUSNET_SELFTEST=DIR from weights/convert_ternausnet.py --self-test --keep DIR"]
+fn converted_ternausnet_checkpoint_loads_and_matches_pytorch() {
+    let dir = std::env::var("APGA_TERNAUSNET_SELFTEST")
+        .expect("set APGA_TERNAUSNET_SELFTEST to the --keep folder of the converter's self-test");
+    let dir = Path::new(&dir);
+    let net = UNet11::new(&gpu(), 32, 0).unwrap();
+    let opts = LoadOptions {
+        aliases: unet::encoder_aliases(),
+        ..Default::default()
+    };
+    let r = state::load(&net, &dir.join("TernausNet_selftest.safetensors"), &opts).unwrap();
+    assert!(r.loaded >= 40, "{} tensors", r.loaded);
+    let f = state::read(&dir.join("TernausNet_selftest_io.safetensors")).unwrap();
+    let got = net.forward(&t(&f["x"])).unwrap().to_vec().unwrap();
+    let want = &f["out"].values;
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let err = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-4 * scale.max(1.0), "max |diff| {err} (scale {scale})");
+}

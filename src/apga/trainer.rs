@@ -229,12 +229,7 @@ pub(crate) fn train_inner(
             ),
         ));
     }
-    if !(0.0..0.5).contains(&cfg.guard) {
-        return Err(Error::shape(
-            "train",
-            format!("--guard {} must be in [0, 0.5)", cfg.guard),
-        ));
-    }
+    cfg.validate()?;
     let ds = Dataset::open(&spec, &data_options(&cfg))?;
     let run_dir = match &opts.out {
         Some(d) => d.clone(),

@@ -1,7 +1,9 @@
 //! Layer 9: the `apga-gpu` command line.
 
+mod bench;
 mod compare;
 mod data;
+mod eval;
 mod infer;
 mod train;
 
@@ -50,7 +52,7 @@ pub enum Command {
     Compare(Box<compare::CompareArgs>),
     /// Time the APGA step and each of its phases (classifier step, policy forward, adversarial
     /// forward, policy step, aiding step): step time, images/s and peak GPU memory.
-    Bench(train::BenchArgs),
+    Bench(bench::BenchArgs),
     /// Open a dataset, print its classes and counts per split, optionally export samples
     /// (with their ROI masks for synthetic data) as PNG files.
     Data(DataCommand),
@@ -217,9 +219,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Masks(args) => infer::masks(cli.device.as_deref(), &args),
         Command::Data(args) => data::run(&args),
         Command::Train(args) => train::run(cli.device.as_deref(), &args),
-        Command::Eval(args) => train::eval(cli.device.as_deref(), &args),
+        Command::Eval(args) => eval::eval(cli.device.as_deref(), &args),
         Command::Compare(args) => compare::compare(cli.device.as_deref(), &args),
-        Command::Bench(args) => train::bench(cli.device.as_deref(), &args),
+        Command::Bench(args) => bench::bench(cli.device.as_deref(), &args),
     }
 }
 
