@@ -696,5 +696,8 @@ fn converted_ternausnet_checkpoint_loads_and_matches_pytorch() {
         .iter()
         .zip(want)
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err <= 1e-4 * scale.max(1.0), "max |diff| {err} (scale {scale})");
+    assert!(
+        err <= 1e-4 * scale.max(1.0),
+        "max |diff| {err} (scale {scale})"
+    );
 }

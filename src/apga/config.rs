@@ -267,7 +267,10 @@ impl TrainConfig {
         rate("--lr-classifier", self.lr_classifier)?;
         rate("--lr-policy", self.lr_policy)?;
         if !(self.lambda_zeros.is_finite() && self.lambda_zeros >= 0.0) {
-            return bad("--lambda-zeros", format!("{} must be finite and >= 0", self.lambda_zeros));
+            return bad(
+                "--lambda-zeros",
+                format!("{} must be finite and >= 0", self.lambda_zeros),
+            );
         }
         if !(self.coverage_weight.is_finite() && self.coverage_weight >= 0.0) {
             return bad(
@@ -276,7 +279,10 @@ impl TrainConfig {
             );
         }
         if !(0.0..1.0).contains(&self.baseline_decay) {
-            return bad("--baseline-decay", format!("{} must be in [0, 1)", self.baseline_decay));
+            return bad(
+                "--baseline-decay",
+                format!("{} must be in [0, 1)", self.baseline_decay),
+            );
         }
         if !(0.0..0.5).contains(&self.guard) {
             return bad("--guard", format!("{} must be in [0, 0.5)", self.guard));
@@ -284,18 +290,27 @@ impl TrainConfig {
         if self.action_cell == 0 || self.action_cell > self.image_size {
             return bad(
                 "--action-cell",
-                format!("{} must be between 1 and the image size {}", self.action_cell, self.image_size),
+                format!(
+                    "{} must be between 1 and the image size {}",
+                    self.action_cell, self.image_size
+                ),
             );
         }
         let st = self.synthetic_style;
         if !(0.0..=1.0).contains(&st.evidence_strength) {
-            return bad("--evidence-strength", format!("{} must be in [0, 1]", st.evidence_strength));
+            return bad(
+                "--evidence-strength",
+                format!("{} must be in [0, 1]", st.evidence_strength),
+            );
         }
         if !(0.0..=1.0).contains(&st.shortcut) {
             return bad("--shortcut", format!("{} must be in [0, 1]", st.shortcut));
         }
         if st.clutter > 64 {
-            return bad("--clutter", format!("{} distractors: at most 64", st.clutter));
+            return bad(
+                "--clutter",
+                format!("{} distractors: at most 64", st.clutter),
+            );
         }
         Ok(())
     }

@@ -88,6 +88,15 @@ pub fn cohen_kappa(truth: &[usize], pred: &[usize], k: usize) -> f64 {
     }
 }
 
+/// How an evaluation reads and masks its images.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalOptions {
+    pub pre: Preprocess,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub masking: Masking,
+}
+
 /// Evaluates the classifier (eval mode) on a split, with the policy's test-time augmentation
 /// and mask quality when a policy is given.
 pub fn evaluate(
@@ -95,11 +104,14 @@ pub fn evaluate(
     policy: Option<&UNet11>,
     ds: &Dataset,
     split: &[Sample],
-    pre: Preprocess,
-    workers: usize,
-    batch_size: usize,
-    masking: Masking,
+    opts: EvalOptions,
 ) -> Result<Metrics> {
+    let EvalOptions {
+        pre,
+        workers,
+        batch_size,
+        masking,
+    } = opts;
     let k = ds.classes.len();
     let cfg = LoaderConfig {
         batch_size,

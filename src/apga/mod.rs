@@ -29,7 +29,7 @@ use crate::gpu::Gpu;
 use crate::models::{unet, DenseNet, DenseNetConfig, UNet11};
 use crate::nn::state::{self, LoadOptions};
 pub use config::{Action, EraseValue, Method, PgVariant, Preset, Regularizer, Reward, TrainConfig};
-pub use eval::{evaluate, Metrics};
+pub use eval::{evaluate, EvalOptions, Metrics};
 
 /// The classifier a configuration names.
 pub fn classifier_config(arch: &str, classes: usize) -> Result<DenseNetConfig> {
@@ -177,9 +177,11 @@ pub fn evaluate_run(
         policy.as_ref(),
         &ds,
         &ds.val,
-        pre,
-        cfg.workers,
-        cfg.batch_size,
-        step::Masking::of(&cfg),
+        EvalOptions {
+            pre,
+            workers: cfg.workers,
+            batch_size: cfg.batch_size,
+            masking: step::Masking::of(&cfg),
+        },
     )
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use rand::SeedableRng;
 
-use crate::apga::eval::{evaluate, Metrics};
+use crate::apga::eval::{evaluate, EvalOptions, Metrics};
 use crate::apga::pretrain::{pretrained_classifier, starting_policy};
 use crate::apga::resume::{restore_adam, save_train_state, TrainState};
 use crate::apga::run_dir::{check_finite, io, read_scalars, save_masks, Log};
@@ -66,10 +66,12 @@ impl Ctx {
             policy,
             &self.ds,
             &self.ds.val,
-            self.pre,
-            self.cfg.workers,
-            self.cfg.batch_size,
-            Masking::of(&self.cfg),
+            EvalOptions {
+                pre: self.pre,
+                workers: self.cfg.workers,
+                batch_size: self.cfg.batch_size,
+                masking: Masking::of(&self.cfg),
+            },
         )
     }
 
@@ -390,7 +392,8 @@ pub(crate) fn train_inner(
     };
     for epoch in start_epoch..=cfg.epochs {
         let loader = ctx.loader(epoch as u64);
-        let bar = ctx.progress(loader.len(), format!("{} {epoch}", cfg.method.name()));
+        let n_batches = loader.len();
+        let bar = ctx.progress(n_batches, format!("{} {epoch}", cfg.method.name()));
         let skip_now = if epoch == start_epoch { skip } else { 0 };
         bar.inc(skip_now as u64);
         let mut batches_done = skip_now;
@@ -450,10 +453,7 @@ pub(crate) fn train_inner(
                 )));
             }
             // Mid-epoch evaluations (the released script's every-100-iterations schedule).
-            if cfg.eval_every > 0
-                && steps % cfg.eval_every == 0
-                && batches_done < bar.length().unwrap_or(0) as usize
-            {
+            if cfg.eval_every > 0 && steps % cfg.eval_every == 0 && batches_done < n_batches {
                 let m = ctx.eval(&nets.clf, nets.policy.as_ref())?;
                 log.write(
                     serde_json::json!({"phase": "eval", "epoch": epoch, "step": steps, "val": m}),
