@@ -552,13 +552,22 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         };
         let (a, b) = (lines("full"), lines("cut"));
         assert_eq!(a.len(), b.len(), "{method:?}: same steps logged");
-        // Tolerance: 1e-6 relative on every logged loss (the GPU work is identical, so in
-        // practice the values are bit-identical).
+        // Tolerance: 1e-6 relative on every logged loss and mask share (alone, the GPU work
+        // is identical and the values bit-identical; beside other tests autotuning the same
+        // shapes, a kernel variant can change between the two runs, 1e-7 apart). The
+        // normalised advantages and the policy loss divide differences of nearly equal
+        // per-image losses, which amplifies that to ~1e-5: 1e-4 for them. The sampled
+        // actions must still agree (erased_fraction at 1e-6).
         for (x, y) in a.iter().zip(&b) {
             for (k, v) in x.as_object().unwrap() {
                 if let (Some(p), Some(q)) = (v.as_f64(), y[k].as_f64()) {
+                    let tol = if k.starts_with("advantage") || k == "l_pg" {
+                        1e-4
+                    } else {
+                        1e-6
+                    };
                     assert!(
-                        (p - q).abs() <= 1e-6 * p.abs().max(1.0),
+                        (p - q).abs() <= tol * p.abs().max(1.0),
                         "{method:?} step {}: {k} {p} vs {q}",
                         x["step"]
                     );
