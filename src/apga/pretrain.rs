@@ -16,13 +16,11 @@ use crate::nn::Module;
 use crate::tensor::Tensor;
 use crate::{ops, Tape};
 
-/// A key identifying the converged baseline of a configuration (same data, classifier,
-/// optimiser and seed give the same classifier).
-pub(crate) fn pretrain_key(cfg: &TrainConfig) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let fields = format!(
-        "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}",
+/// The fields every cached network depends on: the data, its split and preprocessing, the
+/// batch size.
+fn data_fields(cfg: &TrainConfig) -> String {
+    format!(
+        "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{}",
         cfg.data,
         cfg.body_part,
         cfg.k_shot,
@@ -33,52 +31,53 @@ pub(crate) fn pretrain_key(cfg: &TrainConfig) -> String {
         cfg.image_size,
         cfg.normalize,
         cfg.batch_size,
+    )
+}
+
+/// `name-seedS-HASH` with HASH over `fields` (and the seed).
+fn cache_key(name: &str, fields: &str, seed: u64, extra: Option<String>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    fields.hash(&mut h);
+    if let Some(e) = extra {
+        e.hash(&mut h);
+    }
+    seed.hash(&mut h);
+    format!("{name}-seed{seed}-{:016x}", h.finish())
+}
+
+/// A key identifying the converged baseline of a configuration (same data, classifier,
+/// optimiser and seed give the same classifier).
+pub(crate) fn pretrain_key(cfg: &TrainConfig) -> String {
+    let fields = format!(
+        "{}|{}|{}|{}|{}|{:?}",
+        data_fields(cfg),
         cfg.classifier_arch,
         cfg.lr_classifier,
         cfg.pretrain_epochs,
         cfg.patience,
         cfg.classifier_weights,
     );
-    fields.hash(&mut h);
-    // Synthetic data's style changes the images (absent from the key before styles existed).
-    if cfg.data == "synthetic" && cfg.synthetic_style != Default::default() {
-        format!("{:?}", cfg.synthetic_style).hash(&mut h);
-    }
-    cfg.seed.hash(&mut h);
-    format!(
-        "{}-seed{}-{:016x}",
-        cfg.classifier_arch,
-        cfg.seed,
-        h.finish()
-    )
+    // Synthetic data's style changes the images (absent from the key before styles existed,
+    // so the classic style keeps its old keys).
+    let style = (cfg.data == "synthetic" && cfg.synthetic_style != Default::default())
+        .then(|| format!("{:?}", cfg.synthetic_style));
+    cache_key(&cfg.classifier_arch, &fields, cfg.seed, style)
 }
 
 /// A key identifying the foreground warm start of a configuration's policy.
 fn policy_key(cfg: &TrainConfig) -> String {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    format!(
-        "{}|{}|{:?}|{}|{}|{}|{}|{}|{:?}|{}|{}|{:?}|foreground-v1",
-        cfg.data,
-        cfg.body_part,
-        cfg.k_shot,
-        cfg.val_fraction,
-        cfg.classes,
-        cfg.train_size,
-        cfg.val_size,
-        cfg.image_size,
-        cfg.normalize,
-        cfg.batch_size,
+    let fields = format!(
+        "{}|{}|{:?}|foreground-v1",
+        data_fields(cfg),
         cfg.warm_start_steps,
         cfg.synthetic_style,
-    )
-    .hash(&mut h);
-    cfg.seed.hash(&mut h);
-    format!(
-        "unet11-{}f-seed{}-{:016x}",
-        cfg.policy_filters,
+    );
+    cache_key(
+        &format!("unet11-{}f", cfg.policy_filters),
+        &fields,
         cfg.seed,
-        h.finish()
+        None,
     )
 }
 
