@@ -354,6 +354,33 @@ fn one_apga_step_updates_both_networks_and_the_reward_forward_leaves_running_sta
 }
 
 #[test]
+fn the_released_preset_sets_everything_the_script_used() {
+    use apga_gpu::data::Normalize;
+    let r = TrainConfig::preset(Preset::Released);
+    assert_eq!(r.pg_variant, PgVariant::ReleasedCode);
+    assert_eq!((r.lr_classifier, r.lr_policy), (1e-5, 1e-5));
+    assert_eq!(r.normalize, Normalize::None);
+    assert_eq!(r.eval_every, 100);
+    assert_eq!((r.image_size, r.batch_size), (224, 25));
+    // The released variant fixes its own action, regulariser and reward credit.
+    assert_eq!(
+        r.pg_choices(),
+        (Action::Threshold, Regularizer::AbsAdv, apga::Reward::Batch)
+    );
+    let p = TrainConfig::preset(Preset::Paper);
+    assert_eq!(p.pg_variant, PgVariant::Paper);
+    assert_eq!(
+        p.pg_choices(),
+        (
+            Action::Threshold,
+            Regularizer::Constant,
+            apga::Reward::Batch
+        )
+    );
+    assert_eq!((p.lr_classifier, p.normalize), (1e-4, Normalize::Imagenet));
+}
+
+#[test]
 fn the_foreground_warm_start_target_finds_the_bone() {
     use apga_gpu::data::foreground::otsu_foreground;
     use apga_gpu::data::synthetic::{generate, Style, SyntheticConfig};
@@ -489,6 +516,14 @@ fn every_method_trains_end_to_end_and_leaves_a_complete_run() {
             log.lines().any(|l| l.contains("\"phase\":\"eval\"")),
             "{method:?}: eval lines"
         );
+        if matches!(method, Method::EndToEnd | Method::FrozenMask | Method::Apga) {
+            // The aiding step on the thresholded mask ran (the released script's end-to-end
+            // takes one too), through the guard.
+            assert!(
+                log.contains("\"guarded\""),
+                "{method:?}: aiding step logged"
+            );
+        }
         if method == Method::Apga {
             assert!(out.join("plots/reward.png").is_file());
             for key in [
