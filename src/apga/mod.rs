@@ -7,6 +7,13 @@
 //! evaluation), checkpoints (latest and best, safetensors, written atomically), `masks/`
 //! (Figure-2 style overlays of fixed validation images at each evaluation), `plots/` (loss,
 //! reward and accuracy curves), `train_state.*` (for `--resume`) and `summary.json`.
+//!
+//! Where things live: `config.rs` (the resolved configuration, presets, the variants' enums),
+//! `policy.rs` (the policy-gradient pieces: action, advantages, Eq. 7 and its variants, erasing,
+//! the guard), `step.rs` (one step of each method), `pretrain.rs` (the converged classifier and
+//! the policy's foreground warm start, cached), `trainer.rs` (the loop: setup, per-method step,
+//! evaluation schedule, checkpoints), `resume.rs`, `run_dir.rs` (log, overlays), `eval.rs`
+//! (metrics), `plots.rs`, `bench.rs` (`apga-gpu bench`).
 
 pub mod bench;
 pub mod config;
