@@ -20,11 +20,16 @@ fn unary_check(
 ) {
     for (s, shape) in SHAPES.iter().enumerate() {
         let mut r = rng(s as u64);
-        let x = if signed {
+        let mut x = if signed {
             away_from_zero(&mut r, numel(shape), lo, hi)
         } else {
             uniform(&mut r, numel(shape), lo, hi)
         };
+        // A configuration whose true gradient is not all zero (ReLU of only negative inputs
+        // would let a zero gradient pass).
+        if signed && x.iter().all(|v| *v < 0.0) {
+            x[0] = -x[0];
+        }
         GradCheck::default().run(
             &format!("{name} {shape:?}"),
             &[(x, shape.to_vec())],
@@ -38,6 +43,19 @@ fn unary_check(
 fn grad_relu() {
     // Kept at least 0.05 away from the kink so that x +- eps stays on one side.
     unary_check("relu", ops::relu, 0.05, 2.0, true);
+}
+
+#[test]
+fn grad_unary_relu() {
+    // The generic element-wise ReLU (`ops::unary(UnaryOp::Relu, ..)`, its own backward rule),
+    // beside `ops::relu`, which saves a bit mask instead.
+    unary_check(
+        "unary relu",
+        |x| ops::unary(ops::UnaryOp::Relu, x),
+        0.05,
+        2.0,
+        true,
+    );
 }
 
 #[test]

@@ -167,6 +167,11 @@ pub struct GradCheck {
     pub rtol: f32,
     /// At most this many coordinates per input are perturbed (a seeded random subset beyond).
     pub max_coords: usize,
+    /// Per input, over the checked coordinates: ||tape - finite difference|| / ||finite
+    /// difference|| must stay below this. Unlike the per-element test's absolute floor, it
+    /// scales with the gradient, so a zero (or wrong-sign, or wrongly scaled) gradient fails
+    /// however small the true one is.
+    pub norm_rtol: f64,
 }
 
 impl Default for GradCheck {
@@ -176,6 +181,7 @@ impl Default for GradCheck {
             atol: 2e-3,
             rtol: 1e-2,
             max_coords: 40,
+            norm_rtol: 5e-2,
         }
     }
 }
@@ -246,6 +252,7 @@ impl GradCheck {
                     .map(|_| cr.random_range(0..vals.len()))
                     .collect();
             }
+            let (mut diff2, mut num2) = (0f64, 0f64);
             for &j in &coords {
                 let mut plus = inputs.to_vec();
                 plus[i].0[j] += self.eps;
@@ -253,6 +260,8 @@ impl GradCheck {
                 minus[i].0[j] -= self.eps;
                 let numeric = ((loss_of(&plus) - loss_of(&minus)) / (2.0 * self.eps as f64)) as f32;
                 let a = analytic[j];
+                diff2 += (a as f64 - numeric as f64).powi(2);
+                num2 += (numeric as f64).powi(2);
                 let ok =
                     approx::relative_eq!(a, numeric, epsilon = self.atol, max_relative = self.rtol);
                 assert!(
@@ -262,6 +271,19 @@ impl GradCheck {
                 );
                 checked += 1;
             }
+            assert!(
+                num2 > 0.0,
+                "{name}: input {i}: every finite difference is 0 (pick a configuration whose \
+                 gradient is not zero)"
+            );
+            let rel = (diff2 / num2).sqrt();
+            assert!(
+                rel <= self.norm_rtol,
+                "{name}: input {i} (shape {shape:?}): ||tape - finite difference|| / ||finite \
+                 difference|| = {rel:.3e} > {:.1e} (|fd| = {:.3e})",
+                self.norm_rtol,
+                num2.sqrt()
+            );
         }
         println!("gradcheck ok: {name} ({checked} coordinates)");
     }
