@@ -253,9 +253,10 @@ impl Drop for Nesting {
 /// Wall time after which `choose` stops measuring further candidates for one shape class.
 const TUNING_BUDGET: Duration = Duration::from_secs(2);
 
-/// Picks among `candidates` (name, value) for the op and shape class `key`: the cached choice
-/// if there is one, the `default` index when autotuning is off, else the fastest by
-/// measurement of `run` on the caller's real operands.
+/// Picks among `candidates` (name, value) for the op and shape class `key`: a forced variant
+/// (`APGA_KERNELS`) if it names a candidate, the `default` index when autotuning is off, the
+/// cached choice if there is one, else the fastest by measurement of `run` on the caller's
+/// real operands.
 pub fn choose<V: Copy>(
     gpu: &Gpu,
     key: &str,
@@ -278,13 +279,15 @@ pub fn choose<V: Copy>(
                 return Ok(*v);
             }
         }
+        // Autotuning off means the defaults, not choices measured earlier and cached on disk
+        // (which would make a run depend on what ran before it on this machine).
+        if !tuner.enabled() || candidates.len() == 1 {
+            return Ok(candidates[default].1);
+        }
         if let Some(name) = tuner.get(key) {
             if let Some((_, v)) = candidates.iter().find(|(n, _)| *n == name) {
                 return Ok(*v);
             }
-        }
-        if !tuner.enabled() || candidates.len() == 1 {
-            return Ok(candidates[default].1);
         }
     }
     let started = Instant::now();

@@ -277,12 +277,22 @@ fn saved_state_dicts_have_pytorchs_keys_and_load_back() {
         by_key(&back, "dec2.block.1.weight").to_vec().unwrap(),
         by_key(&un, "dec2.block.1.weight").to_vec().unwrap()
     );
-    // Wrapper prefixes are stripped.
+    // Wrapper prefixes are stripped, and the values arrive: every tensor of a fresh network
+    // loaded from the `module.`-prefixed PyTorch state dict equals the file's.
     let prefixed: BTreeMap<String, state::Entry> = theirs
         .iter()
         .map(|(k, v)| (format!("module.{k}"), v.clone()))
         .collect();
-    state::load_entries(&back, &prefixed, &opts).unwrap();
+    let fresh = UNet11::new(&gpu(), 2, 5).unwrap();
+    state::load_entries(&fresh, &prefixed, &opts).unwrap();
+    for n in fresh.named() {
+        assert_eq!(
+            n.tensor.to_vec().unwrap(),
+            theirs[&n.key].values,
+            "{} after loading a module.-prefixed state dict",
+            n.key
+        );
+    }
 }
 
 #[test]

@@ -274,6 +274,7 @@ fn adam_matches_torch_optim_adam() {
             adam.step(&grads).unwrap();
             let got = w.to_vec().unwrap();
             let want = f.values(&format!("w{step}"));
+            assert_eq!(got.len(), want.len(), "{name} step {step}: element count");
             for (i, (a, b)) in got.iter().zip(want).enumerate() {
                 let rel = ((a - b) / b.abs().max(1e-6)).abs();
                 assert!(

@@ -102,6 +102,9 @@ pub struct RunOptions {
     pub pretrained_cache: Option<PathBuf>,
     /// Behave as if Ctrl-C came after this many method steps (tests of `resume`).
     pub stop_after_steps: Option<usize>,
+    /// Use each op's default kernel variant instead of autotuning (bit-reproducible runs
+    /// whatever else measures kernels on the machine at the same time).
+    pub no_autotune: bool,
 }
 
 /// The dataset options a configuration names.

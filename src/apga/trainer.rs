@@ -208,10 +208,14 @@ pub(crate) fn train_inner(
     resumed: Option<TrainState>,
 ) -> Result<Summary> {
     let start = Instant::now();
-    let gpu = Gpu::new(crate::gpu::GpuOptions {
+    let mut gpu_options = crate::gpu::GpuOptions {
         device: opts.device.clone(),
         ..Default::default()
-    })?;
+    };
+    if opts.no_autotune {
+        gpu_options.autotune = false;
+    }
+    let gpu = Gpu::new(gpu_options)?;
     let spec: crate::data::DataSpec = cfg
         .data
         .parse()

@@ -224,6 +224,7 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
                 device: device.map(str::to_string),
                 pretrained_cache: args.train.pretrained_cache.clone(),
                 stop_after_steps: None,
+                no_autotune: false,
             };
             let s = apga::train(cfg, &opts)?;
             println!(

@@ -262,6 +262,7 @@ pub fn run(device: Option<&str>, args: &TrainArgs) -> Result<()> {
         device: device.map(str::to_string),
         pretrained_cache: args.pretrained_cache.clone(),
         stop_after_steps: None,
+        no_autotune: false,
     };
     let s = match &args.resume {
         Some(dir) => apga::resume(dir, &opts)?,
