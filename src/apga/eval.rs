@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::apga::policy::{aiding_mask, erase, guard_ok, kept_per_image};
+use crate::apga::policy::{aiding_mask, erase, guard_ok};
 use crate::apga::step::Masking;
 use crate::data::{Dataset, Loader, LoaderConfig, Preprocess, Sample};
 use crate::error::Result;
@@ -148,13 +148,17 @@ pub fn evaluate(
                 let keep = aiding_mask(p, &x)?;
                 let logits_aid = no_grad(|| clf.forward(&erase(&x, &keep, masking.fill)?, false))?;
                 let pa = softmax_rows(&logits_aid.to_vec()?, k);
-                guarded_flags = kept_per_image(&keep)?
-                    .iter()
-                    .map(|&f| !guard_ok(f, masking.guard))
+                // One policy forward per batch: the aiding mask 1[P > 0.5] is the kept mask,
+                // read back once for the guard and every mask metric.
+                let kv = keep.to_vec()?;
+                guarded_flags = kv
+                    .chunks(s * s)
+                    .map(|img| {
+                        let kept = img.iter().sum::<f32>() / img.len() as f32;
+                        !guard_ok(kept, masking.guard)
+                    })
                     .collect();
                 m.guarded += guarded_flags.iter().filter(|g| **g).count();
-                // One policy forward per batch: the aiding mask 1[P > 0.5] is the kept mask.
-                let kv = keep.to_vec()?;
                 kept_px += kv.iter().map(|v| *v as f64).sum::<f64>();
                 all_px += kv.len() as f64;
                 if let Some(rois) = &batch.rois {

@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::apga::run_dir::io;
 use crate::data::{DataOptions, Dataset, Preprocess};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
@@ -138,12 +137,7 @@ pub fn evaluate_run(
     latest: bool,
     device: Option<&str>,
 ) -> Result<Metrics> {
-    let cfg_path = run_dir.join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
-    let mut cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::Format {
-        path: cfg_path.clone(),
-        detail: e.to_string(),
-    })?;
+    let mut cfg = run_dir::read_config(run_dir)?;
     if let Some(d) = data {
         cfg.data = d.to_string();
     }

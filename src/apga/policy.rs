@@ -99,7 +99,7 @@ pub struct Taken {
 }
 
 /// Takes the action from P [n, 1, h, w]: the threshold 1[P >= 0.5], or a ~ Bernoulli(P_cell)
-/// per `cell` x `cell` cell of average-pooled P, drawn on the host with a generator seeded by
+/// per `cell` x `cell` cell of average-pooled P, with uniforms from a generator seeded by
 /// (seed, step).
 pub fn take_action(p: &Tensor, action: Action, cell: usize, seed: u64, step: u64) -> Result<Taken> {
     let [_, _, h, w] = p.dims4("action")?;
@@ -119,15 +119,14 @@ pub fn take_action(p: &Tensor, action: Action, cell: usize, seed: u64, step: u64
             } else {
                 ops::avg_pool2d(p, g, g, 0)?
             };
-            let values = pc.to_vec()?;
+            // a = 1[u < P_cell] with u uniform, drawn on the host and uploaded: no read-back
+            // of P in the middle of the step. (P - u > 0 has exactly the sign of P > u.)
             let mut rng = StdRng::seed_from_u64(
                 seed ^ 0x5eed_ac71 ^ step.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             );
-            let drawn: Vec<f32> = values
-                .iter()
-                .map(|&q| (rng.random::<f32>() < q) as u8 as f32)
-                .collect();
-            let a = Tensor::from_slice(p.gpu(), &drawn, pc.shape())?;
+            let u: Vec<f32> = (0..pc.numel()).map(|_| rng.random::<f32>()).collect();
+            let u = Tensor::from_slice(p.gpu(), &u, pc.shape())?;
+            let a = no_grad(|| ops::gt_scalar(&ops::sub(&pc.detach(), &u)?, 0.0))?;
             let erased = if g == 1 {
                 a.clone()
             } else {

@@ -7,8 +7,8 @@ use serde::Serialize;
 
 use crate::apga::eval::Metrics;
 use crate::apga::policy::PolicyState;
-use crate::apga::run_dir::io;
-use crate::apga::{trainer, RunOptions, Summary, TrainConfig};
+use crate::apga::run_dir::{io, read_config};
+use crate::apga::{trainer, RunOptions, Summary};
 use crate::error::{Error, Result};
 use crate::nn::state;
 use crate::optim::Adam;
@@ -119,12 +119,7 @@ pub(crate) fn restore_adam(
 /// Continues a run from its `train_state.json`, latest checkpoints and optimiser state, exactly
 /// where it stopped (same data order, same baseline b_t, same step counter).
 pub fn resume(run_dir: &Path, opts: &RunOptions) -> Result<Summary> {
-    let cfg_path = run_dir.join("config.toml");
-    let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
-    let cfg: TrainConfig = toml::from_str(&text).map_err(|e| Error::Format {
-        path: cfg_path.clone(),
-        detail: e.to_string(),
-    })?;
+    let cfg = read_config(run_dir)?;
     let st_path = run_dir.join("train_state.json");
     let st_text = std::fs::read_to_string(&st_path).map_err(io(&st_path))?;
     let st: TrainState = serde_json::from_str(&st_text).map_err(|e| Error::Format {

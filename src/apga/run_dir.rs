@@ -113,3 +113,13 @@ pub(crate) fn save_masks(ctx: &Ctx, policy: &UNet11, dir: &Path, tag: &str) -> R
     }
     Ok(())
 }
+
+/// The resolved configuration a run wrote to its `config.toml`.
+pub(crate) fn read_config(run_dir: &Path) -> Result<crate::apga::TrainConfig> {
+    let path = run_dir.join("config.toml");
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    toml::from_str(&text).map_err(|e| Error::Format {
+        path,
+        detail: e.to_string(),
+    })
+}

@@ -115,29 +115,27 @@ pub fn apga_step(
         )
     })?;
     // 4-5. Reward from the classifier in eval mode, no gradient into it. The paper and the
-    // released script take L_orig from the step (train mode, before it); the per-image
-    // reward scores both images the same way, after the step.
+    // released script take L_orig from the step (train mode, before it); the stable variant
+    // scores both images the same way, after the step. One read-back for both.
     let (l_adv, rewards) = no_grad(|| -> Result<(f32, Vec<f32>)> {
-        let adv_rows = eval_losses(clf, &x_adv, labels)?.to_vec()?;
-        let l_adv = adv_rows.iter().sum::<f32>() / adv_rows.len() as f32;
+        let n = labels.len();
+        let adv_rows = eval_losses(clf, &x_adv, labels)?;
+        let from_step = cfg.pg_variant != PgVariant::Stable;
+        let reference = if from_step {
+            ops::reshape(&l_orig_step, &[1])?
+        } else {
+            eval_losses(clf, x, labels)?
+        };
+        let both = ops::concat(&[&adv_rows, &reference], 0)?.to_vec()?;
+        let (adv_rows, orig) = both.split_at(n);
+        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
+        let l_adv = mean(adv_rows);
         Ok(match reward_kind {
-            Reward::Batch if cfg.pg_variant != PgVariant::Stable => {
-                let l_orig = l_orig_step.item()?;
-                (l_adv, vec![l_adv - l_orig])
-            }
-            kind => {
-                let orig_rows = eval_losses(clf, x, labels)?.to_vec()?;
-                let l_orig = orig_rows.iter().sum::<f32>() / orig_rows.len() as f32;
-                let r = match kind {
-                    Reward::Batch => vec![l_adv - l_orig],
-                    Reward::Image => adv_rows
-                        .iter()
-                        .zip(&orig_rows)
-                        .map(|(a, o)| a - o)
-                        .collect(),
-                };
-                (l_adv, r)
-            }
+            Reward::Image if !from_step => (
+                l_adv,
+                adv_rows.iter().zip(orig).map(|(a, o)| a - o).collect(),
+            ),
+            _ => (l_adv, vec![l_adv - mean(orig)]),
         })
     })?;
     let baseline = state.baseline;

@@ -182,19 +182,21 @@ fn describe(cfg: &TrainConfig, tag: &str, m: &Metrics, erased_in_training: Optio
         msg += &format!("  TTA {t:.3}");
     }
     if let Some(e) = erased_in_training {
-        msg += &format!("  erased {:.0}%", 100.0 * e);
+        msg += &format!("  action erases {:.0}%", 100.0 * e);
     }
+    // What the aiding mask 1[P > 0.5] keeps: its share of all pixels, then (synthetic data)
+    // of the class evidence and of the shortcut marker, and its IoU with the true ROI.
     if let Some(k) = m.mask_kept_fraction {
-        msg += &format!("  mask keeps {:.0}%", 100.0 * k);
+        msg += &format!("  mask keeps {:.0}% of pixels", 100.0 * k);
+        if let Some(e) = m.evidence_kept {
+            msg += &format!(", {:.0}% of evidence", 100.0 * e);
+        }
+        if let Some(e) = m.shortcut_kept {
+            msg += &format!(", {:.0}% of marker", 100.0 * e);
+        }
     }
     if let Some(iou) = m.mask_iou {
         msg += &format!("  IoU {iou:.3}");
-    }
-    if let Some(e) = m.evidence_kept {
-        msg += &format!("  evidence kept {:.0}%", 100.0 * e);
-    }
-    if let Some(e) = m.shortcut_kept {
-        msg += &format!("  marker kept {:.0}%", 100.0 * e);
     }
     if m.tta_accuracy.is_some() && m.guarded > 0 {
         msg += &format!("  guarded {}", m.guarded);

@@ -40,5 +40,17 @@ pub fn eval(device: Option<&str>, args: &crate::cli::EvalArgs) -> Result<()> {
     if let Some(v) = m.mask_kept_fraction {
         println!("mask keeps        {}", pct(v));
     }
+    if let Some(v) = m.evidence_kept {
+        println!("  of the evidence {}", pct(v));
+    }
+    if let Some(v) = m.shortcut_kept {
+        println!("  of the marker   {}", pct(v));
+    }
+    if m.tta_accuracy.is_some() {
+        println!(
+            "guarded images    {} (plain prediction used for TTA)",
+            m.guarded
+        );
+    }
     Ok(())
 }
