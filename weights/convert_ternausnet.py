@@ -100,6 +100,8 @@ def vgg11_features(e):
     return nn.Sequential(*layers)
 
 
+# TernausNet's UNet11, as in benches/apga_step_torch.py; repeated here because that twin
+# imports torchvision at the top, and this converter needs PyTorch alone.
 class UNet11(nn.Module):
     def __init__(self, num_filters=32):
         super().__init__()

@@ -100,6 +100,7 @@ pub fn apga_step(
 ) -> Result<StepValues> {
     let masking = Masking::of(cfg);
     let (action, _, reward_kind) = cfg.pg_choices();
+    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
     // 1. L_orig and a classifier step on the original images.
     let l_orig_step = classifier_step(clf, adam_c, x, labels)?;
     // 2-3. P and the action: the pixels the policy calls important are erased.
@@ -128,7 +129,6 @@ pub fn apga_step(
         };
         let both = ops::concat(&[&adv_rows, &reference], 0)?.to_vec()?;
         let (adv_rows, orig) = both.split_at(n);
-        let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
         let l_adv = mean(adv_rows);
         Ok(match reward_kind {
             Reward::Image if !from_step => (
@@ -157,7 +157,6 @@ pub fn apga_step(
     // 7. The aiding action of the updated policy, and a classifier step on it.
     let keep = aiding_mask(policy, x)?;
     let (l_aid, guarded) = aiding_step(clf, adam_c, x, &keep, labels, masking)?;
-    let mean = |v: &[f32]| v.iter().sum::<f32>() / v.len().max(1) as f32;
     let g = x.gpu();
     let mut out = vec![
         ("l_orig", l_orig_step),
