@@ -62,20 +62,7 @@ fn read_cache(path: &Path) -> Result<CacheFile> {
     Ok(file)
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so a crash never leaves a
-/// half-written file behind.
-pub fn write_atomic(path: &Path, text: &[u8]) -> Result<()> {
-    let io = |source| Error::Io {
-        path: path.into(),
-        source,
-    };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
-}
+pub use crate::fsio::write_atomic;
 
 impl Autotuner {
     /// Loads the choices cached for this adapter. A missing or unreadable cache starts empty
@@ -146,8 +133,12 @@ impl Autotuner {
     /// Remembers a choice and rewrites the cache file (merging other adapters' entries).
     pub fn insert(&mut self, key: &str, variant: &str) {
         self.choices.insert(key.to_string(), variant.to_string());
-        let Some(path) = &self.path else { return };
-        let mut file = match read_cache(path) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        // Processes measuring at the same time merge their choices one at a time.
+        let _lock = crate::fsio::Lock::acquire(&path.with_extension("lock"), || {});
+        let mut file = match read_cache(&path) {
             Ok(f) => f,
             Err(_) => CacheFile {
                 version: CACHE_VERSION,
@@ -161,9 +152,14 @@ impl Autotuner {
                 path: path.clone(),
                 detail: e.to_string(),
             })
-            .and_then(|text| write_atomic(path, &text));
+            .and_then(|text| write_atomic(&path, &text));
         if let Err(e) = write {
-            log::warn!("could not save the autotune cache: {e}");
+            // Said once: the choices stay in memory for this process.
+            log::warn!(
+                "could not save the autotune cache ({e}); kernel choices are kept for this \
+                 process only (set APGA_CACHE_DIR to a writable folder)"
+            );
+            self.path = None;
         }
     }
 }
@@ -254,7 +250,7 @@ impl Drop for Nesting {
 const TUNING_BUDGET: Duration = Duration::from_secs(2);
 
 /// Picks among `candidates` (name, value) for the op and shape class `key`: a forced variant
-/// (`APGA_KERNELS`) if it names a candidate, the `default` index when autotuning is off, the
+/// (`APGA_KERNELS`; an error if it names none of the candidates), the `default` index when autotuning is off, the
 /// cached choice if there is one, else the fastest by measurement of `run` on the caller's
 /// real operands.
 pub fn choose<V: Copy>(
@@ -275,9 +271,18 @@ pub fn choose<V: Copy>(
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(name) = tuner.forced(key) {
-            if let Some((_, v)) = candidates.iter().find(|(n, _)| *n == name) {
-                return Ok(*v);
-            }
+            return match candidates.iter().find(|(n, _)| *n == name) {
+                Some((_, v)) => Ok(*v),
+                None => Err(Error::Gpu(format!(
+                    "APGA_KERNELS forces {key} to {name:?}, which is not one of its variants \
+                     ({}); fix or unset APGA_KERNELS",
+                    candidates
+                        .iter()
+                        .map(|(n, _)| *n)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))),
+            };
         }
         // Autotuning off means the defaults, not choices measured earlier and cached on disk
         // (which would make a run depend on what ran before it on this machine).

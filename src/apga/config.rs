@@ -264,6 +264,39 @@ impl TrainConfig {
                 bad(flag, format!("{v} must be a finite number above 0"))
             }
         };
+        use crate::limits::{self as lim, check};
+        let counts = [
+            ("--image-size", self.image_size, lim::IMAGE_SIZE),
+            ("--batch-size", self.batch_size, lim::BATCH_SIZE),
+            ("--classes", self.classes, lim::CLASSES),
+            ("--train-size", self.train_size, lim::SPLIT_SIZE),
+            ("--val-size", self.val_size, lim::SPLIT_SIZE),
+            ("--policy-filters", self.policy_filters, lim::FILTERS),
+            ("--workers", self.workers, lim::WORKERS),
+            ("--epochs", self.epochs, lim::COUNT),
+            ("--pretrain-epochs", self.pretrain_epochs, lim::COUNT),
+            ("--patience", self.patience, lim::COUNT),
+            ("--warm-start-steps", self.warm_start_steps, lim::COUNT),
+            ("--eval-every", self.eval_every, lim::COUNT),
+            ("--mask-samples", self.mask_samples, (0, 256)),
+        ];
+        for (flag, v, range) in counts {
+            check(flag, v as u64, range).map_err(|e| crate::Error::shape(flag, e))?;
+        }
+        check("--seed", self.seed, lim::SEED).map_err(|e| crate::Error::shape("--seed", e))?;
+        if let Some(k) = self.k_shot {
+            check("--k-shot", k as u64, (1, lim::SPLIT_SIZE.1))
+                .map_err(|e| crate::Error::shape("--k-shot", e))?;
+        }
+        lim::check_image_size(self.image_size, self.method.has_policy())
+            .map_err(|e| crate::Error::shape("--image-size", e))?;
+        if !(self.val_fraction.is_finite() && self.val_fraction > 0.0 && self.val_fraction < 1.0)
+        {
+            return bad(
+                "--val-fraction",
+                format!("{} must be in (0, 1)", self.val_fraction),
+            );
+        }
         rate("--lr-classifier", self.lr_classifier)?;
         rate("--lr-policy", self.lr_policy)?;
         if !(self.lambda_zeros.is_finite() && self.lambda_zeros >= 0.0) {

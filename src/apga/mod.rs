@@ -4,9 +4,12 @@
 //! method of a comparison), then trains with the method, evaluating after every epoch.
 //!
 //! A run directory holds `config.toml`, `metrics.jsonl` (one line per step and per
-//! evaluation), checkpoints (latest and best, safetensors, written atomically), `masks/`
+//! evaluation), the best checkpoints (`classifier_best.safetensors`, `policy_best.safetensors`),
+//! the latest committed state (`checkpoints/epochE-batchB/`: networks and Adam moments, named
+//! by the manifest `train_state.json`, for `--resume` and `eval --latest`), `masks/`
 //! (Figure-2 style overlays of fixed validation images at each evaluation), `plots/` (loss,
-//! reward and accuracy curves), `train_state.*` (for `--resume`) and `summary.json`.
+//! reward and accuracy curves) and `summary.json`. One process writes a run directory at a
+//! time (`.lock`); a directory holding a run is only replaced with `--overwrite`.
 //!
 //! Where things live: `config.rs` (the resolved configuration, presets, the variants' enums),
 //! `policy.rs` (the policy-gradient pieces: action, advantages, Eq. 7 and its variants, erasing,
@@ -76,7 +79,7 @@ pub(crate) fn interrupted() -> bool {
 }
 
 /// What a finished run reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Summary {
     pub method: String,
     pub run_dir: PathBuf,
@@ -104,6 +107,8 @@ pub struct RunOptions {
     /// Use each op's default kernel variant instead of autotuning (bit-reproducible runs
     /// whatever else measures kernels on the machine at the same time).
     pub no_autotune: bool,
+    /// Replace the run already in `out` (its own files; anything else is left alone).
+    pub overwrite: bool,
 }
 
 /// The dataset options a configuration names.
@@ -129,6 +134,16 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
 
 pub use resume::resume;
 
+/// Reads a finished run's `summary.json`.
+pub fn read_summary(run_dir: &Path) -> Result<Summary> {
+    let path = run_dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).map_err(run_dir::io(&path))?;
+    serde_json::from_str(&text).map_err(|e| Error::Format {
+        path,
+        detail: format!("not a run summary ({e})"),
+    })
+}
+
 /// Evaluates a finished run's best (or latest) checkpoints on its validation split, or on
 /// another dataset given as `data`.
 pub fn evaluate_run(
@@ -150,24 +165,29 @@ pub fn evaluate_run(
         .parse()
         .map_err(|e: String| Error::shape("--data", e))?;
     let ds = Dataset::open(&spec, &data_options(&cfg))?;
-    let which = if latest { "latest" } else { "best" };
+    let [clf_file, policy_file] = if latest {
+        let st = resume::read_manifest(run_dir)?;
+        let [c, p, _] = resume::latest_files(run_dir, &st);
+        [c, p]
+    } else {
+        [
+            run_dir.join("classifier_best.safetensors"),
+            run_dir.join("policy_best.safetensors"),
+        ]
+    };
     let clf = DenseNet::new(
         &gpu,
         classifier_config(&cfg.classifier_arch, ds.classes.len())?,
         0,
     )?;
-    state::load(
-        &clf,
-        &run_dir.join(format!("classifier_{which}.safetensors")),
-        &LoadOptions::default(),
-    )?;
+    state::load(&clf, &clf_file, &LoadOptions::default())?;
     let policy = if cfg.method.has_policy() {
         let p = UNet11::new(&gpu, cfg.policy_filters, 0)?;
         let o = LoadOptions {
             aliases: unet::encoder_aliases(),
             ..Default::default()
         };
-        state::load(&p, &run_dir.join(format!("policy_{which}.safetensors")), &o)?;
+        state::load(&p, &policy_file, &o)?;
         Some(p)
     } else {
         None

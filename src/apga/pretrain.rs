@@ -47,8 +47,9 @@ fn cache_key(name: &str, fields: &str, seed: u64, extra: Option<String>) -> Stri
 }
 
 /// A key identifying the converged baseline of a configuration (same data, classifier,
-/// optimiser and seed give the same classifier).
-pub(crate) fn pretrain_key(cfg: &TrainConfig) -> String {
+/// optimiser and seed give the same classifier). `data` is the dataset's fingerprint for
+/// data read from files (their list, sizes and times), so changed images are trained anew.
+pub(crate) fn pretrain_key(cfg: &TrainConfig, data: Option<u64>) -> String {
     let fields = format!(
         "{}|{}|{}|{}|{}|{:?}",
         data_fields(cfg),
@@ -62,23 +63,63 @@ pub(crate) fn pretrain_key(cfg: &TrainConfig) -> String {
     // so the classic style keeps its old keys).
     let style = (cfg.data == "synthetic" && cfg.synthetic_style != Default::default())
         .then(|| format!("{:?}", cfg.synthetic_style));
-    cache_key(&cfg.classifier_arch, &fields, cfg.seed, style)
+    let extra = match (style, data) {
+        (s, None) => s,
+        (s, Some(d)) => Some(format!("{}|data {d:016x}", s.unwrap_or_default())),
+    };
+    cache_key(&cfg.classifier_arch, &fields, cfg.seed, extra)
 }
 
-/// A key identifying the foreground warm start of a configuration's policy.
-fn policy_key(cfg: &TrainConfig) -> String {
-    let fields = format!(
+/// A key identifying the foreground warm start of a configuration's policy (`data` as in
+/// `pretrain_key`).
+fn policy_key(cfg: &TrainConfig, data: Option<u64>) -> String {
+    let mut fields = format!(
         "{}|{}|{:?}|foreground-v1",
         data_fields(cfg),
         cfg.warm_start_steps,
         cfg.synthetic_style,
     );
+    if let Some(d) = data {
+        fields += &format!("|data {d:016x}");
+    }
     cache_key(
         &format!("unet11-{}f", cfg.policy_filters),
         &fields,
         cfg.seed,
         None,
     )
+}
+
+/// Makes this process the only one training the cache entry `key` (another run with the same
+/// key waits, then loads what it saved), and removes what a killed process left of it.
+fn lock_cache_entry(
+    ctx: &Ctx,
+    cache: &Path,
+    key: &str,
+    partial: &Path,
+    what: &str,
+) -> Result<crate::fsio::Lock> {
+    let lock = crate::fsio::Lock::acquire(&cache.join(format!("{key}.lock")), || {
+        ctx.say(format!(
+            "waiting for another process that is training the same {what} ({key})"
+        ))
+    })?;
+    crate::fsio::remove_stale_tmp(cache, key);
+    if partial.exists() {
+        std::fs::remove_file(partial).map_err(io(partial))?;
+    }
+    Ok(lock)
+}
+
+/// Ctrl-C during pretraining stops at once: nothing of the run exists yet to save.
+fn stop_if_interrupted(phase: &str) -> Result<()> {
+    if crate::apga::interrupted() {
+        return Err(crate::error::Error::Incomplete(format!(
+            "interrupted during {phase}: stopped before the method's first step, so there \
+             is nothing to resume; the cache keeps only what finished"
+        )));
+    }
+    Ok(())
 }
 
 /// The policy a run starts from (`--policy-init`): PyTorch's initialisation (`random`), a
@@ -106,7 +147,10 @@ pub(crate) fn starting_policy(ctx: &Ctx, log: &mut Log, cache: &Path) -> Result<
             return Ok(policy);
         }
     }
-    let path = cache.join(format!("{}.safetensors", policy_key(cfg)));
+    let key = policy_key(cfg, ctx.data_key);
+    let path = cache.join(format!("{key}.safetensors"));
+    let tmp = cache.join(format!("{key}.partial.safetensors"));
+    let _lock = lock_cache_entry(ctx, cache, &key, &tmp, "policy warm start")?;
     if path.is_file() {
         state::load(&policy, &path, &aliases)?;
         ctx.say(format!(
@@ -128,6 +172,7 @@ pub(crate) fn starting_policy(ctx: &Ctx, log: &mut Log, cache: &Path) -> Result<
             if batch.is_empty() {
                 continue;
             }
+            stop_if_interrupted("the policy's warm start")?;
             let x = ctx.batch_tensor(&batch)?;
             let n = batch.len();
             let t = foreground_targets(&batch.images, n, s, cfg.normalize, 0.1, 0.9);
@@ -148,7 +193,6 @@ pub(crate) fn starting_policy(ctx: &Ctx, log: &mut Log, cache: &Path) -> Result<
     }
     bar.finish_and_clear();
     log.write(serde_json::json!({"phase": "policy_warm_start", "steps": done, "loss": last}))?;
-    let tmp = cache.join(format!("{}.partial.safetensors", policy_key(cfg)));
     let dup: Vec<(String, String)> = unet::encoder_aliases()
         .into_iter()
         .map(|(a, b)| (b, a))
@@ -175,7 +219,10 @@ pub(crate) fn pretrained_classifier(
         classifier_config(&cfg.classifier_arch, ctx.ds.classes.len())?,
         cfg.seed,
     )?;
-    let path = cache.join(format!("{}.safetensors", pretrain_key(cfg)));
+    let key = pretrain_key(cfg, ctx.data_key);
+    let path = cache.join(format!("{key}.safetensors"));
+    let tmp = cache.join(format!("{key}.partial.safetensors"));
+    let _lock = lock_cache_entry(ctx, cache, &key, &tmp, "converged baseline")?;
     if path.is_file() {
         state::load(&clf, &path, &LoadOptions::default())?;
         let m = ctx.eval(&clf, None)?;
@@ -200,7 +247,6 @@ pub(crate) fn pretrained_classifier(
     }
     let mut opt = adam(&clf.parameters(), cfg.lr_classifier)?;
     let mut best: Option<(f64, usize)> = None;
-    let tmp = cache.join(format!("{}.partial.safetensors", pretrain_key(cfg)));
     let mut since_best = 0;
     for epoch in 0..cfg.pretrain_epochs {
         let loader = ctx.loader(1_000_000 + epoch as u64);
@@ -212,6 +258,7 @@ pub(crate) fn pretrained_classifier(
             if batch.is_empty() {
                 continue;
             }
+            stop_if_interrupted("pretraining")?;
             let x = ctx.batch_tensor(&batch)?;
             let loss = step::classifier_step(&clf, &mut opt, &x, &batch.labels)?.item()? as f64;
             check_finite("pretraining loss", loss)?;
@@ -244,15 +291,17 @@ pub(crate) fn pretrained_classifier(
             }
         }
     }
-    if tmp.is_file() {
+    let saved = if tmp.is_file() {
         std::fs::rename(&tmp, &path).map_err(io(&path))?;
         state::load(&clf, &path, &LoadOptions::default())?;
-    }
+        format!("saved {}", path.display())
+    } else {
+        "--pretrain-epochs 0: the initial weights, not cached".to_string()
+    };
     let m = ctx.eval(&clf, None)?;
     ctx.say(format!(
-        "converged baseline classifier: val accuracy {:.3} (saved {})",
+        "converged baseline classifier: val accuracy {:.3} ({saved})",
         m.accuracy,
-        path.display()
     ));
     Ok((clf, m))
 }

@@ -123,3 +123,104 @@ pub(crate) fn read_config(run_dir: &Path) -> Result<crate::apga::TrainConfig> {
         detail: e.to_string(),
     })
 }
+
+/// What a run writes into its directory: what `--overwrite` removes, and what makes a
+/// directory "hold a run".
+const RUN_ENTRIES: &[&str] = &[
+    "config.toml",
+    "metrics.jsonl",
+    "summary.json",
+    crate::apga::resume::MANIFEST,
+    crate::apga::resume::CHECKPOINTS,
+    "train_state.safetensors",
+    "classifier_best.safetensors",
+    "policy_best.safetensors",
+    "classifier_latest.safetensors",
+    "policy_latest.safetensors",
+    "masks",
+    "plots",
+];
+
+/// The lock file that makes one process a run directory's only writer.
+const LOCK: &str = ".lock";
+
+/// Takes the run directory's lock (creating the directory), or says who holds it.
+pub(crate) fn lock_run_dir(dir: &Path) -> Result<crate::fsio::Lock> {
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    crate::fsio::Lock::try_acquire(&dir.join(LOCK))?.ok_or_else(|| {
+        Error::Incomplete(format!(
+            "{}: another apga-gpu process is writing this run directory; wait for it to \
+             finish or choose another --out",
+            dir.display()
+        ))
+    })
+}
+
+/// Locks a directory for a new run. A directory that already holds a run is refused unless
+/// `overwrite` (then the run's own files are removed; anything else in it is left alone).
+pub(crate) fn prepare_new_run_dir(dir: &Path, overwrite: bool) -> Result<crate::fsio::Lock> {
+    let lock = lock_run_dir(dir)?;
+    let existing: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| RUN_ENTRIES.contains(&n.as_str()) || crate::fsio::is_tmp_name(n))
+        .collect();
+    if existing.is_empty() {
+        return Ok(lock);
+    }
+    if !overwrite {
+        let mut names = existing.clone();
+        names.sort();
+        return Err(Error::Incomplete(format!(
+            "{} already holds a run ({}): continue it with `train --resume {}`, choose \
+             another --out, or pass --overwrite to replace it",
+            dir.display(),
+            names.join(", "),
+            dir.display()
+        )));
+    }
+    for name in existing {
+        let p = dir.join(name);
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        r.map_err(io(&p))?;
+    }
+    Ok(lock)
+}
+
+/// Opens the log of a resumed run, cut back to the length it had at the commit being
+/// resumed (the steps after it are trained, and logged, again).
+pub(crate) fn reopen_log(path: &Path, committed_len: Option<u64>) -> Result<Log> {
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(io(path))?;
+    if let Some(len) = committed_len {
+        let now = file.metadata().map_err(io(path))?.len();
+        if now < len {
+            return Err(Error::Format {
+                path: path.into(),
+                detail: format!(
+                    "{now} bytes, shorter than the {len} the training state recorded: the \
+                     log was cut; the run cannot be resumed exactly"
+                ),
+            });
+        }
+        file.set_len(len).map_err(io(path))?;
+    }
+    Ok(Log {
+        file,
+        path: path.into(),
+    })
+}
+
+impl Log {
+    /// The log's length in bytes (every line is written straight to the file).
+    pub(crate) fn len(&self) -> Result<u64> {
+        Ok(self.file.metadata().map_err(io(&self.path))?.len())
+    }
+}

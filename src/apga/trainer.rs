@@ -12,8 +12,13 @@ use rand::SeedableRng;
 
 use crate::apga::eval::{evaluate, EvalOptions, Metrics};
 use crate::apga::pretrain::{pretrained_classifier, starting_policy};
-use crate::apga::resume::{restore_adam, save_train_state, TrainState};
-use crate::apga::run_dir::{check_finite, io, read_scalars, save_masks, Log};
+use crate::apga::resume::{
+    commit, latest_files, remove_uncommitted, restore_adam, Snapshot, TrainState,
+};
+use crate::apga::run_dir::{
+    check_finite, io, lock_run_dir, prepare_new_run_dir, read_scalars, reopen_log, save_masks,
+    Log,
+};
 use crate::apga::step::{self, Masking, PolicyState, StepValues};
 use crate::apga::{classifier_config, data_options, interrupted, plots, pretrain};
 use crate::apga::{Method, RunOptions, Summary, TrainConfig};
@@ -34,6 +39,8 @@ pub(crate) struct Ctx {
     pub(crate) ds: Dataset,
     pub(crate) pre: Preprocess,
     pub(crate) quiet: bool,
+    /// The data's fingerprint for data read from files (None: synthetic), in cache keys.
+    pub(crate) data_key: Option<u64>,
 }
 
 impl Ctx {
@@ -204,12 +211,33 @@ fn describe(cfg: &TrainConfig, tag: &str, m: &Metrics, erased_in_training: Optio
     msg
 }
 
+/// The weight files a configuration names exist and are complete safetensors files (read
+/// before pretraining, which can take hours, rather than after it).
+fn check_input_files(cfg: &TrainConfig) -> Result<()> {
+    let policy_file = cfg
+        .segmenter_weights
+        .clone()
+        .or_else(|| (!matches!(cfg.policy_init.as_str(), "random" | "foreground")).then(|| cfg.policy_init.clone()))
+        .filter(|_| cfg.method.has_policy());
+    for f in cfg.classifier_weights.iter().chain(policy_file.iter()) {
+        state::read(std::path::Path::new(f))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn train_inner(
     cfg: TrainConfig,
     opts: &RunOptions,
     resumed: Option<TrainState>,
 ) -> Result<Summary> {
     let start = Instant::now();
+    // Everything a user supplied is checked before anything is allocated or trained.
+    cfg.validate()?;
+    let spec: crate::data::DataSpec = cfg
+        .data
+        .parse()
+        .map_err(|e: String| Error::shape("--data", e))?;
+    check_input_files(&cfg)?;
     let mut gpu_options = crate::gpu::GpuOptions {
         device: opts.device.clone(),
         ..Default::default()
@@ -218,26 +246,13 @@ pub(crate) fn train_inner(
         gpu_options.autotune = false;
     }
     let gpu = Gpu::new(gpu_options)?;
-    let spec: crate::data::DataSpec = cfg
-        .data
-        .parse()
-        .map_err(|e: String| Error::shape("--data", e))?;
-    if cfg.batch_size < 2 {
-        return Err(Error::shape(
-            "train",
-            "--batch-size must be at least 2 (batch norm needs it)",
-        ));
-    }
-    if cfg.method.has_policy() && !cfg.image_size.is_multiple_of(32) {
-        return Err(Error::shape(
-            "train",
-            format!(
-                "--image-size {} must be a multiple of 32 for UNet11",
-                cfg.image_size
-            ),
-        ));
-    }
-    cfg.validate()?;
+    crate::limits::check_batch_fits(
+        cfg.batch_size,
+        cfg.image_size,
+        cfg.method.has_policy(),
+        gpu.limits().max_buffer_size,
+    )
+    .map_err(|e| Error::shape("train", e))?;
     let ds = Dataset::open(&spec, &data_options(&cfg))?;
     let run_dir = match &opts.out {
         Some(d) => d.clone(),
@@ -248,19 +263,27 @@ pub(crate) fn train_inner(
             cfg.seed
         )),
     };
-    std::fs::create_dir_all(&run_dir).map_err(io(&run_dir))?;
     let log_path = run_dir.join("metrics.jsonl");
-    let file = if resumed.is_some() {
-        std::fs::OpenOptions::new().append(true).open(&log_path)
-    } else {
-        let toml =
-            toml::to_string_pretty(&cfg).map_err(|e| Error::Incomplete(format!("config: {e}")))?;
-        crate::autotune::write_atomic(&run_dir.join("config.toml"), toml.as_bytes())?;
-        std::fs::File::create(&log_path)
-    };
-    let mut log = Log {
-        file: file.map_err(io(&log_path))?,
-        path: log_path,
+    let (_lock, mut log) = match &resumed {
+        Some(st) => {
+            let lock = lock_run_dir(&run_dir)?;
+            remove_uncommitted(&run_dir, st)?;
+            (lock, reopen_log(&log_path, st.log_bytes)?)
+        }
+        None => {
+            let lock = prepare_new_run_dir(&run_dir, opts.overwrite)?;
+            let toml = toml::to_string_pretty(&cfg)
+                .map_err(|e| Error::Incomplete(format!("config: {e}")))?;
+            crate::fsio::write_atomic(&run_dir.join("config.toml"), toml.as_bytes())?;
+            let file = std::fs::File::create(&log_path).map_err(io(&log_path))?;
+            (
+                lock,
+                Log {
+                    file,
+                    path: log_path,
+                },
+            )
+        }
     };
     let ctx = Ctx {
         gpu: gpu.clone(),
@@ -269,6 +292,7 @@ pub(crate) fn train_inner(
             normalize: cfg.normalize,
         },
         cfg: cfg.clone(),
+        data_key: ds.synthetic.is_none().then(|| ds.fingerprint()),
         ds,
         quiet: opts.quiet,
     };
@@ -299,7 +323,7 @@ pub(crate) fn train_inner(
         )?;
         state::load(
             &f,
-            &cache.join(format!("{}.safetensors", pretrain::pretrain_key(&cfg))),
+            &cache.join(format!("{}.safetensors", pretrain::pretrain_key(&cfg, ctx.data_key))),
             &LoadOptions::default(),
         )?;
         Some(f)
@@ -331,12 +355,9 @@ pub(crate) fn train_inner(
     let (mut start_epoch, mut skip) = (1, 0);
     if let Some(st) = &resumed {
         // Continue exactly where the run stopped.
-        state::load(
-            &nets.clf,
-            &run_dir.join("classifier_latest.safetensors"),
-            &LoadOptions::default(),
-        )?;
-        let file = state::read(&run_dir.join("train_state.safetensors"))?;
+        let [clf_file, policy_file, optimizer_file] = latest_files(&run_dir, st);
+        state::load(&nets.clf, &clf_file, &LoadOptions::default())?;
+        let file = state::read(&optimizer_file)?;
         restore_adam(
             "classifier",
             &mut nets.adam_c,
@@ -348,7 +369,7 @@ pub(crate) fn train_inner(
                 aliases: unet::encoder_aliases(),
                 ..Default::default()
             };
-            state::load(p, &run_dir.join("policy_latest.safetensors"), &o)?;
+            state::load(p, &policy_file, &o)?;
         }
         if let Some(ap) = nets.adam_p.as_mut() {
             restore_adam("policy", ap, &st.policy_adam_steps, &file)?;
@@ -385,16 +406,33 @@ pub(crate) fn train_inner(
             }
             Ok(())
         };
-    let save_latest = |nets: &Nets| -> Result<()> {
-        state::save(
-            &nets.clf,
-            &run_dir.join("classifier_latest.safetensors"),
-            &[],
-        )?;
-        if let Some(p) = &nets.policy {
-            state::save(p, &run_dir.join("policy_latest.safetensors"), &dup)?;
-        }
-        Ok(())
+    // Commits the run's state (see `resume::commit`): the epoch to continue and the
+    // batches of it done.
+    let commit_state = |nets: &Nets,
+                        pg: &PolicyState,
+                        epoch: usize,
+                        batches_done: usize,
+                        steps: usize,
+                        best: &(Metrics, usize),
+                        last: &Metrics,
+                        pretrained: &Metrics,
+                        log: &Log|
+     -> Result<()> {
+        let snapshot = Snapshot {
+            clf: &nets.clf,
+            policy: nets.policy.as_ref(),
+            adam_c: &nets.adam_c,
+            adam_p: nets.adam_p.as_ref(),
+            pg,
+            epoch,
+            batches_done,
+            steps,
+            best,
+            last,
+            pretrained,
+            log_bytes: log.len()?,
+        };
+        commit(&run_dir, &snapshot, &dup)
     };
     for epoch in start_epoch..=cfg.epochs {
         let loader = ctx.loader(epoch as u64);
@@ -440,11 +478,8 @@ pub(crate) fn train_inner(
             batches_done += 1;
             if interrupted() || opts.stop_after_steps == Some(steps) {
                 bar.finish_and_clear();
-                save_latest(&nets)?;
-                save_train_state(
-                    &run_dir,
-                    &nets.adam_c,
-                    nets.adam_p.as_ref(),
+                commit_state(
+                    &nets,
                     &pg,
                     epoch,
                     batches_done,
@@ -452,6 +487,7 @@ pub(crate) fn train_inner(
                     &best,
                     &last,
                     &pretrained,
+                    &log,
                 )?;
                 return Err(Error::Incomplete(format!(
                     "interrupted at epoch {epoch}, step {steps}: latest checkpoints saved in {}",
@@ -472,17 +508,14 @@ pub(crate) fn train_inner(
         log.write(serde_json::json!({"phase": "eval", "epoch": epoch, "step": steps, "val": m}))?;
         let erased = (erased_n > 0).then(|| erased_sum / erased_n as f64);
         ctx.say(describe(&cfg, &format!("epoch {epoch:>3}"), &m, erased));
-        save_latest(&nets)?;
         if let Some(p) = &nets.policy {
             save_masks(&ctx, p, &run_dir.join("masks"), &format!("epoch{epoch}"))?;
         }
         keep_best(&nets, &m, epoch, &mut best)?;
         last = m;
         plots::write_plots(&run_dir)?;
-        save_train_state(
-            &run_dir,
-            &nets.adam_c,
-            nets.adam_p.as_ref(),
+        commit_state(
+            &nets,
             &pg,
             epoch + 1,
             0,
@@ -490,6 +523,7 @@ pub(crate) fn train_inner(
             &best,
             &last,
             &pretrained,
+            &log,
         )?;
     }
     let summary = Summary {
@@ -504,6 +538,6 @@ pub(crate) fn train_inner(
         seconds: start.elapsed().as_secs_f64(),
     };
     let text = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Incomplete(e.to_string()))?;
-    crate::autotune::write_atomic(&run_dir.join("summary.json"), &text)?;
+    crate::fsio::write_atomic(&run_dir.join("summary.json"), &text)?;
     Ok(summary)
 }

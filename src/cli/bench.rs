@@ -1,7 +1,7 @@
 //! `apga-gpu bench`: the APGA step timed phase by phase, beside its PyTorch twin.
 
 use crate::apga::{self, Preset, TrainConfig};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
@@ -9,18 +9,18 @@ pub struct BenchArgs {
     /// paper: DenseNet-169 and UNet11 at 224x224, batch 25, minutes per step on a CPU driver).
     #[arg(long, value_enum, default_value_t = Preset::Quick)]
     pub preset: Preset,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::BATCH_SIZE.0, crate::limits::BATCH_SIZE.1))]
     pub batch_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::IMAGE_SIZE.0, crate::limits::IMAGE_SIZE.1))]
     pub image_size: Option<usize>,
     /// densenet121 | densenet161 | densenet169 | densenet201 | tiny
     #[arg(long)]
     pub classifier_arch: Option<String>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::FILTERS.0, crate::limits::FILTERS.1))]
     pub policy_filters: Option<usize>,
     /// Measured steps (after one warm-up step); 0 reports the warm-up step alone (compilation
     /// and autotuning included), for peak memory at sizes where a step takes minutes.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = crate::cli::ranged(crate::limits::COUNT.0, crate::limits::COUNT.1))]
     pub steps: usize,
     /// One JSON object instead of the table.
     #[arg(long)]
@@ -30,7 +30,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub profile: bool,
     /// Rows of the per-kernel table.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 25, value_parser = crate::cli::ranged(crate::limits::COUNT.0, crate::limits::COUNT.1))]
     pub profile_top: usize,
     /// Do not run the PyTorch twin (by default it runs when the interpreter can import torch
     /// and torchvision).
@@ -58,12 +58,12 @@ pub fn bench(device: Option<&str>, args: &BenchArgs) -> Result<()> {
     if let Some(v) = args.policy_filters {
         cfg.policy_filters = v;
     }
-    if cfg.batch_size < 2 || !cfg.image_size.is_multiple_of(32) {
-        return Err(Error::shape(
-            "bench",
-            "needs --batch-size >= 2 and --image-size a multiple of 32",
-        ));
+    // The APGA step needs the policy: --image-size a multiple of 32.
+    crate::apga::TrainConfig {
+        method: crate::apga::Method::Apga,
+        ..cfg.clone()
     }
+    .validate()?;
     let r = apga::bench::bench(&cfg, args.steps, device, args.profile)?;
     let torch = if args.no_torch {
         Err("skipped (--no-torch)".to_string())

@@ -20,7 +20,7 @@ pub struct CompareArgs {
     )]
     pub methods: Vec<Method>,
     /// Number of seeds (seed, seed + 1, ...).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = crate::cli::ranged_u64(1, 1000))]
     pub seeds: u64,
     /// Every training option (the method and out directory are set per run).
     #[command(flatten)]
@@ -184,9 +184,25 @@ fn write_tables(dir: &Path, methods: &[Method], rows: &[Row]) -> Result<String> 
         ("compare.csv", &csv),
         ("per_seed.csv", &per_seed),
     ] {
-        crate::autotune::write_atomic(&dir.join(name), text.as_bytes())?;
+        crate::fsio::write_atomic(&dir.join(name), text.as_bytes())?;
     }
     Ok(md)
+}
+
+/// What a comparison directory records of itself (`compare.toml`), so that `--resume`
+/// continues it with the same methods, seeds and configuration whatever flags it is given.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Plan {
+    methods: Vec<Method>,
+    seeds: u64,
+    config: TrainConfig,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.into(),
+        source,
+    }
 }
 
 pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
@@ -196,37 +212,75 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
             "needs at least one method and one seed",
         ));
     }
-    let base = args.train.resolve()?;
+    let resuming = args.train.resume.is_some();
+    let dir = args
+        .train
+        .resume
+        .clone()
+        .or_else(|| args.train.out.clone())
+        .unwrap_or_else(|| {
+            PathBuf::from("runs").join(format!(
+                "{}-compare",
+                chrono::Local::now().format("%Y%m%d-%H%M%S")
+            ))
+        });
+    let plan_path = dir.join("compare.toml");
+    let plan = if resuming {
+        let text = std::fs::read_to_string(&plan_path).map_err(io(&plan_path))?;
+        toml::from_str::<Plan>(&text).map_err(|e| Error::Format {
+            path: plan_path.clone(),
+            detail: format!("not a comparison's plan ({e})"),
+        })?
+    } else {
+        if plan_path.exists() && !args.train.overwrite {
+            return Err(Error::Incomplete(format!(
+                "{} already holds a comparison: continue it with `compare --resume {}`, \
+                 choose another --out, or pass --overwrite to replace its runs",
+                dir.display(),
+                dir.display()
+            )));
+        }
+        let plan = Plan {
+            methods: args.methods.clone(),
+            seeds: args.seeds,
+            config: args.train.resolve()?,
+        };
+        let text = toml::to_string_pretty(&plan)
+            .map_err(|e| Error::Incomplete(format!("compare.toml: {e}")))?;
+        crate::fsio::write_atomic(&plan_path, text.as_bytes())?;
+        plan
+    };
     apga::install_interrupt_handler();
-    let dir = args.train.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!(
-            "{}-compare",
-            chrono::Local::now().format("%Y%m%d-%H%M%S")
-        ))
-    });
-    std::fs::create_dir_all(&dir).map_err(|source| Error::Io {
-        path: dir.clone(),
-        source,
-    })?;
+    let base = plan.config.clone();
     let mut rows: Vec<Row> = Vec::new();
     let mut md = String::new();
-    for i in 0..args.seeds {
+    for i in 0..plan.seeds {
         let seed = base.seed + i;
-        for &method in &args.methods {
+        for &method in &plan.methods {
             let cfg = TrainConfig {
                 method,
                 seed,
                 ..base.clone()
             };
+            let run = dir.join(format!("{}-seed{seed}", method.name()));
             let opts = RunOptions {
-                out: Some(dir.join(format!("{}-seed{seed}", method.name()))),
+                out: Some(run.clone()),
                 quiet: args.train.quiet,
                 device: device.map(str::to_string),
                 pretrained_cache: args.train.pretrained_cache.clone(),
                 stop_after_steps: None,
                 no_autotune: false,
+                // Resuming: a run that never committed a state starts again.
+                overwrite: args.train.overwrite || resuming,
             };
-            let s = apga::train(cfg, &opts)?;
+            let s = if resuming && run.join("summary.json").is_file() {
+                println!("{} seed {seed}: finished earlier", method.name());
+                apga::read_summary(&run)?
+            } else if resuming && run.join("train_state.json").is_file() {
+                apga::resume(&run, &opts)?
+            } else {
+                apga::train(cfg, &opts)?
+            };
             println!(
                 "{} seed {seed}: accuracy {:.3} (converged baseline {:.3})",
                 method.name(),
@@ -234,7 +288,7 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
                 s.pretrained.accuracy
             );
             rows.push(Row::of(method, seed, &s));
-            md = write_tables(&dir, &args.methods, &rows)?;
+            md = write_tables(&dir, &plan.methods, &rows)?;
         }
     }
     println!("\n{md}\n(written to {})", dir.display());

@@ -55,13 +55,16 @@ fn finish(failed: usize, total: usize) -> Result<()> {
 }
 
 pub fn predict(device: Option<&str>, args: &PredictArgs) -> Result<()> {
-    if args.num_classes == 0 || args.image_size < 32 {
-        return Err(Error::shape(
-            "predict",
-            "--num-classes must be at least 1 and --image-size at least 32",
-        ));
-    }
+    crate::limits::check_image_size(args.image_size, false)
+        .map_err(|e| Error::shape("predict", e))?;
     let gpu = open_gpu(device)?;
+    crate::limits::check_batch_fits(
+        BATCH,
+        args.image_size,
+        false,
+        gpu.limits().max_buffer_size,
+    )
+    .map_err(|e| Error::shape("predict", e))?;
     let k = args.num_classes;
     let config = match args.arch {
         Arch::Densenet121 => DenseNetConfig::densenet121(k),
@@ -86,6 +89,16 @@ pub fn predict(device: Option<&str>, args: &PredictArgs) -> Result<()> {
         let logits = crate::no_grad(|| net.forward(&x, false))?.to_vec()?;
         for (i, path) in paths.iter().enumerate() {
             let row = &logits[i * k..(i + 1) * k];
+            if row.iter().any(|v| !v.is_finite()) {
+                // Never printed as numbers: the network's output is not a prediction.
+                eprintln!(
+                    "error: {}: the classifier's logits are not finite ({row:?}); the weights \
+                     or the image produce no usable prediction",
+                    path.display()
+                );
+                failed += 1;
+                continue;
+            }
             let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             let exps: Vec<f64> = row.iter().map(|v| ((v - max) as f64).exp()).collect();
             let sum: f64 = exps.iter().sum();
@@ -115,15 +128,51 @@ pub fn predict(device: Option<&str>, args: &PredictArgs) -> Result<()> {
     finish(failed, args.images.len())
 }
 
+/// One output name per input image: its file stem, or, where two inputs share a stem
+/// (`a/x.png`, `b/x.png`, `x.jpg`), its whole path made into a name (`a_x_png`), so that no
+/// output overwrites another.
+pub(crate) fn output_stems(paths: &[std::path::PathBuf]) -> Vec<String> {
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "image".into())
+    };
+    let mut count = std::collections::HashMap::new();
+    for p in paths {
+        *count.entry(stem(p)).or_insert(0usize) += 1;
+    }
+    let mut used = std::collections::HashSet::new();
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let s = stem(p);
+            let mut name = if count[&s] == 1 {
+                s
+            } else {
+                let flat: String = p
+                    .to_string_lossy()
+                    .chars()
+                    .map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' })
+                    .collect();
+                flat.trim_matches('_').to_string()
+            };
+            if !used.insert(name.clone()) {
+                // The same file given twice, or paths that flatten alike.
+                name = format!("{name}_{i}");
+                used.insert(name.clone());
+            }
+            name
+        })
+        .collect()
+}
+
 pub fn masks(device: Option<&str>, args: &MasksArgs) -> Result<()> {
     let s = args.image_size;
-    if s == 0 || !s.is_multiple_of(32) {
-        return Err(Error::shape(
-            "masks",
-            format!("--image-size {s} must be a positive multiple of 32 (UNet11 pools five times)"),
-        ));
-    }
+    crate::limits::check_image_size(s, true).map_err(|e| Error::shape("masks", e))?;
     let gpu = open_gpu(device)?;
+    crate::limits::check_batch_fits(1, s, true, gpu.limits().max_buffer_size)
+        .map_err(|e| Error::shape("masks", e))?;
     let net = UNet11::new(&gpu, args.num_filters, 0)?;
     let opts = LoadOptions {
         aliases: unet::encoder_aliases(),
@@ -139,15 +188,20 @@ pub fn masks(device: Option<&str>, args: &MasksArgs) -> Result<()> {
         normalize: args.normalize,
     };
     let mut failed = 0;
-    for path in &args.images {
+    let stems = output_stems(&args.images);
+    for (path, stem) in args.images.iter().zip(stems) {
         let result = (|| -> Result<()> {
             let img = Preprocess::decode(path)?;
             let x = Tensor::from_slice(&gpu, &pre.tensor_values(&img), &[1, 3, s, s])?;
             let p = crate::no_grad(|| ops::sigmoid(&net.forward(&x)?))?.to_vec()?;
-            let stem = path
-                .file_stem()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_else(|| "image".into());
+            if p.iter().any(|v| !v.is_finite()) {
+                return Err(Error::Format {
+                    path: path.clone(),
+                    detail: "the policy's probabilities are not finite; no mask written \
+                             (the weights or the image produce no usable output)"
+                        .into(),
+                });
+            }
             let mask = image::GrayImage::from_fn(s as u32, s as u32, |x, y| {
                 image::Luma([(p[y as usize * s + x as usize] * 255.0)
                     .round()

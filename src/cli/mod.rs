@@ -70,8 +70,9 @@ pub struct DataArgs {
     /// MURA body part: elbow, finger, forearm, hand, humerus, shoulder, wrist or all.
     #[arg(long, default_value = "all")]
     pub body_part: String,
-    /// MURA: N training images per class, sampled with the seed (validation untouched).
-    #[arg(long)]
+    /// Data read from files: N training images per class, sampled with the seed (validation
+    /// untouched).
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::SPLIT_SIZE.0, crate::limits::SPLIT_SIZE.1))]
     pub k_shot: Option<usize>,
     /// folder/csv without a validation split: fraction held out per class.
     #[arg(long, default_value_t = 0.2)]
@@ -80,19 +81,19 @@ pub struct DataArgs {
     #[arg(long)]
     pub skip_bad_images: bool,
     /// Synthetic data: number of classes (normal, fracture, lesion, ...).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = crate::cli::ranged(crate::limits::CLASSES.0, crate::limits::CLASSES.1))]
     pub classes: usize,
     /// Synthetic data: training images.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 400, value_parser = crate::cli::ranged(crate::limits::SPLIT_SIZE.0, crate::limits::SPLIT_SIZE.1))]
     pub train_size: usize,
     /// Synthetic data: validation images.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 200, value_parser = crate::cli::ranged(crate::limits::SPLIT_SIZE.0, crate::limits::SPLIT_SIZE.1))]
     pub val_size: usize,
     /// Synthetic data: share of bone density the evidence removes (1 = black gaps).
     #[arg(long, default_value_t = crate::data::synthetic::Style::headroom().evidence_strength)]
     pub evidence_strength: f32,
     /// Synthetic data: distractor bars outside the bone (with label-independent gaps).
-    #[arg(long, default_value_t = crate::data::synthetic::Style::headroom().clutter)]
+    #[arg(long, default_value_t = crate::data::synthetic::Style::headroom().clutter, value_parser = crate::cli::ranged(0, 64))]
     pub clutter: usize,
     /// Synthetic data: probability that a marker's position follows the label in training
     /// (0 = no marker; validation markers are random).
@@ -126,16 +127,16 @@ pub struct DataCommand {
     #[command(flatten)]
     pub data: DataArgs,
     /// Seed (synthetic images, splits, k-shot sampling).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = crate::cli::ranged_u64(crate::limits::SEED.0, crate::limits::SEED.1))]
     pub seed: u64,
     /// Side S of the S x S images.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = crate::cli::ranged(crate::limits::IMAGE_SIZE.0, crate::limits::IMAGE_SIZE.1))]
     pub image_size: usize,
     /// Write the first --count training samples as PNG files into this folder.
     #[arg(long)]
     pub export: Option<PathBuf>,
     /// Samples to export.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = crate::cli::ranged(crate::limits::SPLIT_SIZE.0, crate::limits::SPLIT_SIZE.1))]
     pub count: usize,
 }
 
@@ -170,10 +171,10 @@ pub struct PredictArgs {
     #[arg(long)]
     pub classifier_weights: PathBuf,
     /// Number of classes of the classifier head.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(1, crate::limits::CLASSES.1))]
     pub num_classes: usize,
     /// Side S of the S x S network input.
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = crate::cli::ranged(crate::limits::IMAGE_SIZE.0, crate::limits::IMAGE_SIZE.1))]
     pub image_size: usize,
     /// Input normalisation after scaling to [0, 1].
     #[arg(long, value_enum, default_value_t = Normalize::Imagenet)]
@@ -195,13 +196,13 @@ pub struct MasksArgs {
     #[arg(long)]
     pub segmenter_weights: PathBuf,
     /// Side S of the S x S network input (a multiple of 32).
-    #[arg(long, default_value_t = 224)]
+    #[arg(long, default_value_t = 224, value_parser = crate::cli::ranged(crate::limits::IMAGE_SIZE.0, crate::limits::IMAGE_SIZE.1))]
     pub image_size: usize,
     /// Input normalisation after scaling to [0, 1].
     #[arg(long, value_enum, default_value_t = Normalize::Imagenet)]
     pub normalize: Normalize,
     /// UNet11 decoder width (TernausNet's num_filters).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = crate::cli::ranged(crate::limits::FILTERS.0, crate::limits::FILTERS.1))]
     pub num_filters: usize,
     /// Output directory (created if missing).
     #[arg(long)]
@@ -293,4 +294,15 @@ fn describe(request: &Request) -> String {
             .into(),
         Request::Named { wanted, source } => format!("{source} = {wanted:?}"),
     }
+}
+
+/// A `usize` flag's parser that refuses values outside `lo..=hi`, naming the flag (see
+/// `crate::limits`).
+pub(crate) fn ranged(lo: u64, hi: u64) -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(lo..=hi)
+}
+
+/// A `u64` flag's parser that refuses values outside `lo..=hi`, naming the flag.
+pub(crate) fn ranged_u64(lo: u64, hi: u64) -> clap::builder::RangedU64ValueParser<u64> {
+    clap::builder::RangedU64ValueParser::<u64>::new().range(lo..=hi)
 }

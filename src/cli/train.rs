@@ -24,6 +24,9 @@ pub struct TrainArgs {
     /// Only errors and the final result.
     #[arg(long)]
     pub quiet: bool,
+    /// Replace the run already in --out (its own files; other files are left alone).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Continue a stopped run (its config.toml, latest checkpoints and train_state) exactly
     /// where it stopped; configuration flags are ignored.
     #[arg(long)]
@@ -39,7 +42,7 @@ pub struct TrainArgs {
     #[arg(long, value_enum)]
     pub action: Option<Action>,
     /// Side in pixels of the sampled action's cells (1 = per pixel).
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(1, crate::limits::IMAGE_SIZE.1))]
     pub action_cell: Option<usize>,
     /// Stable variant: constant lambda_zeros BCE(P, 0) (Eq. 7), abs-adv (the released
     /// script's |adv|-scaled terms) or coverage (the warm start's erased area kept).
@@ -57,7 +60,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub policy_init: Option<String>,
     /// Adam steps of the foreground warm start.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::COUNT.0, crate::limits::COUNT.1))]
     pub warm_start_steps: Option<usize>,
     /// What erased pixels become, for APGA, cutout, GradCAM and the frozen mask: black (raw
     /// 0 in every normalisation, as the released script's [0, 1] images) or mean (the
@@ -69,13 +72,13 @@ pub struct TrainArgs {
     #[arg(long)]
     pub guard: Option<f64>,
     /// Also evaluate every N method steps (0: at epoch ends only), for every method alike.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::COUNT.0, crate::limits::COUNT.1))]
     pub eval_every: Option<usize>,
     /// Synthetic data: share of bone density the evidence removes (1 = black gaps).
     #[arg(long)]
     pub evidence_strength: Option<f32>,
     /// Synthetic data: distractor bars outside the bone, with label-independent gaps.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(0, 64))]
     pub clutter: Option<usize>,
     /// Synthetic data: probability that the marker's position follows the label in training
     /// (0 = no marker; validation markers are random).
@@ -87,31 +90,31 @@ pub struct TrainArgs {
     /// MURA body part: elbow, finger, forearm, hand, humerus, shoulder, wrist or all.
     #[arg(long)]
     pub body_part: Option<String>,
-    /// MURA: N training images per class.
-    #[arg(long)]
+    /// Data read from files: N training images per class (sampled with the seed).
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::SPLIT_SIZE.0, crate::limits::SPLIT_SIZE.1))]
     pub k_shot: Option<usize>,
     #[arg(long)]
     pub val_fraction: Option<f64>,
     /// Synthetic data: classes, training and validation images.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::CLASSES.0, crate::limits::CLASSES.1))]
     pub classes: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::SPLIT_SIZE.0, crate::limits::SPLIT_SIZE.1))]
     pub train_size: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::SPLIT_SIZE.0, crate::limits::SPLIT_SIZE.1))]
     pub val_size: Option<usize>,
     #[arg(long)]
     pub skip_bad_images: bool,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::IMAGE_SIZE.0, crate::limits::IMAGE_SIZE.1))]
     pub image_size: Option<usize>,
     #[arg(long, value_enum)]
     pub normalize: Option<Normalize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::BATCH_SIZE.0, crate::limits::BATCH_SIZE.1))]
     pub batch_size: Option<usize>,
     /// densenet121 | densenet161 | densenet169 | densenet201 | tiny
     #[arg(long)]
     pub classifier_arch: Option<String>,
     /// UNet11 decoder filters.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::FILTERS.0, crate::limits::FILTERS.1))]
     pub policy_filters: Option<usize>,
     #[arg(long)]
     pub lr_classifier: Option<f64>,
@@ -124,14 +127,14 @@ pub struct TrainArgs {
     #[arg(long)]
     pub baseline_decay: Option<f64>,
     /// Epochs of the method phase.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::COUNT.0, crate::limits::COUNT.1))]
     pub epochs: Option<usize>,
     /// Maximum epochs of baseline pretraining.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::COUNT.0, crate::limits::COUNT.1))]
     pub pretrain_epochs: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::COUNT.0, crate::limits::COUNT.1))]
     pub patience: Option<usize>,
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged_u64(crate::limits::SEED.0, crate::limits::SEED.1))]
     pub seed: Option<u64>,
     /// Initial classifier weights (.safetensors; a head of another class count is replaced).
     #[arg(long)]
@@ -143,7 +146,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub segmenter_weights: Option<String>,
     /// Data-loading threads.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::cli::ranged(crate::limits::WORKERS.0, crate::limits::WORKERS.1))]
     pub workers: Option<usize>,
     /// Folder of cached converged baseline classifiers (default runs/pretrained).
     #[arg(long)]
@@ -263,6 +266,7 @@ pub fn run(device: Option<&str>, args: &TrainArgs) -> Result<()> {
         pretrained_cache: args.pretrained_cache.clone(),
         stop_after_steps: None,
         no_autotune: false,
+        overwrite: args.overwrite,
     };
     let s = match &args.resume {
         Some(dir) => apga::resume(dir, &opts)?,

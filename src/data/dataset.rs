@@ -146,44 +146,59 @@ fn bad(path: &Path, detail: impl Into<String>) -> Error {
     }
 }
 
-/// `root.join(rel)` resolved lexically; an absolute path or `..` that leaves `root` is refused.
-pub fn resolve_within(root: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
-    let p = Path::new(rel);
-    let joined = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        root.join(p)
-    };
+/// A path with `.` and `..` resolved lexically (no file system access); `None` when `..`
+/// climbs above its start.
+fn lexical(p: &Path) -> Option<PathBuf> {
     let mut out = PathBuf::new();
-    for c in joined.components() {
+    for c in p.components() {
         match c {
             Component::ParentDir => {
                 if !out.pop() {
-                    return Err(format!("path {rel:?} escapes the dataset root"));
+                    return None;
                 }
             }
             Component::CurDir => {}
             other => out.push(other.as_os_str()),
         }
     }
-    let mut root_norm = PathBuf::new();
-    for c in root.components() {
-        match c {
-            Component::ParentDir => {
-                root_norm.pop();
-            }
-            Component::CurDir => {}
-            other => root_norm.push(other.as_os_str()),
+    Some(out)
+}
+
+/// `root.join(rel)` resolved lexically (both made absolute first, so an absolute path inside a
+/// relative root is accepted); a path or `..` that leaves `root` is refused, and so is an
+/// existing file whose real location (symbolic links followed) lies outside the real root.
+pub fn resolve_within(root: &Path, rel: &str) -> std::result::Result<PathBuf, String> {
+    let escapes = || format!("path {rel:?} escapes the dataset root {}", root.display());
+    let root_abs = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    let root_norm = lexical(&root_abs).ok_or_else(escapes)?;
+    let p = Path::new(rel);
+    let joined = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        root_norm.join(p)
+    };
+    let out = lexical(&joined).ok_or_else(escapes)?;
+    if !out.starts_with(&root_norm) {
+        return Err(escapes());
+    }
+    if let (Ok(real_root), Ok(real)) = (root.canonicalize(), out.canonicalize()) {
+        if !real.starts_with(&real_root) {
+            return Err(format!(
+                "path {rel:?} leads outside the dataset root {} through a symbolic link (to {})",
+                root.display(),
+                real.display()
+            ));
         }
     }
-    if out.starts_with(&root_norm) {
-        Ok(out)
-    } else {
-        Err(format!(
-            "path {rel:?} escapes the dataset root {}",
-            root.display()
-        ))
+    // Relative roots give relative paths, as before (messages show what the user wrote).
+    if root.is_relative() {
+        if let Ok(cwd) = std::env::current_dir() {
+            if let Ok(r) = out.strip_prefix(&cwd) {
+                return Ok(r.to_path_buf());
+            }
+        }
     }
+    Ok(out)
 }
 
 /// Whether a file name looks like an image the `image` crate reads.
@@ -243,14 +258,17 @@ impl Dataset {
             DataSpec::Folder(p) => Self::folder(p, opts)?,
             DataSpec::Csv(p) => Self::csv(p, opts)?,
         };
-        for (name, split) in [("train", &ds.train), ("val", &ds.val)] {
-            if split.is_empty() {
+        let mut ds = ds;
+        if let Some(k) = opts.k_shot {
+            if ds.synthetic.is_some() {
                 return Err(Error::shape(
-                    "dataset",
-                    format!("{}: the {name} split is empty", ds.description),
+                    "--k-shot",
+                    "applies to data read from files; for synthetic data set --train-size",
                 ));
             }
+            ds.train = k_shot(ds.train, k, ds.classes.len(), opts.seed)?;
         }
+        ds.check_classes()?;
         Ok(ds)
     }
 
@@ -373,11 +391,8 @@ impl Dataset {
             }
             check_files(out, opts.skip_bad_images, &mut skipped)
         };
-        let mut train = read("train")?;
+        let train = read("train")?;
         let val = read("valid")?;
-        if let Some(k) = opts.k_shot {
-            train = k_shot(train, k, 2, opts.seed)?;
-        }
         Ok(Dataset {
             description: format!("MURA v1.1 at {} ({part})", root.display()),
             classes: vec!["negative".into(), "positive".into()],
@@ -463,8 +478,12 @@ impl Dataset {
             .map_err(|e| bad(path, e.to_string()))?;
         let mut rows: Vec<(usize, String, String, Option<String>)> = Vec::new();
         for (i, rec) in reader.records().enumerate() {
-            let line = i + 1;
-            let rec = rec.map_err(|e| bad(path, format!("line {line}: {e}")))?;
+            // The file's own line number (the reader skips blank lines).
+            let rec = rec.map_err(|e| {
+                let line = e.position().map(|p| p.line()).unwrap_or(i as u64 + 1);
+                bad(path, format!("line {line}: {e}"))
+            })?;
+            let line = rec.position().map(|p| p.line() as usize).unwrap_or(i + 1);
             if rec.iter().all(|f| f.is_empty()) {
                 continue;
             }
@@ -486,6 +505,12 @@ impl Dataset {
             }
             rows.push((line, p, l, rec.get(2).map(|s| s.to_lowercase())));
         }
+        if rows.is_empty() {
+            return Err(bad(
+                path,
+                "no images listed (expected lines of path,label[,split])",
+            ));
+        }
         // Labels: all integers -> class k is "k"; otherwise class names, sorted.
         let numeric = rows.iter().all(|r| r.2.parse::<usize>().is_ok());
         let classes: Vec<String> = if numeric {
@@ -494,6 +519,15 @@ impl Dataset {
                 .filter_map(|r| r.2.parse::<usize>().ok())
                 .max()
                 .unwrap_or(0);
+            if max as u64 >= crate::limits::CLASSES.1 {
+                return Err(bad(
+                    path,
+                    format!(
+                        "label {max}: numeric labels are class indices 0..{} at most",
+                        crate::limits::CLASSES.1 - 1
+                    ),
+                ));
+            }
             (0..=max).map(|k| k.to_string()).collect()
         } else {
             let mut names: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
@@ -536,11 +570,6 @@ impl Dataset {
         }
         let train = check_files(train, opts.skip_bad_images, &mut skipped)?;
         let val = check_files(val, opts.skip_bad_images, &mut skipped)?;
-        for (k, c) in classes.iter().enumerate() {
-            if !train.iter().any(|s| s.label == k) {
-                return Err(bad(path, format!("class {c:?} has no training images")));
-            }
-        }
         Ok(Dataset {
             description: format!("csv {}", path.display()),
             classes,
@@ -549,6 +578,52 @@ impl Dataset {
             synthetic: None,
             skipped,
         })
+    }
+
+    /// The rules every source obeys: 2 to `limits::CLASSES` classes, every class with at
+    /// least one training image, neither split empty.
+    fn check_classes(&self) -> Result<()> {
+        let k = self.classes.len();
+        if k < 2 {
+            return Err(Error::shape(
+                "dataset",
+                format!(
+                    "{}: {k} class{} ({}); a classifier needs at least two",
+                    self.description,
+                    if k == 1 { "" } else { "es" },
+                    self.classes.join(", ")
+                ),
+            ));
+        }
+        if k as u64 > crate::limits::CLASSES.1 {
+            return Err(Error::shape(
+                "dataset",
+                format!(
+                    "{}: {k} classes, more than {}",
+                    self.description,
+                    crate::limits::CLASSES.1
+                ),
+            ));
+        }
+        let counts = self.counts(&self.train);
+        if let Some(c) = counts.iter().position(|&n| n == 0) {
+            return Err(Error::shape(
+                "dataset",
+                format!(
+                    "{}: class {:?} has no training images",
+                    self.description, self.classes[c]
+                ),
+            ));
+        }
+        for (name, split) in [("train", &self.train), ("val", &self.val)] {
+            if split.is_empty() {
+                return Err(Error::shape(
+                    "dataset",
+                    format!("{}: the {name} split is empty", self.description),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Images per class in a split.
@@ -563,6 +638,35 @@ impl Dataset {
     }
 
     /// The per-split, per-class table printed when a dataset is opened.
+    /// A fingerprint of the data itself: the classes and, for every sample of both splits,
+    /// its label and its file's path, size and modification time (synthetic samples: their
+    /// index, the generator's settings being in the configuration). Caches keyed by it are
+    /// not reused after images change, appear or go.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.classes.hash(&mut h);
+        for (split, samples) in [("train", &self.train), ("val", &self.val)] {
+            split.hash(&mut h);
+            for s in samples {
+                s.label.hash(&mut h);
+                match &s.source {
+                    Source::File(p) => {
+                        p.hash(&mut h);
+                        if let Ok(m) = std::fs::metadata(p) {
+                            m.len().hash(&mut h);
+                            if let Ok(t) = m.modified() {
+                                t.hash(&mut h);
+                            }
+                        }
+                    }
+                    Source::Synthetic { split, index } => (split, index).hash(&mut h),
+                }
+            }
+        }
+        h.finish()
+    }
+
     pub fn summary(&self) -> String {
         let mut out = format!("dataset: {}\n", self.description);
         let width = self

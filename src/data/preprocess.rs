@@ -25,6 +25,18 @@ pub enum Normalize {
     None,
 }
 
+/// True when a JPEG's last scan (after its last start-of-scan marker FF DA) is followed by
+/// the end-of-image marker FF D9. Inside entropy-coded data every FF byte is followed by 00
+/// or a restart marker, so FF D9 there can only be the real end; an embedded thumbnail's
+/// EOI comes before the main image's scan and does not count.
+pub fn jpeg_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(i) => bytes[i + 2..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
 /// Image preprocessing settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Preprocess {
@@ -33,13 +45,25 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
-    /// Decodes an image file.
+    /// Decodes an image file. A JPEG whose entropy-coded data stops before its end-of-image
+    /// marker (a truncated download or copy) is refused, as PIL refuses it: the decoder
+    /// would otherwise fill the missing rows with flat grey and train on them.
     pub fn decode(path: &Path) -> Result<DynamicImage> {
-        let reader = image::ImageReader::open(path)
-            .map_err(|source| Error::Io {
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
+        let format = image::guess_format(&bytes).ok();
+        if format == Some(image::ImageFormat::Jpeg) && !jpeg_complete(&bytes) {
+            return Err(Error::Format {
                 path: path.into(),
-                source,
-            })?
+                detail: "truncated JPEG: the image data stops before its end-of-image marker \
+                         (copy or download the file again, or skip such files with \
+                         --skip-bad-images)"
+                    .into(),
+            });
+        }
+        let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
             .with_guessed_format()
             .map_err(|source| Error::Io {
                 path: path.into(),

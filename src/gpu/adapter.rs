@@ -90,6 +90,28 @@ impl Request {
 
 /// Index into `adapters` of the one `request` selects.
 pub fn choose(summaries: &[AdapterSummary], request: &Request) -> Result<usize> {
+    if let Ok(b) = std::env::var("WGPU_BACKEND") {
+        // wgpu ignores names it does not know; a typo would then read as "no driver".
+        const KNOWN: &[&str] = &[
+            "vulkan", "vk", "metal", "mtl", "dx12", "d3d12", "gl", "gles", "opengl", "webgpu",
+            "primary", "secondary", "noop",
+        ];
+        let unknown: Vec<&str> = b
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty() && !KNOWN.contains(&t.to_lowercase().as_str()))
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::shape(
+                "WGPU_BACKEND",
+                format!(
+                    "{b:?}: {} is not a backend name; use vulkan, metal, dx12 or gl \
+                     (comma-separated), or unset it",
+                    unknown.join(", ")
+                ),
+            ));
+        }
+    }
     if summaries.is_empty() {
         let detail = match std::env::var("WGPU_BACKEND") {
             Ok(b) => format!(" for WGPU_BACKEND={b}"),

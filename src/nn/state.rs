@@ -13,7 +13,7 @@ use std::sync::atomic::Ordering;
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::autotune::write_atomic;
+use crate::fsio::write_atomic;
 use crate::error::{Error, Result};
 use crate::nn::{assign, Module};
 
@@ -33,7 +33,7 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Entry>> {
     })?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Format {
         path: path.into(),
-        detail: format!("not a readable safetensors file ({e})"),
+        detail: not_safetensors(&bytes, &e.to_string()),
     })?;
     let mut out = BTreeMap::new();
     for (key, view) in st.tensors() {
@@ -75,6 +75,49 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Entry>> {
         );
     }
     Ok(out)
+}
+
+/// Why a file is not a safetensors file, with the fix: PyTorch's own checkpoints (zip or
+/// pickle) must be converted first, and a cut file must be copied again.
+fn not_safetensors(bytes: &[u8], err: &str) -> String {
+    let pytorch = bytes.starts_with(b"PK\x03\x04") || bytes.first() == Some(&0x80);
+    if pytorch {
+        format!(
+            "a PyTorch checkpoint (.pt/.pth), not a safetensors file ({err}): convert it with \
+             weights/convert_torchvision.py (DenseNet) or \
+             weights/convert_ternausnet.py (TernausNet UNet11)"
+        )
+    } else if bytes.len() < 8 {
+        format!("not a safetensors file: {} bytes, shorter than its 8-byte header length", bytes.len())
+    } else {
+        format!(
+            "not a complete safetensors file ({err}): the file is cut short or of another \
+             format; copy or download it again (PyTorch .pt files must be converted: see \
+             weights/)"
+        )
+    }
+}
+
+/// The problem with a tensor's values, if any: non-finite values anywhere, negative values
+/// in a batch norm's running variance (its square root would be NaN).
+fn bad_values(key: &str, values: &[f32]) -> Option<String> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        let n = values.iter().filter(|v| !v.is_finite()).count();
+        return Some(format!(
+            "{key}: {n} of {} values are not finite (the first, at index {i}, is {})",
+            values.len(),
+            values[i]
+        ));
+    }
+    if key.ends_with("running_var") {
+        if let Some(i) = values.iter().position(|v| *v < 0.0) {
+            return Some(format!(
+                "{key}: a variance below 0 ({} at index {i})",
+                values[i]
+            ));
+        }
+    }
+    None
 }
 
 fn f16_to_f32(h: u16) -> f32 {
@@ -171,6 +214,7 @@ pub fn load_entries(
         .collect();
     let mut report = LoadReport::default();
     let mut mismatched = Vec::new();
+    let mut bad = Vec::new();
     for n in &named {
         let Some(e) = by_key.get(&n.key) else {
             report.missing.push(n.key.clone());
@@ -193,6 +237,10 @@ pub fn load_entries(
             }
             continue;
         }
+        if let Some(p) = bad_values(&n.key, &e.values) {
+            bad.push(p);
+            continue;
+        }
         assign(&n.tensor, &e.values).map_err(|err| format!("{}: {err}", n.key))?;
         report.loaded += 1;
     }
@@ -211,6 +259,12 @@ pub fn load_entries(
         .cloned()
         .collect();
     let mut problems = Vec::new();
+    if !bad.is_empty() {
+        problems.push(format!(
+            "values unusable ({}): the file is damaged or was saved from a diverged run",
+            bad.join("; ")
+        ));
+    }
     if !mismatched.is_empty() {
         problems.push(format!("shape mismatch: {}", mismatched.join("; ")));
     }
@@ -244,6 +298,14 @@ pub fn save(model: &dyn Module, path: &Path, duplicate_as: &[(String, String)]) 
     let mut data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for n in model.named() {
         let values = n.tensor.to_vec()?;
+        if let Some(p) = bad_values(&n.key, &values) {
+            // A diverged network never replaces a good checkpoint.
+            return Err(Error::Incomplete(format!(
+                "not saving {}: {p}; training diverged and the last good checkpoint is \
+                 intact (try a lower learning rate)",
+                path.display()
+            )));
+        }
         let bytes: Vec<u8> = bytemuck::cast_slice(&values).to_vec();
         for (from, to) in duplicate_as {
             if let Some(rest) = n.key.strip_prefix(from.as_str()) {
