@@ -498,13 +498,22 @@ fn every_method_trains_end_to_end_and_leaves_a_complete_run() {
             "config.toml",
             "metrics.jsonl",
             "summary.json",
-            "classifier_latest.safetensors",
+            "train_state.json",
             "classifier_best.safetensors",
         ] {
             assert!(out.join(f).is_file(), "{method:?}: {f}");
         }
+        // The committed state: one checkpoint folder, the one the manifest names.
+        let st: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("train_state.json")).unwrap())
+                .unwrap();
+        let latest = out.join(st["checkpoint"].as_str().unwrap());
+        assert_eq!(out.join("checkpoints").read_dir().unwrap().count(), 1);
+        for f in ["classifier.safetensors", "optimizer.safetensors"] {
+            assert!(latest.join(f).is_file(), "{method:?}: {f}");
+        }
         if method.has_policy() {
-            assert!(out.join("policy_latest.safetensors").is_file());
+            assert!(latest.join("policy.safetensors").is_file());
             assert!(out.join("masks").read_dir().unwrap().count() >= 2);
             assert!(s.final_metrics.mask_iou.is_some() && s.final_metrics.tta_accuracy.is_some());
         }
@@ -544,7 +553,16 @@ fn every_method_trains_end_to_end_and_leaves_a_complete_run() {
         assert_eq!(cfg, tiny_config(method, 1));
     }
     // The converged baseline and the policy's warm start were trained once and reused.
-    assert_eq!(cache.read_dir().unwrap().count(), 2);
+    let cached = |ext: &str| {
+        cache
+            .read_dir()
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == ext))
+            .count()
+    };
+    assert_eq!(cached("safetensors"), 2);
+    // Nothing half-written is left (no .partial, no .tmp<pid>).
+    assert_eq!(cache.read_dir().unwrap().count(), 2 + cached("lock"));
 }
 
 #[test]

@@ -470,20 +470,30 @@ impl Dataset {
 
     fn csv(path: &Path, opts: &DataOptions) -> Result<Dataset> {
         let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let text = std::fs::read(path).map_err(io_err(path))?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
             .trim(csv::Trim::All)
-            .from_path(path)
-            .map_err(|e| bad(path, e.to_string()))?;
+            .from_reader(text.as_slice());
+        // The file's own line number of a record (the reader skips blank lines and does
+        // not count them).
+        let line_at = |byte: u64| {
+            // A record's position is where the previous one ended: skip the blank lines.
+            let mut end = (byte as usize).min(text.len());
+            while end < text.len() && text[end].is_ascii_whitespace() {
+                end += 1;
+            }
+            text[..end].iter().filter(|&&b| b == b'\n').count() + 1
+        };
         let mut rows: Vec<(usize, String, String, Option<String>)> = Vec::new();
         for (i, rec) in reader.records().enumerate() {
             // The file's own line number (the reader skips blank lines).
             let rec = rec.map_err(|e| {
-                let line = e.position().map(|p| p.line()).unwrap_or(i as u64 + 1);
+                let line = e.position().map_or(i + 1, |p| line_at(p.byte()));
                 bad(path, format!("line {line}: {e}"))
             })?;
-            let line = rec.position().map(|p| p.line() as usize).unwrap_or(i + 1);
+            let line = rec.position().map_or(i + 1, |p| line_at(p.byte()));
             if rec.iter().all(|f| f.is_empty()) {
                 continue;
             }

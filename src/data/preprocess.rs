@@ -53,8 +53,13 @@ impl Preprocess {
             path: path.into(),
             source,
         })?;
-        let format = image::guess_format(&bytes).ok();
-        if format == Some(image::ImageFormat::Jpeg) && !jpeg_complete(&bytes) {
+        Self::decode_bytes(&bytes, path)
+    }
+
+    /// As `decode`, from the file's bytes (`path` names it in errors).
+    pub fn decode_bytes(bytes: &[u8], path: &Path) -> Result<DynamicImage> {
+        let format = image::guess_format(bytes).ok();
+        if format == Some(image::ImageFormat::Jpeg) && !jpeg_complete(bytes) {
             return Err(Error::Format {
                 path: path.into(),
                 detail: "truncated JPEG: the image data stops before its end-of-image marker \
@@ -63,7 +68,7 @@ impl Preprocess {
                     .into(),
             });
         }
-        let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
             .with_guessed_format()
             .map_err(|source| Error::Io {
                 path: path.into(),

@@ -31,9 +31,14 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Entry>> {
         path: path.into(),
         source,
     })?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Format {
+    read_bytes(&bytes, path)
+}
+
+/// As `read`, from the file's bytes (`path` names it in errors).
+pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, Entry>> {
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Format {
         path: path.into(),
-        detail: not_safetensors(&bytes, &e.to_string()),
+        detail: not_safetensors(bytes, &e.to_string()),
     })?;
     let mut out = BTreeMap::new();
     for (key, view) in st.tensors() {
