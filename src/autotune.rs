@@ -250,12 +250,14 @@ impl Drop for Nesting {
 const TUNING_BUDGET: Duration = Duration::from_secs(2);
 
 /// Picks among `candidates` (name, value) for the op and shape class `key`: a forced variant
-/// (`APGA_KERNELS`; an error if it names none of the candidates), the `default` index when autotuning is off, the
+/// (`APGA_KERNELS`: an error if it is none of `family`, the op's variants for any shape; the
+/// default if it is one this shape cannot take), the `default` index when autotuning is off, the
 /// cached choice if there is one, else the fastest by measurement of `run` on the caller's
 /// real operands.
 pub fn choose<V: Copy>(
     gpu: &Gpu,
     key: &str,
+    family: &[&str],
     candidates: &[(&'static str, V)],
     default: usize,
     mut run: impl FnMut(V) -> Result<()>,
@@ -271,18 +273,20 @@ pub fn choose<V: Copy>(
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if let Some(name) = tuner.forced(key) {
-            return match candidates.iter().find(|(n, _)| *n == name) {
-                Some((_, v)) => Ok(*v),
-                None => Err(Error::Gpu(format!(
-                    "APGA_KERNELS forces {key} to {name:?}, which is not one of its variants \
+            if let Some((_, v)) = candidates.iter().find(|(n, _)| *n == name) {
+                return Ok(*v);
+            }
+            if !family.contains(&name) {
+                return Err(Error::Gpu(format!(
+                    "APGA_KERNELS forces {key} to {name:?}, which is not a variant of this op \
                      ({}); fix or unset APGA_KERNELS",
-                    candidates
-                        .iter()
-                        .map(|(n, _)| *n)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))),
-            };
+                    family.join(", ")
+                )));
+            }
+            // A variant of the op that this shape cannot take (e.g. im2col beyond the
+            // workspace, strip on a strided convolution): the op's default runs, and says so.
+            log::info!("autotune {key}: forced {name} does not apply to this shape; default used");
+            return Ok(candidates[default.min(candidates.len() - 1)].1);
         }
         // Autotuning off means the defaults, not choices measured earlier and cached on disk
         // (which would make a run depend on what ran before it on this machine).

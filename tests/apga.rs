@@ -557,7 +557,13 @@ fn every_method_trains_end_to_end_and_leaves_a_complete_run() {
         cache
             .read_dir()
             .unwrap()
-            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == ext))
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == ext)
+            })
             .count()
     };
     assert_eq!(cached("safetensors"), 2);

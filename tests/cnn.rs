@@ -466,13 +466,23 @@ fn conv1x1_gemm_path_matches_cpu() {
     // reduced channels multiples of 4), so this context exercises it deterministically; the
     // second context forces the subgroup variant of the GEMM where the adapter has subgroups.
     for overrides in [vec![], vec![("gemm-batched".into(), "subgroup".into())]] {
+        let forced = !overrides.is_empty();
         let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
             autotune: false,
             kernel_overrides: overrides,
+            profile: true,
             ..Default::default()
         })
         .unwrap();
         conv1x1_gemm_matches_cpu_on(&g);
+        // The profiler saw the kernel the context was meant to run.
+        let ran = g.profile_report().unwrap().unwrap().table(100);
+        let want = if forced && g.has_subgroups() {
+            "conv1x1_subgroup::main"
+        } else {
+            "conv1x1::main"
+        };
+        assert!(ran.contains(want), "{want} did not run:\n{ran}");
     }
 }
 
@@ -538,6 +548,7 @@ fn conv_forward_strip_variant_matches_cpu() {
     let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
         autotune: false,
         kernel_overrides: vec![("conv-fwd".into(), "strip".into())],
+        profile: true,
         ..Default::default()
     })
     .unwrap();
@@ -576,6 +587,12 @@ fn conv_forward_strip_variant_matches_cpu() {
         3,
         1,
     );
+    // The override named a variant that ran (the profiler saw it), not a silent default.
+    let ran = g.profile_report().unwrap().unwrap().table(100);
+    assert!(
+        ran.contains("conv2d::fwd_strip"),
+        "strip did not run:\n{ran}"
+    );
 }
 
 #[test]
@@ -586,6 +603,7 @@ fn conv_input_gradient_strip_variant_matches_cpu() {
     let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
         autotune: false,
         kernel_overrides: vec![("conv-dgrad".into(), "strip".into())],
+        profile: true,
         ..Default::default()
     })
     .unwrap();
@@ -605,6 +623,11 @@ fn conv_input_gradient_strip_variant_matches_cpu() {
         &mut r,
         (2, 4, 5, 7, 3),
         (1, 1, 0),
+    );
+    let ran = g.profile_report().unwrap().unwrap().table(100);
+    assert!(
+        ran.contains("conv2d::dgrad_strip"),
+        "strip did not run:\n{ran}"
     );
 }
 
@@ -667,6 +690,7 @@ fn conv_weight_gradient_8x8_variant_matches_cpu() {
     let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
         autotune: false,
         kernel_overrides: vec![("conv-wgrad".into(), "wgrad8".into())],
+        profile: true,
         ..Default::default()
     })
     .unwrap();
@@ -692,6 +716,11 @@ fn conv_weight_gradient_8x8_variant_matches_cpu() {
         );
     }
     check_wgrad_prologue(&g, "wgrad8 with prologue", &mut r);
+    let ran = g.profile_report().unwrap().unwrap().table(100);
+    assert!(
+        ran.contains("conv2d_wgrad::wgrad8"),
+        "wgrad8 did not run:\n{ran}"
+    );
 }
 
 /// The weight gradient of `bn_relu_conv2d` (input read through the batch-norm prologue from

@@ -101,7 +101,10 @@ fn fuzz(
                     .unwrap_or_default();
                 let path = std::env::temp_dir().join(format!("apga-fuzz-{what}-{i}.bin"));
                 let _ = std::fs::write(&path, &input);
-                panic!("{what}: input {i} panicked ({msg}); saved to {}", path.display());
+                panic!(
+                    "{what}: input {i} panicked ({msg}); saved to {}",
+                    path.display()
+                );
             }
         }
     }
@@ -126,9 +129,24 @@ fn readers_of_user_files_never_panic_on_100k_mutated_inputs() {
         let f64s = [1.5f64, -2.0];
         safetensors::serialize(
             [
-                ("a", safetensors::Dtype::F16, vec![4], bytemuck::cast_slice(&f16).to_vec()),
-                ("b", safetensors::Dtype::BF16, vec![2], bytemuck::cast_slice(&bf16).to_vec()),
-                ("c", safetensors::Dtype::F64, vec![2, 1], bytemuck::cast_slice(&f64s).to_vec()),
+                (
+                    "a",
+                    safetensors::Dtype::F16,
+                    vec![4],
+                    bytemuck::cast_slice(&f16).to_vec(),
+                ),
+                (
+                    "b",
+                    safetensors::Dtype::BF16,
+                    vec![2],
+                    bytemuck::cast_slice(&bf16).to_vec(),
+                ),
+                (
+                    "c",
+                    safetensors::Dtype::F64,
+                    vec![2, 1],
+                    bytemuck::cast_slice(&f64s).to_vec(),
+                ),
             ]
             .iter()
             .map(|(k, d, s, b)| {
@@ -166,7 +184,9 @@ fn readers_of_user_files_never_panic_on_100k_mutated_inputs() {
         img_seeds.push(buf.into_inner());
     };
     let grey = image::GrayImage::from_fn(24, 20, |x, y| image::Luma([(x * 9 + y * 5) as u8]));
-    let rgb = image::RgbImage::from_fn(20, 24, |x, y| image::Rgb([(x * 11) as u8, (y * 7) as u8, 60]));
+    let rgb = image::RgbImage::from_fn(20, 24, |x, y| {
+        image::Rgb([(x * 11) as u8, (y * 7) as u8, 60])
+    });
     let g16: image::ImageBuffer<image::Luma<u16>, Vec<u16>> =
         image::ImageBuffer::from_fn(16, 16, |x, y| image::Luma([(x * 4000 + y * 300) as u16]));
     enc(grey.clone().into(), image::ImageFormat::Png);
@@ -178,16 +198,20 @@ fn readers_of_user_files_never_panic_on_100k_mutated_inputs() {
         size: 64,
         normalize: Normalize::Imagenet,
     };
-    let (n, _) = fuzz("image", &img_seeds, iters(40_000), 2, |b| {
-        match Preprocess::decode_bytes(b, Path::new("fuzz.img")) {
+    let (n, _) = fuzz(
+        "image",
+        &img_seeds,
+        iters(40_000),
+        2,
+        |b| match Preprocess::decode_bytes(b, Path::new("fuzz.img")) {
             Ok(img) => {
                 let v = pre.tensor_values(&img);
                 assert_eq!(v.len(), 3 * 64 * 64);
                 true
             }
             Err(_) => false,
-        }
-    });
+        },
+    );
     total += n;
     // CSV datasets: header, splits, quoted fields, class names and numeric labels.
     let img_dir = dir.path().join("csv");

@@ -42,17 +42,48 @@ fn assert_refused(out: &Output, wanted: &[&str]) {
 fn sizes_counts_and_rates_out_of_range_are_errors_naming_the_flag() {
     let cases: &[(&[&str], &[&str])] = &[
         (
-            &["predict", "--classifier-weights", "w", "--num-classes", "2", "--image-size", "4294967296", "a.png"],
+            &[
+                "predict",
+                "--classifier-weights",
+                "w",
+                "--num-classes",
+                "2",
+                "--image-size",
+                "4294967296",
+                "a.png",
+            ],
             &["--image-size", "32..=4096"],
         ),
         (
-            &["masks", "--segmenter-weights", "w", "--out", "o", "--image-size", "65536", "a.png"],
+            &[
+                "masks",
+                "--segmenter-weights",
+                "w",
+                "--out",
+                "o",
+                "--image-size",
+                "65536",
+                "a.png",
+            ],
             &["--image-size"],
         ),
         (&["train", "--image-size", "100000"], &["--image-size"]),
         (&["data", "--image-size", "0"], &["--image-size"]),
-        (&["train", "--classes", "100000", "--train-size", "32"], &["--classes"]),
-        (&["predict", "--classifier-weights", "w", "--num-classes", "100000", "a.png"], &["--num-classes"]),
+        (
+            &["train", "--classes", "100000", "--train-size", "32"],
+            &["--classes"],
+        ),
+        (
+            &[
+                "predict",
+                "--classifier-weights",
+                "w",
+                "--num-classes",
+                "100000",
+                "a.png",
+            ],
+            &["--num-classes"],
+        ),
         (&["train", "--seed", "18446744073709551615"], &["--seed"]),
         (&["train", "--batch-size", "1"], &["--batch-size"]),
         (&["train", "--lr-policy", "inf"], &["--lr-policy"]),
@@ -64,9 +95,15 @@ fn sizes_counts_and_rates_out_of_range_are_errors_naming_the_flag() {
         (&["train", "--k-shot", "3"], &["--k-shot"]),
         (&["compare", "--seeds", "0"], &["--seeds"]),
         // In range, but more classes than images: every class needs training images.
-        (&["data", "--classes", "50", "--train-size", "10"], &["no training images"]),
+        (
+            &["data", "--classes", "50", "--train-size", "10"],
+            &["no training images"],
+        ),
         // In range, but the first feature map outgrows any buffer the adapter allows.
-        (&["train", "--image-size", "4096", "--batch-size", "1024"], &["--batch-size 1024", "--image-size 4096"]),
+        (
+            &["train", "--image-size", "4096", "--batch-size", "1024"],
+            &["--batch-size 1024", "--image-size 4096"],
+        ),
     ];
     for (args, wanted) in cases {
         let out = run(args);
@@ -159,16 +196,21 @@ fn non_finite_or_impossible_weights_are_refused_by_name() {
     let pt = dir.path().join("model.pt");
     std::fs::write(&pt, b"PK\x03\x04archive/data.pkl....").unwrap();
     let e = state::read(&pt).unwrap_err().to_string();
-    assert!(e.contains("PyTorch checkpoint") && e.contains("convert"), "{e}");
+    assert!(
+        e.contains("PyTorch checkpoint") && e.contains("convert"),
+        "{e}"
+    );
 }
 
 #[test]
 fn truncated_jpegs_are_refused_or_skipped_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let full = dir.path().join("full.jpg");
-    image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, 90]))
-        .save(&full)
-        .unwrap();
+    image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 90])
+    })
+    .save(&full)
+    .unwrap();
     let bytes = std::fs::read(&full).unwrap();
     assert!(apga_gpu::data::preprocess::jpeg_complete(&bytes));
     let half = dir.path().join("half.jpg");
@@ -179,7 +221,10 @@ fn truncated_jpegs_are_refused_or_skipped_and_counted() {
     let e = apga_gpu::data::Preprocess::decode(&half)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("half.jpg") && e.contains("truncated JPEG"), "{e}");
+    assert!(
+        e.contains("half.jpg") && e.contains("truncated JPEG"),
+        "{e}"
+    );
     assert!(apga_gpu::data::Preprocess::decode(&full).is_ok());
     // In a dataset: an error naming the file, or skipped and counted.
     let root = dir.path().join("set");
@@ -238,15 +283,25 @@ fn every_source_needs_two_classes_and_csv_errors_name_the_real_line() {
         run(&["data", "--data", &format!("csv:{}", p.display())])
     };
     // One label: refused, as a folder with one class is.
-    assert_refused(&open("x.png,0\nx.png,0\nx.png,0\n"), &["1 class", "at least two"]);
+    assert_refused(
+        &open("x.png,0\nx.png,0\nx.png,0\n"),
+        &["1 class", "at least two"],
+    );
     std::fs::create_dir_all(dir.path().join("one/only")).unwrap();
     std::fs::copy(&img, dir.path().join("one/only/x.png")).unwrap();
-    let out = run(&["data", "--data", &format!("folder:{}", dir.path().join("one").display())]);
+    let out = run(&[
+        "data",
+        "--data",
+        &format!("folder:{}", dir.path().join("one").display()),
+    ]);
     assert_refused(&out, &["two"]);
     // Empty: says so.
     assert_refused(&open(""), &["no images listed"]);
     // Line numbers count blank lines.
-    assert_refused(&open("x.png,0\n\n\nx.png,1,test\n"), &["line 4", "\"test\""]);
+    assert_refused(
+        &open("x.png,0\n\n\nx.png,1,test\n"),
+        &["line 4", "\"test\""],
+    );
     // A numeric label far beyond any class count.
     assert_refused(&open("x.png,0\nx.png,99999999\n"), &["99999999"]);
     // An absolute path inside the root is fine; a symbolic link leading out of it is not.
@@ -299,7 +354,11 @@ fn masks_of_images_with_the_same_name_do_not_overwrite_each_other() {
         a.to_str().unwrap(),
         b.to_str().unwrap(),
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let printed: Vec<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(str::to_string)
@@ -313,15 +372,31 @@ fn masks_of_images_with_the_same_name_do_not_overwrite_each_other() {
 
 #[test]
 fn environment_variables_with_typos_are_errors_not_silence() {
-    let out = bin().env("WGPU_BACKEND", "bogus").arg("devices").output().unwrap();
+    let out = bin()
+        .env("WGPU_BACKEND", "bogus")
+        .arg("devices")
+        .output()
+        .unwrap();
     assert_refused(&out, &["WGPU_BACKEND", "bogus", "not a backend name"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("install"), "no driver advice for a typo: {err}");
+    assert!(
+        !err.contains("install"),
+        "no driver advice for a typo: {err}"
+    );
     // A forced kernel variant that names no candidate of the op it matches.
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
         .env("APGA_KERNELS", "conv-fwd=no-such-variant")
-        .args(["bench", "--no-torch", "--steps", "0", "--batch-size", "2", "--image-size", "32"])
+        .args([
+            "bench",
+            "--no-torch",
+            "--steps",
+            "0",
+            "--batch-size",
+            "2",
+            "--image-size",
+            "32",
+        ])
         .args(["--classifier-arch", "tiny", "--policy-filters", "2"])
         .current_dir(dir.path())
         .output()
@@ -392,10 +467,16 @@ fn a_run_directory_is_never_overwritten_or_shared() {
     // A file of the user's own in it survives --overwrite; the run's files are replaced.
     std::fs::write(t.path("run/notes.txt"), "mine").unwrap();
     ok(t.train("run", &["--overwrite"]));
-    assert_eq!(std::fs::read_to_string(t.path("run/notes.txt")).unwrap(), "mine");
+    assert_eq!(
+        std::fs::read_to_string(t.path("run/notes.txt")).unwrap(),
+        "mine"
+    );
     // A fresh log (the converged baseline now comes from the cache: no pretraining lines).
     let fresh = std::fs::read_to_string(t.path("run/metrics.jsonl")).unwrap();
-    assert!(!fresh.contains("\"pretrain\"") && fresh.len() < log.len(), "{fresh}");
+    assert!(
+        !fresh.contains("\"pretrain\"") && fresh.len() < log.len(),
+        "{fresh}"
+    );
     assert_eq!(fresh.matches("\"phase\":\"train\"").count(), 9);
     // While another process holds the directory, a second run is refused at once.
     let lock = apga_gpu::fsio::Lock::try_acquire(&t.path("busy/.lock"))
@@ -426,7 +507,10 @@ fn the_converged_baseline_cache_follows_the_data_not_its_name() {
     }
     let data = format!("folder:{}", root.display());
     let train = |out: &str| {
-        let out = ok(t.train(out, &["--method", "baseline", "--data", &data, "--epochs", "1"]));
+        let out = ok(t.train(
+            out,
+            &["--method", "baseline", "--data", &data, "--epochs", "1"],
+        ));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let quiet_run = |out: &str| {
@@ -463,7 +547,10 @@ fn outcome(dir: &Path) -> Vec<(String, Vec<u8>)> {
     summary["run_dir"] = "".into();
     let mut v = vec![
         ("summary".into(), summary.to_string().into_bytes()),
-        ("checkpoint".into(), st["checkpoint"].to_string().into_bytes()),
+        (
+            "checkpoint".into(),
+            st["checkpoint"].to_string().into_bytes(),
+        ),
     ];
     for f in [
         "metrics.jsonl",
@@ -472,8 +559,15 @@ fn outcome(dir: &Path) -> Vec<(String, Vec<u8>)> {
     ] {
         v.push((f.into(), std::fs::read(dir.join(f)).unwrap()));
     }
-    for f in ["classifier.safetensors", "policy.safetensors", "optimizer.safetensors"] {
-        v.push((format!("latest/{f}"), std::fs::read(latest.join(f)).unwrap()));
+    for f in [
+        "classifier.safetensors",
+        "policy.safetensors",
+        "optimizer.safetensors",
+    ] {
+        v.push((
+            format!("latest/{f}"),
+            std::fs::read(latest.join(f)).unwrap(),
+        ));
     }
     assert_eq!(
         dir.join("checkpoints").read_dir().unwrap().count(),

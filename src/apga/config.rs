@@ -290,8 +290,7 @@ impl TrainConfig {
         }
         lim::check_image_size(self.image_size, self.method.has_policy())
             .map_err(|e| crate::Error::shape("--image-size", e))?;
-        if !(self.val_fraction.is_finite() && self.val_fraction > 0.0 && self.val_fraction < 1.0)
-        {
+        if !(self.val_fraction.is_finite() && self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return bad(
                 "--val-fraction",
                 format!("{} must be in (0, 1)", self.val_fraction),

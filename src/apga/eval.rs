@@ -95,6 +95,8 @@ pub struct EvalOptions {
     pub workers: usize,
     pub batch_size: usize,
     pub masking: Masking,
+    /// Leave out (and count in the log) images that cannot be read, as training does.
+    pub skip_bad_images: bool,
 }
 
 /// Evaluates the classifier (eval mode) on a split, with the policy's test-time augmentation
@@ -111,12 +113,14 @@ pub fn evaluate(
         workers,
         batch_size,
         masking,
+        skip_bad_images,
     } = opts;
     let k = ds.classes.len();
     let cfg = LoaderConfig {
         batch_size,
         workers,
         shuffle: false,
+        skip_bad_images,
         ..Default::default()
     };
     let samples = Arc::new(split.to_vec());

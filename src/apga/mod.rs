@@ -150,12 +150,14 @@ pub fn evaluate_run(
     run_dir: &Path,
     data: Option<&str>,
     latest: bool,
+    skip_bad_images: bool,
     device: Option<&str>,
 ) -> Result<Metrics> {
     let mut cfg = run_dir::read_config(run_dir)?;
     if let Some(d) = data {
         cfg.data = d.to_string();
     }
+    cfg.skip_bad_images |= skip_bad_images;
     let gpu = Gpu::new(crate::gpu::GpuOptions {
         device: device.map(str::to_string),
         ..Default::default()
@@ -206,6 +208,7 @@ pub fn evaluate_run(
             workers: cfg.workers,
             batch_size: cfg.batch_size,
             masking: step::Masking::of(&cfg),
+            skip_bad_images: cfg.skip_bad_images,
         },
     )
 }

@@ -37,6 +37,10 @@ pub(crate) struct TrainState {
     /// The length of `metrics.jsonl` at the commit (the log is cut back to it on resume).
     #[serde(default)]
     pub(crate) log_bytes: Option<u64>,
+    /// The pretrained cache the run used (absolute), so that a resume from another working
+    /// directory finds its converged baseline instead of training it again.
+    #[serde(default)]
+    pub(crate) pretrained_cache: Option<std::path::PathBuf>,
 }
 
 fn adam_tensors(
@@ -71,6 +75,7 @@ pub(crate) struct Snapshot<'a> {
     pub(crate) pretrained: &'a Metrics,
     /// The length of `metrics.jsonl` that belongs to this state.
     pub(crate) log_bytes: u64,
+    pub(crate) pretrained_cache: &'a Path,
 }
 
 /// The manifest's name in a run directory.
@@ -138,6 +143,7 @@ pub(crate) fn commit(run_dir: &Path, s: &Snapshot, dup: &[(String, String)]) -> 
         pretrained: json(s.pretrained),
         checkpoint: Some(format!("{CHECKPOINTS}/{name}")),
         log_bytes: Some(s.log_bytes),
+        pretrained_cache: std::path::absolute(s.pretrained_cache).ok(),
     };
     let text = serde_json::to_vec_pretty(&st).map_err(|e| Error::Incomplete(e.to_string()))?;
     crate::fsio::write_atomic(&run_dir.join(MANIFEST), &text)?;
@@ -240,8 +246,25 @@ pub(crate) fn restore_adam(
 pub fn resume(run_dir: &Path, opts: &RunOptions) -> Result<Summary> {
     let cfg = read_config(run_dir)?;
     let st = read_manifest(run_dir)?;
+    // The committed files are complete (they were renamed into place whole); a file damaged
+    // since is reported now, not after the networks are set up.
+    let [clf, policy, optimizer] = latest_files(run_dir, &st);
+    for f in [
+        Some(clf),
+        cfg.method.has_policy().then_some(policy),
+        Some(optimizer),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        state::read(&f)?;
+    }
     let opts = RunOptions {
         out: Some(run_dir.to_path_buf()),
+        pretrained_cache: opts
+            .pretrained_cache
+            .clone()
+            .or_else(|| st.pretrained_cache.clone()),
         ..opts.clone()
     };
     trainer::train_inner(cfg, &opts, Some(st))

@@ -117,7 +117,18 @@ pub(crate) fn save_masks(ctx: &Ctx, policy: &UNet11, dir: &Path, tag: &str) -> R
 /// The resolved configuration a run wrote to its `config.toml`.
 pub(crate) fn read_config(run_dir: &Path) -> Result<crate::apga::TrainConfig> {
     let path = run_dir.join("config.toml");
-    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let text = std::fs::read_to_string(&path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::Format {
+                path: run_dir.into(),
+                detail: "not a run directory (no config.toml): give a directory that \
+                         `apga-gpu train` wrote (its --out)"
+                    .into(),
+            }
+        } else {
+            io(&path)(source)
+        }
+    })?;
     toml::from_str(&text).map_err(|e| Error::Format {
         path,
         detail: e.to_string(),

@@ -16,8 +16,7 @@ use crate::apga::resume::{
     commit, latest_files, remove_uncommitted, restore_adam, Snapshot, TrainState,
 };
 use crate::apga::run_dir::{
-    check_finite, io, lock_run_dir, prepare_new_run_dir, read_scalars, reopen_log, save_masks,
-    Log,
+    check_finite, io, lock_run_dir, prepare_new_run_dir, read_scalars, reopen_log, save_masks, Log,
 };
 use crate::apga::step::{self, Masking, PolicyState, StepValues};
 use crate::apga::{classifier_config, data_options, interrupted, plots, pretrain};
@@ -78,6 +77,7 @@ impl Ctx {
                 workers: self.cfg.workers,
                 batch_size: self.cfg.batch_size,
                 masking: Masking::of(&self.cfg),
+                skip_bad_images: self.cfg.skip_bad_images,
             },
         )
     }
@@ -217,7 +217,10 @@ fn check_input_files(cfg: &TrainConfig) -> Result<()> {
     let policy_file = cfg
         .segmenter_weights
         .clone()
-        .or_else(|| (!matches!(cfg.policy_init.as_str(), "random" | "foreground")).then(|| cfg.policy_init.clone()))
+        .or_else(|| {
+            (!matches!(cfg.policy_init.as_str(), "random" | "foreground"))
+                .then(|| cfg.policy_init.clone())
+        })
         .filter(|_| cfg.method.has_policy());
     for f in cfg.classifier_weights.iter().chain(policy_file.iter()) {
         state::read(std::path::Path::new(f))?;
@@ -323,7 +326,10 @@ pub(crate) fn train_inner(
         )?;
         state::load(
             &f,
-            &cache.join(format!("{}.safetensors", pretrain::pretrain_key(&cfg, ctx.data_key))),
+            &cache.join(format!(
+                "{}.safetensors",
+                pretrain::pretrain_key(&cfg, ctx.data_key)
+            )),
             &LoadOptions::default(),
         )?;
         Some(f)
@@ -431,6 +437,7 @@ pub(crate) fn train_inner(
             last,
             pretrained,
             log_bytes: log.len()?,
+            pretrained_cache: &cache,
         };
         commit(&run_dir, &snapshot, &dup)
     };

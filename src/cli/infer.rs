@@ -58,13 +58,8 @@ pub fn predict(device: Option<&str>, args: &PredictArgs) -> Result<()> {
     crate::limits::check_image_size(args.image_size, false)
         .map_err(|e| Error::shape("predict", e))?;
     let gpu = open_gpu(device)?;
-    crate::limits::check_batch_fits(
-        BATCH,
-        args.image_size,
-        false,
-        gpu.limits().max_buffer_size,
-    )
-    .map_err(|e| Error::shape("predict", e))?;
+    crate::limits::check_batch_fits(BATCH, args.image_size, false, gpu.limits().max_buffer_size)
+        .map_err(|e| Error::shape("predict", e))?;
     let k = args.num_classes;
     let config = match args.arch {
         Arch::Densenet121 => DenseNetConfig::densenet121(k),
@@ -153,7 +148,13 @@ pub(crate) fn output_stems(paths: &[std::path::PathBuf]) -> Vec<String> {
                 let flat: String = p
                     .to_string_lossy()
                     .chars()
-                    .map(|c| if c.is_alphanumeric() || c == '-' { c } else { '_' })
+                    .map(|c| {
+                        if c.is_alphanumeric() || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
                     .collect();
                 flat.trim_matches('_').to_string()
             };

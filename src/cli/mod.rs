@@ -151,6 +151,9 @@ pub struct EvalArgs {
     /// Use the latest checkpoints instead of the best.
     #[arg(long)]
     pub latest: bool,
+    /// Skip (and count) missing or unreadable images instead of stopping.
+    #[arg(long)]
+    pub skip_bad_images: bool,
     /// Print the metrics as one JSON object.
     #[arg(long)]
     pub json: bool,

@@ -93,8 +93,19 @@ pub fn choose(summaries: &[AdapterSummary], request: &Request) -> Result<usize> 
     if let Ok(b) = std::env::var("WGPU_BACKEND") {
         // wgpu ignores names it does not know; a typo would then read as "no driver".
         const KNOWN: &[&str] = &[
-            "vulkan", "vk", "metal", "mtl", "dx12", "d3d12", "gl", "gles", "opengl", "webgpu",
-            "primary", "secondary", "noop",
+            "vulkan",
+            "vk",
+            "metal",
+            "mtl",
+            "dx12",
+            "d3d12",
+            "gl",
+            "gles",
+            "opengl",
+            "webgpu",
+            "primary",
+            "secondary",
+            "noop",
         ];
         let unknown: Vec<&str> = b
             .split(',')

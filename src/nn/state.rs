@@ -13,8 +13,8 @@ use std::sync::atomic::Ordering;
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::fsio::write_atomic;
 use crate::error::{Error, Result};
+use crate::fsio::write_atomic;
 use crate::nn::{assign, Module};
 
 /// One tensor read from a file, converted to f32.
@@ -93,7 +93,10 @@ fn not_safetensors(bytes: &[u8], err: &str) -> String {
              weights/convert_ternausnet.py (TernausNet UNet11)"
         )
     } else if bytes.len() < 8 {
-        format!("not a safetensors file: {} bytes, shorter than its 8-byte header length", bytes.len())
+        format!(
+            "not a safetensors file: {} bytes, shorter than its 8-byte header length",
+            bytes.len()
+        )
     } else {
         format!(
             "not a complete safetensors file ({err}): the file is cut short or of another \

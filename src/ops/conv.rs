@@ -259,7 +259,7 @@ pub(crate) fn wgrad(
             "plain"
         }
     );
-    let block = autotune::choose(gpu, &key, &cands, 0, |b| run(b).map(|_| ()))?;
+    let block = autotune::choose(gpu, &key, WGRAD_VARIANTS, &cands, 0, |b| run(b).map(|_| ()))?;
     run(block)
 }
 
@@ -619,7 +619,7 @@ fn batched_gemm(
         autotune::bucket(d.imgs)
     );
     let cands = [("vec4", &CONV1X1), ("subgroup", &CONV1X1_SUBGROUP)];
-    let shader = autotune::choose(gpu, &key, &cands, 0, run)?;
+    let shader = autotune::choose(gpu, &key, &["vec4", "subgroup"], &cands, 0, run)?;
     run(shader)
 }
 
@@ -994,6 +994,12 @@ fn strip_fits(g: &ConvGeom) -> bool {
     7 * g.stride + g.kw <= 24
 }
 
+/// Every variant name of the forward and input-gradient convolutions (what `APGA_KERNELS`
+/// may force), whatever a given shape offers.
+const CONV_VARIANTS: &[&str] = &["direct", "strip", "gemm1x1", "im2col", "col2im"];
+/// Every variant name of the weight-gradient convolution.
+const WGRAD_VARIANTS: &[&str] = &["wgrad4", "wgrad8", "gemm", "gemm_sg"];
+
 fn candidates(
     g: &ConvGeom,
     gemm: bool,
@@ -1072,6 +1078,7 @@ pub(crate) fn fwd_into(
     let k = autotune::choose(
         gpu,
         &class_key("fwd", g, prologue.is_some()),
+        CONV_VARIANTS,
         &cands,
         default,
         run,
@@ -1118,7 +1125,14 @@ pub(crate) fn dgrad_into(
         ),
     };
     let default = if gemm { cands.len() - 1 } else { 0 };
-    let k = autotune::choose(gpu, &class_key("dgrad", g, false), &cands, default, run)?;
+    let k = autotune::choose(
+        gpu,
+        &class_key("dgrad", g, false),
+        CONV_VARIANTS,
+        &cands,
+        default,
+        run,
+    )?;
     run(k)
 }
 

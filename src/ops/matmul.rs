@@ -134,6 +134,9 @@ fn run(gpu: &Gpu, v: MatmulVariant, d: &Dims, a: &Storage, b: &Storage, c: &Stor
 
 /// The variants that can run `d`, in default order for this adapter (the first is used when
 /// autotuning is off): barrier-free ones first on CPU drivers, the tiled one first elsewhere.
+/// Every matmul variant's name (what `APGA_KERNELS` may force).
+const MATMUL_VARIANTS: &[&str] = &["tiled", "blocked", "vec4_4x4", "vec4_8x8"];
+
 pub fn candidates(gpu: &Gpu, d: &Dims) -> Vec<MatmulVariant> {
     let order: &[MatmulVariant] = if gpu.info().device_type == wgpu::DeviceType::Cpu {
         &[
@@ -194,7 +197,7 @@ pub fn matmul_t(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Tensor> {
         .into_iter()
         .map(|v| (v.name(), v))
         .collect();
-    let v = autotune::choose(gpu, &shape_class(&d), &named, 0, |v| {
+    let v = autotune::choose(gpu, &shape_class(&d), MATMUL_VARIANTS, &named, 0, |v| {
         run(gpu, v, &d, a.storage(), b.storage(), &c)
     })?;
     run(gpu, v, &d, a.storage(), b.storage(), &c)?;
@@ -234,7 +237,7 @@ pub fn chosen_variant(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Matm
         .into_iter()
         .map(|v| (v.name(), v))
         .collect();
-    autotune::choose(gpu, &shape_class(&d), &named, 0, |v| {
+    autotune::choose(gpu, &shape_class(&d), MATMUL_VARIANTS, &named, 0, |v| {
         run(gpu, v, &d, a.storage(), b.storage(), &c)
     })
 }
