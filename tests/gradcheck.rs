@@ -145,9 +145,14 @@ fn grad_same_tensor_twice_accumulates() {
 
 #[test]
 fn grad_where() {
-    for (s, (sm, sab)) in [
-        (&[3usize, 5][..], &[3usize, 5][..]),
-        (&[2, 1, 4, 3], &[2, 3, 4, 3]),
+    // (mask, a, b) shapes: equal; the mask broadcast; then a and b broadcast too (their
+    // gradients summed back over the broadcast axes), each in a different way.
+    for (s, (sm, sa, sb)) in [
+        (&[3usize, 5][..], &[3usize, 5][..], &[3usize, 5][..]),
+        (&[2, 1, 4, 3], &[2, 3, 4, 3], &[2, 3, 4, 3]),
+        (&[2, 3, 4], &[1, 3, 1], &[2, 1, 4]),
+        (&[4, 1], &[4, 5], &[5]),
+        (&[3, 4], &[1], &[3, 1]),
     ]
     .iter()
     .enumerate()
@@ -157,11 +162,11 @@ fn grad_where() {
             .into_iter()
             .map(|v| if v > 0.5 { 1.0 } else { 0.0 })
             .collect();
-        let a = uniform(&mut r, numel(sab), -2.0, 2.0);
-        let b = uniform(&mut r, numel(sab), -2.0, 2.0);
+        let a = uniform(&mut r, numel(sa), -2.0, 2.0);
+        let b = uniform(&mut r, numel(sb), -2.0, 2.0);
         GradCheck::default().run(
-            &format!("where mask {sm:?} values {sab:?}"),
-            &[(mask, sm.to_vec()), (a, sab.to_vec()), (b, sab.to_vec())],
+            &format!("where mask {sm:?} a {sa:?} b {sb:?}"),
+            &[(mask, sm.to_vec()), (a, sa.to_vec()), (b, sb.to_vec())],
             &[false, true, true],
             |t| ops::where_(&t[0], &t[1], &t[2]),
         );
