@@ -415,3 +415,94 @@ fn bench_times_every_phase_of_the_apga_step() {
     let (ok, _, err) = apga(&["bench", "--image-size", "40"]);
     assert!(!ok && err.contains("multiple of 32"), "{err}");
 }
+
+#[test]
+fn predict_and_masks_values_match_pytorch() {
+    // The seeded random weights of `examples/random_weights.rs` (same seeds, same networks),
+    // two committed 64x64 PNGs, and what PyTorch computed for them
+    // (`tests/fixtures/make_cli_fixtures.py`): DenseNet-169 probabilities and UNet11's mask.
+    let dir = tempfile::tempdir().unwrap();
+    let g = gpu();
+    let dn = DenseNet::new(&g, DenseNetConfig::densenet169(2), 0).unwrap();
+    let dn_file = dir.path().join("dn.safetensors");
+    state::save(&dn, &dn_file, &[]).unwrap();
+    let un = UNet11::new(&g, 32, 0).unwrap();
+    let dup: Vec<(String, String)> = unet::encoder_aliases()
+        .into_iter()
+        .map(|(a, b)| (b, a))
+        .collect();
+    let un_file = dir.path().join("unet.safetensors");
+    state::save(&un, &un_file, &dup).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let want = state::read(&fixtures.join("cli_values.safetensors")).unwrap();
+    let stale = "(if the networks' initialisation changed, regenerate the fixture: see \
+                 tests/fixtures/make_cli_fixtures.py)";
+    for stem in ["cli_xray", "cli_photo"] {
+        let img = fixtures.join(format!("{stem}.png"));
+        let (ok, out, err) = apga(&[
+            "predict",
+            "--json",
+            "--classifier-weights",
+            dn_file.to_str().unwrap(),
+            "--num-classes",
+            "2",
+            "--image-size",
+            "64",
+            img.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        let probs: Vec<f32> = v["probs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_f64().unwrap() as f32)
+            .collect();
+        let torch = &want[&format!("{stem}.probs")].values;
+        for (a, b) in probs.iter().zip(torch) {
+            // PyTorch agrees to ~2e-7; a 1 % error in one channel's mean moves them 1.5e-5.
+            assert!(
+                (a - b).abs() <= 5e-6,
+                "{stem}: probs {probs:?} vs PyTorch {torch:?} {stale}"
+            );
+        }
+        let out_dir = dir.path().join("masks");
+        let (ok, _, err) = apga(&[
+            "masks",
+            "--segmenter-weights",
+            un_file.to_str().unwrap(),
+            "--image-size",
+            "64",
+            "--out",
+            out_dir.to_str().unwrap(),
+            img.to_str().unwrap(),
+        ]);
+        assert!(ok, "{err}");
+        let mask = image::open(out_dir.join(format!("{stem}_mask.png")))
+            .unwrap()
+            .to_luma8();
+        let p = &want[&format!("{stem}.mask_p")].values;
+        assert_eq!(mask.len(), p.len());
+        // round(p * 255): equal, or one level apart where p * 255 sits on a rounding edge.
+        let mut off = 0;
+        for (m, q) in mask.as_raw().iter().zip(p) {
+            let exact = q * 255.0;
+            let d = (*m as f32 - exact.round()).abs();
+            assert!(
+                d <= 1.0,
+                "{stem}: mask level {m} vs PyTorch {exact} {stale}"
+            );
+            if d > 0.0 {
+                assert!((exact.fract() - 0.5).abs() < 0.01, "{stem}: {m} vs {exact}");
+                off += 1;
+            }
+        }
+        assert!(off <= p.len() / 100, "{stem}: {off} levels off");
+        // The mask is not constant: the comparison says something.
+        let (lo, hi) = mask
+            .as_raw()
+            .iter()
+            .fold((255u8, 0u8), |(l, h), &m| (l.min(m), h.max(m)));
+        assert!(hi > lo, "{stem}: constant mask {lo}");
+    }
+}
