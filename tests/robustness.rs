@@ -647,3 +647,103 @@ fn a_run_killed_at_any_instant_resumes_bit_identical() {
     }
     let _ = Duration::ZERO;
 }
+
+#[test]
+fn ctrl_c_during_pretraining_stops_at_once() {
+    // Pretraining for up to 10 000 epochs: Ctrl-C must stop it within seconds, not finish it.
+    let t = Tiny::new();
+    let mut child = t
+        .train(
+            "long",
+            &["--pretrain-epochs", "10000", "--patience", "10000"],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let stopped = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(20),
+        "took {:?} to stop",
+        stopped.elapsed()
+    );
+    assert_refused(&out, &["interrupted during pretraining"]);
+    // Nothing half-written stays in the cache.
+    let leftovers: Vec<String> = std::fs::read_dir(t.path("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(".lock"))
+        .collect();
+    assert!(
+        leftovers
+            .iter()
+            .all(|n| n.ends_with(".partial.safetensors")),
+        "{leftovers:?}"
+    );
+    // The next run removes the partial file before training that entry again.
+    ok(t.train("after", &[]));
+    let partial = std::fs::read_dir(t.path("cache"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains("partial")
+        })
+        .count();
+    assert_eq!(partial, 0);
+}
+
+#[test]
+fn two_runs_sharing_a_cold_cache_train_the_baseline_once_and_agree() {
+    let t = Tiny::new();
+    let spawn = |out: &str| {
+        t.train(out, &["--method", "baseline", "--epochs", "1"])
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn("a"), spawn("b"));
+    for mut c in [a, b] {
+        assert!(c.wait().unwrap().success());
+    }
+    let summary = |name: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(t.path(name).join("summary.json")).unwrap())
+            .unwrap()
+    };
+    // Both start from the same converged baseline (the second waited for the first's).
+    assert_eq!(
+        summary("a")["pretrained"]["accuracy"],
+        summary("b")["pretrained"]["accuracy"]
+    );
+    let cached = std::fs::read_dir(t.path("cache"))
+        .unwrap()
+        .filter(|e| {
+            let n = e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            n.ends_with(".safetensors")
+        })
+        .count();
+    assert_eq!(cached, 1, "one converged baseline, no partial file");
+    // Exactly one of them trained it (logged pretraining epochs); the other loaded it.
+    let trained = ["a", "b"]
+        .iter()
+        .filter(|n| {
+            std::fs::read_to_string(t.path(n).join("metrics.jsonl"))
+                .unwrap()
+                .contains("\"phase\":\"pretrain\"")
+        })
+        .count();
+    assert_eq!(trained, 1);
+}

@@ -108,7 +108,34 @@ fn lock_cache_entry(
     if partial.exists() {
         std::fs::remove_file(partial).map_err(io(partial))?;
     }
+    remove_abandoned(cache, key);
     Ok(lock)
+}
+
+/// Removes what killed or interrupted processes left of other cache entries: a
+/// `KEY.partial.safetensors` (or a temporary file) whose `KEY.lock` nobody holds.
+fn remove_abandoned(cache: &Path, own_key: &str) {
+    let Ok(entries) = std::fs::read_dir(cache) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let key = match name.strip_suffix(".partial.safetensors") {
+            Some(k) => k.to_string(),
+            None if crate::fsio::is_tmp_name(&name) => match name.split_once('.') {
+                Some((k, _)) => k.to_string(),
+                None => continue,
+            },
+            None => continue,
+        };
+        if key == own_key {
+            continue;
+        }
+        let lock = cache.join(format!("{key}.lock"));
+        if let Ok(Some(_held)) = crate::fsio::Lock::try_acquire(&lock) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Ctrl-C during pretraining stops at once: nothing of the run exists yet to save.

@@ -196,8 +196,20 @@ fn build(
     synthetic: Option<&SyntheticConfig>,
     skip: bool,
 ) -> Result<Batch> {
+    // The batch's pixels, allocated fallibly: an error naming the size, not an abort.
+    let values = idx.len() * 3 * pre.size * pre.size;
+    let mut images = Vec::new();
+    images.try_reserve_exact(values).map_err(|e| {
+        Error::Incomplete(format!(
+            "a batch of {n} images of {s}x{s} needs {mib} MiB of host memory, which could \
+             not be allocated ({e}): lower --batch-size or --image-size",
+            n = idx.len(),
+            s = pre.size,
+            mib = (values * 4) >> 20
+        ))
+    })?;
     let mut batch = Batch {
-        images: Vec::with_capacity(idx.len() * 3 * pre.size * pre.size),
+        images,
         labels: Vec::new(),
         rois: None,
         evidence: None,
