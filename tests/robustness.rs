@@ -652,7 +652,7 @@ fn a_run_killed_at_any_instant_resumes_bit_identical() {
 fn ctrl_c_during_pretraining_stops_at_once() {
     // Pretraining for up to 10 000 epochs: Ctrl-C must stop it within seconds, not finish it.
     let t = Tiny::new();
-    let mut child = t
+    let child = t
         .train(
             "long",
             &["--pretrain-epochs", "10000", "--patience", "10000"],
