@@ -34,7 +34,7 @@ struct Row {
 
 fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-    let gpu = match Gpu::new(GpuOptions::default()) {
+    let gpu = match GpuOptions::from_env().and_then(Gpu::new) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");

@@ -18,7 +18,7 @@ fn main() {
     if sizes.is_empty() {
         sizes = vec![256, 512, 1024];
     }
-    let gpu = match Gpu::new(GpuOptions::default()) {
+    let gpu = match GpuOptions::from_env().and_then(Gpu::new) {
         Ok(g) => g,
         Err(e) => {
             eprintln!("error: {e}");

@@ -10,7 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1).map(|a| a.parse::<usize>());
     let batch = args.next().transpose()?.unwrap_or(4);
     let size = args.next().transpose()?.unwrap_or(64);
-    let gpu = Gpu::new(GpuOptions::default())?;
+    let gpu = Gpu::new(GpuOptions::from_env()?)?;
     let net = DenseNet::new(&gpu, DenseNetConfig::densenet169(2), 0)?;
     let x = Tensor::from_slice(
         &gpu,

@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let classes: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(2);
     std::fs::create_dir_all(&dir)?;
-    let gpu = Gpu::new(GpuOptions::default())?;
+    let gpu = Gpu::new(GpuOptions::from_env()?)?;
     let dn = DenseNet::new(&gpu, DenseNetConfig::densenet169(classes), 0)?;
     state::save(&dn, &dir.join("densenet169_random.safetensors"), &[])?;
     let un = UNet11::new(&gpu, 32, 0)?;

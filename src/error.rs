@@ -41,6 +41,11 @@ pub enum Error {
         shape: Vec<usize>,
     },
 
+    /// A command-line flag, configuration key or environment variable with a value that
+    /// cannot be used (`what` names it).
+    #[error("{what}: {detail}")]
+    Usage { what: String, detail: String },
+
     /// Operands whose shapes do not fit the op.
     #[error("{op}: {detail}")]
     Shape { op: &'static str, detail: String },
@@ -78,6 +83,14 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// Usage error helper: `what` is the flag, key or variable.
+    pub fn usage(what: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Usage {
+            what: what.into(),
+            detail: detail.into(),
+        }
+    }
+
     /// Shape error helper.
     pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
         Error::Shape {

@@ -6,7 +6,6 @@
 
 pub mod apga;
 pub mod autodiff;
-pub mod autotune;
 pub mod cli;
 pub mod data;
 pub mod error;
@@ -22,5 +21,7 @@ pub mod tensor;
 
 pub use autodiff::{no_grad, Grads, Tape};
 pub use error::{Error, Result};
+/// Kernel-variant choice by measurement (part of the GPU layer).
+pub use gpu::autotune;
 pub use gpu::{Gpu, GpuOptions};
 pub use tensor::Tensor;

@@ -8,10 +8,6 @@ fn main() -> ExitCode {
     )
     .init();
     let cli = apga_gpu::cli::Cli::parse();
-    if cli.no_autotune {
-        // Read by GpuOptions::default() wherever a context is opened.
-        std::env::set_var("APGA_NO_AUTOTUNE", "1");
-    }
     match apga_gpu::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -461,7 +461,10 @@ fn training_is_deterministic_for_a_seed() {
             out: Some(dir.path().join(name)),
             quiet: true,
             pretrained_cache: Some(dir.path().join(format!("cache-{name}"))),
-            no_autotune: true,
+            gpu: apga_gpu::GpuOptions {
+                autotune: false,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let s = apga::train(tiny_config(Method::Apga, 5), &opts).unwrap();
@@ -586,7 +589,10 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
             quiet: true,
             pretrained_cache: Some(dir.path().join(format!("cache-{}-{name}", method.name()))),
             stop_after_steps: stop,
-            no_autotune: true,
+            gpu: apga_gpu::GpuOptions {
+                autotune: false,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let full = apga::train(cfg.clone(), &opts("full", None)).unwrap();

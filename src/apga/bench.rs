@@ -73,15 +73,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn bench(
     cfg: &TrainConfig,
     steps: usize,
-    device: Option<&str>,
+    options: &GpuOptions,
     profile: bool,
 ) -> Result<BenchResult> {
     let opened = Instant::now();
-    let defaults = GpuOptions::default();
     let gpu = Gpu::new(GpuOptions {
-        device: device.map(str::to_string),
-        profile: profile || defaults.profile,
-        ..defaults
+        profile: profile || options.profile,
+        ..options.clone()
     })?;
     let (b, s) = (cfg.batch_size, cfg.image_size);
     let clf = DenseNet::new(&gpu, classifier_config(&cfg.classifier_arch, 2)?, 0)?;
@@ -171,7 +169,7 @@ pub fn bench(
     }
     let profile = gpu.profile_report()?;
     let (pipelines_built, compile) = gpu.compile_stats();
-    let (autotuned, autotune) = crate::autotune::tuning_stats(&gpu);
+    let (autotuned, autotune) = crate::gpu::autotune::tuning_stats(&gpu);
     let step_ms = median(times[5].clone());
     Ok(BenchResult {
         batch_size: b,

@@ -255,7 +255,7 @@ impl TrainConfig {
     /// Refuses values no run can use, naming the flag.
     pub fn validate(&self) -> crate::error::Result<()> {
         fn bad(flag: &'static str, why: String) -> crate::error::Result<()> {
-            Err(crate::Error::shape(flag, why))
+            Err(crate::Error::usage(flag, why))
         }
         let rate = |flag: &'static str, v: f64| {
             if v.is_finite() && v > 0.0 {
@@ -281,15 +281,15 @@ impl TrainConfig {
             ("--mask-samples", self.mask_samples, (0, 256)),
         ];
         for (flag, v, range) in counts {
-            check(flag, v as u64, range).map_err(|e| crate::Error::shape(flag, e))?;
+            check(flag, v as u64, range).map_err(|e| crate::Error::usage(flag, e))?;
         }
-        check("--seed", self.seed, lim::SEED).map_err(|e| crate::Error::shape("--seed", e))?;
+        check("--seed", self.seed, lim::SEED).map_err(|e| crate::Error::usage("--seed", e))?;
         if let Some(k) = self.k_shot {
             check("--k-shot", k as u64, (1, lim::SPLIT_SIZE.1))
-                .map_err(|e| crate::Error::shape("--k-shot", e))?;
+                .map_err(|e| crate::Error::usage("--k-shot", e))?;
         }
         lim::check_image_size(self.image_size, self.method.has_policy())
-            .map_err(|e| crate::Error::shape("--image-size", e))?;
+            .map_err(|e| crate::Error::usage("--image-size", e))?;
         if !(self.val_fraction.is_finite() && self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return bad(
                 "--val-fraction",

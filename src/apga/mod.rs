@@ -49,8 +49,8 @@ pub fn classifier_config(arch: &str, classes: usize) -> Result<DenseNetConfig> {
         "densenet201" => DenseNetConfig::densenet201(classes),
         "tiny" => DenseNetConfig::new(8, &[2, 2, 2], 16, classes),
         other => {
-            return Err(Error::shape(
-                "classifier",
+            return Err(Error::usage(
+                "--classifier-arch",
                 format!("unknown architecture {other:?}: densenet121, densenet161, densenet169, densenet201 or tiny"),
             ))
         }
@@ -99,14 +99,12 @@ pub struct Summary {
 pub struct RunOptions {
     pub out: Option<PathBuf>,
     pub quiet: bool,
-    pub device: Option<String>,
+    /// The GPU context's options (adapter, autotuning, ...), as the caller resolved them.
+    pub gpu: crate::gpu::GpuOptions,
     /// Folder of cached converged baselines (default: `runs/pretrained`).
     pub pretrained_cache: Option<PathBuf>,
     /// Behave as if Ctrl-C came after this many method steps (tests of `resume`).
     pub stop_after_steps: Option<usize>,
-    /// Use each op's default kernel variant instead of autotuning (bit-reproducible runs
-    /// whatever else measures kernels on the machine at the same time).
-    pub no_autotune: bool,
     /// Replace the run already in `out` (its own files; anything else is left alone).
     pub overwrite: bool,
 }
@@ -151,21 +149,18 @@ pub fn evaluate_run(
     data: Option<&str>,
     latest: bool,
     skip_bad_images: bool,
-    device: Option<&str>,
+    gpu_options: &crate::gpu::GpuOptions,
 ) -> Result<Metrics> {
     let mut cfg = run_dir::read_config(run_dir)?;
     if let Some(d) = data {
         cfg.data = d.to_string();
     }
     cfg.skip_bad_images |= skip_bad_images;
-    let gpu = Gpu::new(crate::gpu::GpuOptions {
-        device: device.map(str::to_string),
-        ..Default::default()
-    })?;
+    let gpu = Gpu::new(gpu_options.clone())?;
     let spec: crate::data::DataSpec = cfg
         .data
         .parse()
-        .map_err(|e: String| Error::shape("--data", e))?;
+        .map_err(|e: String| Error::usage("--data", e))?;
     let ds = Dataset::open(&spec, &data_options(&cfg))?;
     let [clf_file, policy_file] = if latest {
         let st = resume::read_manifest(run_dir)?;

@@ -239,23 +239,16 @@ pub(crate) fn train_inner(
     let spec: crate::data::DataSpec = cfg
         .data
         .parse()
-        .map_err(|e: String| Error::shape("--data", e))?;
+        .map_err(|e: String| Error::usage("--data", e))?;
     check_input_files(&cfg)?;
-    let mut gpu_options = crate::gpu::GpuOptions {
-        device: opts.device.clone(),
-        ..Default::default()
-    };
-    if opts.no_autotune {
-        gpu_options.autotune = false;
-    }
-    let gpu = Gpu::new(gpu_options)?;
+    let gpu = Gpu::new(opts.gpu.clone())?;
     crate::limits::check_batch_fits(
         cfg.batch_size,
         cfg.image_size,
         cfg.method.has_policy(),
         gpu.limits().max_buffer_size,
     )
-    .map_err(|e| Error::shape("train", e))?;
+    .map_err(|e| Error::usage("train", e))?;
     let ds = Dataset::open(&spec, &data_options(&cfg))?;
     let run_dir = match &opts.out {
         Some(d) => d.clone(),

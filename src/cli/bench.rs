@@ -44,7 +44,7 @@ pub struct BenchArgs {
     pub torch_cuda: bool,
 }
 
-pub fn bench(device: Option<&str>, args: &BenchArgs) -> Result<()> {
+pub fn bench(options: &crate::gpu::GpuOptions, args: &BenchArgs) -> Result<()> {
     let mut cfg = TrainConfig::preset(args.preset);
     if let Some(v) = args.batch_size {
         cfg.batch_size = v;
@@ -64,7 +64,7 @@ pub fn bench(device: Option<&str>, args: &BenchArgs) -> Result<()> {
         ..cfg.clone()
     }
     .validate()?;
-    let r = apga::bench::bench(&cfg, args.steps, device, args.profile)?;
+    let r = apga::bench::bench(&cfg, args.steps, options, args.profile)?;
     let torch = if args.no_torch {
         Err("skipped (--no-torch)".to_string())
     } else {

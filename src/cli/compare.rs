@@ -205,9 +205,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
-pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
+pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<()> {
     if args.methods.is_empty() || args.seeds == 0 {
-        return Err(Error::shape(
+        return Err(Error::usage(
             "compare",
             "needs at least one method and one seed",
         ));
@@ -266,10 +266,9 @@ pub fn compare(device: Option<&str>, args: &CompareArgs) -> Result<()> {
             let opts = RunOptions {
                 out: Some(run.clone()),
                 quiet: args.train.quiet,
-                device: device.map(str::to_string),
+                gpu: options.clone(),
                 pretrained_cache: args.train.pretrained_cache.clone(),
                 stop_after_steps: None,
-                no_autotune: false,
                 // Resuming: a run that never committed a state starts again.
                 overwrite: args.train.overwrite || resuming,
             };

@@ -3,13 +3,13 @@
 use crate::apga;
 use crate::error::{Error, Result};
 
-pub fn eval(device: Option<&str>, args: &crate::cli::EvalArgs) -> Result<()> {
+pub fn eval(options: &crate::gpu::GpuOptions, args: &crate::cli::EvalArgs) -> Result<()> {
     let m = apga::evaluate_run(
         &args.run,
         args.data.as_deref(),
         args.latest,
         args.skip_bad_images,
-        device,
+        options,
     )?;
     if args.json {
         println!(

@@ -14,11 +14,8 @@ use crate::tensor::Tensor;
 /// Images per forward pass.
 const BATCH: usize = 8;
 
-fn open_gpu(device: Option<&str>) -> Result<Gpu> {
-    Gpu::new(GpuOptions {
-        device: device.map(str::to_string),
-        ..Default::default()
-    })
+fn open_gpu(options: &GpuOptions) -> Result<Gpu> {
+    Gpu::new(options.clone())
 }
 
 /// Loads a batch of images; unreadable ones are reported on stderr and left out.
@@ -54,12 +51,12 @@ fn finish(failed: usize, total: usize) -> Result<()> {
     }
 }
 
-pub fn predict(device: Option<&str>, args: &PredictArgs) -> Result<()> {
+pub fn predict(options: &GpuOptions, args: &PredictArgs) -> Result<()> {
     crate::limits::check_image_size(args.image_size, false)
-        .map_err(|e| Error::shape("predict", e))?;
-    let gpu = open_gpu(device)?;
+        .map_err(|e| Error::usage("predict", e))?;
+    let gpu = open_gpu(options)?;
     crate::limits::check_batch_fits(BATCH, args.image_size, false, gpu.limits().max_buffer_size)
-        .map_err(|e| Error::shape("predict", e))?;
+        .map_err(|e| Error::usage("predict", e))?;
     let k = args.num_classes;
     let config = match args.arch {
         Arch::Densenet121 => DenseNetConfig::densenet121(k),
@@ -168,12 +165,12 @@ pub(crate) fn output_stems(paths: &[std::path::PathBuf]) -> Vec<String> {
         .collect()
 }
 
-pub fn masks(device: Option<&str>, args: &MasksArgs) -> Result<()> {
+pub fn masks(options: &GpuOptions, args: &MasksArgs) -> Result<()> {
     let s = args.image_size;
-    crate::limits::check_image_size(s, true).map_err(|e| Error::shape("masks", e))?;
-    let gpu = open_gpu(device)?;
+    crate::limits::check_image_size(s, true).map_err(|e| Error::usage("masks", e))?;
+    let gpu = open_gpu(options)?;
     crate::limits::check_batch_fits(1, s, true, gpu.limits().max_buffer_size)
-        .map_err(|e| Error::shape("masks", e))?;
+        .map_err(|e| Error::usage("masks", e))?;
     let net = UNet11::new(&gpu, args.num_filters, 0)?;
     let opts = LoadOptions {
         aliases: unet::encoder_aliases(),

@@ -216,16 +216,26 @@ pub struct MasksArgs {
 }
 
 /// Runs a parsed command line.
+/// Runs a parsed command line. The GPU options are resolved here, once: the environment
+/// (`GpuOptions::from_env`), then the global flags.
 pub fn run(cli: Cli) -> Result<()> {
+    if let Command::Devices = cli.command {
+        return devices(cli.device.as_deref());
+    }
+    let mut gpu = crate::gpu::GpuOptions::from_env()?;
+    gpu.device = cli.device.clone();
+    if cli.no_autotune {
+        gpu.autotune = false;
+    }
     match cli.command {
         Command::Devices => devices(cli.device.as_deref()),
-        Command::Predict(args) => infer::predict(cli.device.as_deref(), &args),
-        Command::Masks(args) => infer::masks(cli.device.as_deref(), &args),
+        Command::Predict(args) => infer::predict(&gpu, &args),
+        Command::Masks(args) => infer::masks(&gpu, &args),
         Command::Data(args) => data::run(&args),
-        Command::Train(args) => train::run(cli.device.as_deref(), &args),
-        Command::Eval(args) => eval::eval(cli.device.as_deref(), &args),
-        Command::Compare(args) => compare::compare(cli.device.as_deref(), &args),
-        Command::Bench(args) => bench::bench(cli.device.as_deref(), &args),
+        Command::Train(args) => train::run(&gpu, &args),
+        Command::Eval(args) => eval::eval(&gpu, &args),
+        Command::Compare(args) => compare::compare(&gpu, &args),
+        Command::Bench(args) => bench::bench(&gpu, &args),
     }
 }
 

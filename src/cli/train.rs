@@ -256,16 +256,15 @@ impl TrainArgs {
     }
 }
 
-pub fn run(device: Option<&str>, args: &TrainArgs) -> Result<()> {
+pub fn run(options: &crate::gpu::GpuOptions, args: &TrainArgs) -> Result<()> {
     let cfg = args.resolve()?;
     apga::install_interrupt_handler();
     let opts = RunOptions {
         out: args.out.clone(),
         quiet: args.quiet,
-        device: device.map(str::to_string),
+        gpu: options.clone(),
         pretrained_cache: args.pretrained_cache.clone(),
         stop_after_steps: None,
-        no_autotune: false,
         overwrite: args.overwrite,
     };
     let s = match &args.resume {

@@ -247,7 +247,7 @@ impl Dataset {
     /// Opens the dataset `spec` describes.
     pub fn open(spec: &DataSpec, opts: &DataOptions) -> Result<Dataset> {
         if !(0.0..1.0).contains(&opts.val_fraction) {
-            return Err(Error::shape(
+            return Err(Error::usage(
                 "dataset",
                 format!("--val-fraction {} must be in [0, 1)", opts.val_fraction),
             ));
@@ -261,7 +261,7 @@ impl Dataset {
         let mut ds = ds;
         if let Some(k) = opts.k_shot {
             if ds.synthetic.is_some() {
-                return Err(Error::shape(
+                return Err(Error::usage(
                     "--k-shot",
                     "applies to data read from files; for synthetic data set --train-size",
                 ));
@@ -282,7 +282,7 @@ impl Dataset {
             style: opts.synthetic_style,
         };
         if cfg.classes < 2 || cfg.size < 16 {
-            return Err(Error::shape(
+            return Err(Error::usage(
                 "synthetic data",
                 format!("needs at least 2 classes and images of at least 16 pixels, got {cfg:?}"),
             ));
@@ -351,7 +351,7 @@ impl Dataset {
         };
         let part = opts.body_part.to_lowercase();
         if part != "all" && !BODY_PARTS.contains(&part.as_str()) {
-            return Err(Error::shape(
+            return Err(Error::usage(
                 "mura",
                 format!(
                     "unknown body part {:?}; use one of {} or all",
@@ -595,7 +595,7 @@ impl Dataset {
     fn check_classes(&self) -> Result<()> {
         let k = self.classes.len();
         if k < 2 {
-            return Err(Error::shape(
+            return Err(Error::usage(
                 "dataset",
                 format!(
                     "{}: {k} class{} ({}); a classifier needs at least two",
@@ -606,7 +606,7 @@ impl Dataset {
             ));
         }
         if k as u64 > crate::limits::CLASSES.1 {
-            return Err(Error::shape(
+            return Err(Error::usage(
                 "dataset",
                 format!(
                     "{}: {k} classes, more than {}",
@@ -617,7 +617,7 @@ impl Dataset {
         }
         let counts = self.counts(&self.train);
         if let Some(c) = counts.iter().position(|&n| n == 0) {
-            return Err(Error::shape(
+            return Err(Error::usage(
                 "dataset",
                 format!(
                     "{}: class {:?} has no training images",
@@ -627,7 +627,7 @@ impl Dataset {
         }
         for (name, split) in [("train", &self.train), ("val", &self.val)] {
             if split.is_empty() {
-                return Err(Error::shape(
+                return Err(Error::usage(
                     "dataset",
                     format!("{}: the {name} split is empty", self.description),
                 ));
@@ -743,7 +743,7 @@ pub fn k_shot(samples: Vec<Sample>, k: usize, classes: usize, seed: u64) -> Resu
     for c in 0..classes {
         let mut of_c: Vec<Sample> = samples.iter().filter(|s| s.label == c).cloned().collect();
         if of_c.len() < k {
-            return Err(Error::shape(
+            return Err(Error::usage(
                 "k-shot",
                 format!(
                     "--k-shot {k} exceeds the {} training images of class {c}",

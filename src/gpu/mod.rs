@@ -3,6 +3,7 @@
 //! and submitted together, and the host waits only when it asks for a value.
 
 pub mod adapter;
+pub mod autotune;
 pub mod pool;
 pub mod profile;
 
@@ -11,9 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use wgpu::util::DeviceExt;
 
-use crate::autotune::Autotuner;
 use crate::error::{Error, Result};
 pub use adapter::{AdapterSummary, Request};
+use autotune::Autotuner;
 pub use pool::PoolStats;
 pub use profile::{KernelTime, ProfileReport};
 
@@ -74,26 +75,56 @@ pub struct GpuOptions {
 }
 
 impl Default for GpuOptions {
+    /// Plain defaults (best adapter, autotuning on, no checks, no profiling, 64 MiB
+    /// workspace); nothing is read from the environment (see [`GpuOptions::from_env`]).
     fn default() -> Self {
         GpuOptions {
             device: None,
+            autotune: true,
+            runtime_checks: false,
+            kernel_overrides: Vec::new(),
+            profile: false,
+            workspace_bytes: 64 << 20,
+        }
+    }
+}
+
+impl GpuOptions {
+    /// The defaults with what the environment sets: `APGA_NO_AUTOTUNE`, `APGA_RUNTIME_CHECKS`,
+    /// `APGA_KERNELS`, `APGA_PROFILE`, `APGA_WORKSPACE_MB` (read once, by the command line
+    /// or a benchmark; library code takes the options as a value). Malformed values are
+    /// errors naming the variable.
+    pub fn from_env() -> Result<GpuOptions> {
+        let mut o = GpuOptions {
             autotune: !env_flag("APGA_NO_AUTOTUNE"),
             runtime_checks: env_flag("APGA_RUNTIME_CHECKS"),
-            kernel_overrides: std::env::var("APGA_KERNELS")
-                .map(|v| {
-                    v.split(',')
-                        .filter_map(|kv| kv.split_once('='))
-                        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-                        .collect()
-                })
-                .unwrap_or_default(),
             profile: env_flag("APGA_PROFILE"),
-            workspace_bytes: std::env::var("APGA_WORKSPACE_MB")
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .filter(|&mb| mb > 0)
-                .map_or(64 << 20, |mb| mb << 20),
+            ..Default::default()
+        };
+        if let Ok(v) = std::env::var("APGA_KERNELS") {
+            for kv in v.split(',').map(str::trim).filter(|kv| !kv.is_empty()) {
+                let Some((k, name)) = kv.split_once('=') else {
+                    return Err(Error::usage(
+                        "APGA_KERNELS",
+                        format!("{kv:?} is not KEY_PREFIX=VARIANT (e.g. conv-fwd=strip)"),
+                    ));
+                };
+                o.kernel_overrides
+                    .push((k.trim().to_string(), name.trim().to_string()));
+            }
         }
+        if let Ok(v) = std::env::var("APGA_WORKSPACE_MB") {
+            match v.trim().parse::<usize>() {
+                Ok(mb) if (1..=1 << 20).contains(&mb) => o.workspace_bytes = mb << 20,
+                _ => {
+                    return Err(Error::usage(
+                        "APGA_WORKSPACE_MB",
+                        format!("{v:?} is not a size in MiB between 1 and 1048576"),
+                    ))
+                }
+            }
+        }
+        Ok(o)
     }
 }
 

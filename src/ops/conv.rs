@@ -7,8 +7,8 @@
 //! gradient of both, with the roles of input and output gradient swapped for the transpose).
 
 use crate::autodiff::{self, Op};
-use crate::autotune;
 use crate::error::{Error, Result};
+use crate::gpu::autotune;
 use crate::gpu::{Gpu, Kernel, Storage};
 use crate::ops::{reshape, sum};
 use crate::shaders::{

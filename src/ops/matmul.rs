@@ -4,8 +4,8 @@
 //! magnitude between real GPUs and CPU drivers.
 
 use crate::autodiff::{self, Op};
-use crate::autotune;
 use crate::error::{Error, Result};
+use crate::gpu::autotune;
 use crate::gpu::{Gpu, Kernel, Storage};
 use crate::shaders::{MATMUL_BLOCKED, MATMUL_TILED, MATMUL_VEC4};
 use crate::tensor::Tensor;
