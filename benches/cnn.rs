@@ -8,7 +8,8 @@
 mod common;
 
 use apga_gpu::autotune;
-use apga_gpu::ops::{self, conv::ConvGeom, BatchNormConfig};
+use apga_gpu::ops::conv::{ConvGeom, Dir};
+use apga_gpu::ops::{self, BatchNormConfig};
 use apga_gpu::{Gpu, GpuOptions, Result, Tensor};
 
 fn rand_tensor(gpu: &Gpu, shape: &[usize], seed: u32) -> Tensor {
@@ -96,9 +97,9 @@ fn main() {
         };
         let gy = rand_tensor(&gpu, y.shape(), 3);
         let flops = 2.0 * g.macs() as f64;
-        let kf = || ops::conv::kernel_name(&gpu, &g, "fwd", false);
-        let kd = || ops::conv::kernel_name(&gpu, &g, "dgrad", false);
-        let kw = || ops::conv::wgrad_kernel_name(&gpu, &g, false);
+        let kf = || ops::conv::kernel_name(&gpu, &g, Dir::Fwd, false);
+        let kd = || ops::conv::kernel_name(&gpu, &g, Dir::Dgrad, false);
+        let kw = || ops::conv::kernel_name(&gpu, &g, Dir::Wgrad, false);
         time(
             format!("{name}/forward"),
             flops,
@@ -145,14 +146,14 @@ fn main() {
             format!("{name}/forward"),
             flops,
             "GFLOP/s",
-            &|| ops::conv::kernel_name(&gpu, &g, "dgrad", false),
+            &|| ops::conv::kernel_name(&gpu, &g, Dir::Dgrad, false),
             &mut || ops::conv_transpose2d(&x, &wt, None, 2, 1, 1).map(|_| ()),
         );
         time(
             format!("{name}/input_grad"),
             flops,
             "GFLOP/s",
-            &|| ops::conv::kernel_name(&gpu, &g, "fwd", false),
+            &|| ops::conv::kernel_name(&gpu, &g, Dir::Fwd, false),
             &mut || {
                 ops::conv::conv_transpose2d_backward(&g, &x, &wt, &gy, [true, false, false])
                     .map(|_| ())
@@ -162,7 +163,7 @@ fn main() {
             format!("{name}/weight_grad"),
             flops,
             "GFLOP/s",
-            &|| ops::conv::wgrad_kernel_name(&gpu, &g, false),
+            &|| ops::conv::kernel_name(&gpu, &g, Dir::Wgrad, false),
             &mut || {
                 ops::conv::conv_transpose2d_backward(&g, &x, &wt, &gy, [false, true, false])
                     .map(|_| ())

@@ -1,0 +1,354 @@
+//! The GEMM paths (`shaders/conv_gemm*.wgsl`, `shaders/conv1x1*.wgsl`): 1x1 convolutions as a
+//! batched GEMM, im2col + GEMM forward and stride-1 input gradient, GEMM + col2im input
+//! gradient of any stride, each over image groups that fit the workspace.
+
+use crate::error::Result;
+use crate::gpu::autotune;
+use crate::gpu::{Gpu, Kernel, Storage};
+use crate::shaders::{CONV1X1, CONV1X1_SUBGROUP, CONV_GEMM};
+use crate::tensor::Tensor;
+
+use super::weights::{pad_rows, weight_copy};
+use super::{check_groups, round8, ConvGeom, Slice};
+
+/// Whether a convolution is a 1x1, stride-1, unpadded one the batched-GEMM kernel can run
+/// (`k` is the reduced channel count, which its vec4 loads need a multiple of 4 of).
+pub(super) fn gemm_1x1(g: &ConvGeom, k: usize) -> bool {
+    g.kh == 1
+        && g.kw == 1
+        && g.stride == 1
+        && g.pad == 0
+        && (g.h * g.w).is_multiple_of(4)
+        && k.is_multiple_of(4)
+}
+
+/// One call of the batched GEMM kernel (conv1x1.wgsl): for each of `imgs` images i,
+/// `c[i] (m x n) = a (m x k, rows of lda) * b[i] (k x n) + bias`, where b[i] starts at element
+/// `i * b_batch + b_off` and c[i] at `i * c_batch + c_off` (all multiples of 4).
+pub(super) struct BatchedGemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    b_batch: usize,
+    b_off: usize,
+    c_batch: usize,
+    c_off: usize,
+    imgs: usize,
+}
+
+pub(super) fn batched_gemm(
+    gpu: &Gpu,
+    d: &BatchedGemm,
+    (a, b, bias, out): (&Storage, &Storage, &Storage, &Storage),
+    g: &ConvGeom,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let params = [
+        d.m, d.n, d.k, d.lda, d.b_batch, d.b_off, d.c_batch, d.c_off, 0, 0, 0, 0,
+    ]
+    .map(|v| v as u32);
+    let wg = [
+        (d.n / 4).div_ceil(2).div_ceil(8) as u32,
+        d.m.div_ceil(8).div_ceil(8) as u32,
+        d.imgs as u32,
+    ];
+    check_groups(gpu, "conv (batched GEMM)", g, wg)?;
+    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
+    let run = |shader: &'static crate::gpu::Shader| {
+        gpu.dispatch(
+            &Kernel::new(shader, "main").with(&constants),
+            &params,
+            &[out],
+            &[a, b, bias, prologue.unwrap_or(bias)],
+            wg,
+        )
+    };
+    if !gpu.has_subgroups() {
+        return run(&CONV1X1);
+    }
+    let key = format!(
+        "gemm-batched/m{}/n{}/k{}/i{}",
+        autotune::bucket(d.m),
+        autotune::bucket(d.n),
+        autotune::bucket(d.k),
+        autotune::bucket(d.imgs)
+    );
+    let cands = [("vec4", &CONV1X1), ("subgroup", &CONV1X1_SUBGROUP)];
+    let shader = autotune::choose(gpu, &key, &["vec4", "subgroup"], &cands, 0, run)?;
+    run(shader)
+}
+
+/// The batched-GEMM kernel for a 1x1 convolution: out[n][:, dst] = a (m x k, rows of `lda`) *
+/// b[n][src] + bias.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_1x1_run(
+    gpu: &Gpu,
+    (m, k, lda): (usize, usize, usize),
+    a: &Storage,
+    b: &Storage,
+    src: Slice,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    g: &ConvGeom,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let hw = g.h * g.w;
+    let d = BatchedGemm {
+        m,
+        n: hw,
+        k,
+        lda,
+        b_batch: src.total * hw,
+        b_off: src.off * hw,
+        c_batch: dst.total * hw,
+        c_off: dst.off * hw,
+        imgs: g.n,
+    };
+    batched_gemm(gpu, &d, (a, b, bias, out), g, prologue)
+}
+
+/// Rows of the im2col buffer: ci * kh * kw rounded up to 4 (the GEMMs read vec4 rows).
+pub(super) fn im2col_rows(g: &ConvGeom) -> usize {
+    (g.ci * g.kh * g.kw).div_ceil(4) * 4
+}
+
+/// Whether one image's column buffer of `rows` x `pixels` fits the workspace and one storage
+/// binding (larger ones would need a split over pixels; those shapes keep the direct kernels).
+pub(super) fn cols_fit(gpu: &Gpu, rows: usize, pixels: usize) -> bool {
+    let bytes = 4 * rows * pixels;
+    bytes <= gpu.workspace_bytes() && bytes / 4 <= gpu.max_binding_elems()
+}
+
+/// Whether the im2col + GEMM path applies: vec4 rows of output pixels, one image's im2col
+/// buffer within the workspace.
+pub(super) fn im2col_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+    (g.oh * g.ow).is_multiple_of(4) && cols_fit(gpu, im2col_rows(g), g.oh * g.ow)
+}
+
+/// Images per im2col buffer (at most the context's workspace), at least one.
+pub(super) fn im2col_group(gpu: &Gpu, g: &ConvGeom) -> usize {
+    (gpu.workspace_bytes() / (4 * im2col_rows(g) * g.oh * g.ow)).clamp(1, g.n)
+}
+
+/// The im2col buffer of images `img0..img0 + imgs` of `x` (channel slice `src`), as
+/// [imgs, kpad, oh*ow] or, `transposed`, [imgs, oh*ow, kpad] (see conv_gemm.wgsl).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn im2col(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    prologue: Option<&Storage>,
+    (img0, imgs): (usize, usize),
+    transposed: bool,
+) -> Result<Storage> {
+    let kpad = im2col_rows(g);
+    let ohw = g.oh * g.ow;
+    let cols = gpu.alloc(imgs * kpad * ohw, &[imgs, kpad, ohw])?;
+    let params = gemm_params(g, kpad, src, (img0, imgs), Slice::whole(g.co), (0, 0));
+    let wg = [ohw.div_ceil(64) as u32, g.ci as u32, imgs as u32];
+    check_groups(gpu, "im2col", g, wg)?;
+    let constants = [
+        ("PROLOGUE", prologue.is_some() as u32 as f64),
+        ("TRANSPOSED", transposed as u32 as f64),
+    ];
+    gpu.dispatch(
+        &Kernel::new(&CONV_GEMM, "im2col").with(&constants),
+        &params,
+        &[&cols],
+        &[x, prologue.unwrap_or(x)],
+        wg,
+    )?;
+    Ok(cols)
+}
+
+/// The parameter block of conv_gemm.wgsl.
+pub(super) fn gemm_params(
+    g: &ConvGeom,
+    kpad: usize,
+    src: Slice,
+    (img0, imgs): (usize, usize),
+    dys: Slice,
+    (quads_per_chunk, chunk0): (usize, usize),
+) -> [u32; 20] {
+    [
+        imgs,
+        img0,
+        g.ci,
+        g.h,
+        g.w,
+        g.oh,
+        g.ow,
+        g.kh,
+        g.kw,
+        g.stride,
+        g.pad,
+        kpad,
+        src.total,
+        src.off,
+        g.co,
+        quads_per_chunk,
+        dys.total,
+        dys.off,
+        chunk0,
+        0,
+    ]
+    .map(|v| v as u32)
+}
+
+/// Forward as im2col + batched GEMM: out[i][:, dst] = W [co, kpad] * cols[i] + bias.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fwd_gemm(
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let ktot = g.ci * g.kh * g.kw;
+    let kpad = im2col_rows(g);
+    let padded;
+    let a = if kpad == ktot {
+        w.storage()
+    } else {
+        padded = pad_rows(w, g.co, ktot, kpad)?;
+        &padded
+    };
+    gemm_conv(w.gpu(), g, x, src, a, bias, out, dst, prologue)
+}
+
+/// `out[:, dst] = A * im2col(x[:, src]) + bias` per image, A being the weights as [co, kpad].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_conv(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    a: &Storage,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let kpad = im2col_rows(g);
+    let ohw = g.oh * g.ow;
+    let group = im2col_group(gpu, g);
+    for img0 in (0..g.n).step_by(group) {
+        let imgs = group.min(g.n - img0);
+        let cols = im2col(gpu, g, x, src, prologue, (img0, imgs), false)?;
+        let d = BatchedGemm {
+            m: g.co,
+            n: ohw,
+            k: kpad,
+            lda: kpad,
+            b_batch: kpad * ohw,
+            b_off: 0,
+            c_batch: dst.total * ohw,
+            c_off: (img0 * dst.total + dst.off) * ohw,
+            imgs,
+        };
+        batched_gemm(gpu, &d, (a, &cols, bias, out), g, None)?;
+    }
+    Ok(())
+}
+
+/// Whether the stride-1 input gradient can run as a convolution of the output gradient
+/// (square kernel, padding at most k - 1, vec4 rows of input pixels).
+pub(super) fn dgrad_gemm_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+    g.stride == 1
+        && g.kh == g.kw
+        && g.pad < g.kh
+        && (g.h * g.w).is_multiple_of(4)
+        && cols_fit(gpu, (g.co * g.kh * g.kw).div_ceil(4) * 4, g.h * g.w)
+}
+
+/// Stride-1 input gradient as im2col + GEMM: out[:, dst] = conv(dy[:, src], flip(w)^T, pad
+/// k - 1 - pad) + bias.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dgrad_gemm(
+    g: &ConvGeom,
+    dy: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+) -> Result<()> {
+    let gpu = w.gpu();
+    let g2 = ConvGeom {
+        n: g.n,
+        ci: g.co,
+        h: g.oh,
+        w: g.ow,
+        co: g.ci,
+        oh: g.h,
+        ow: g.w,
+        kh: g.kh,
+        kw: g.kw,
+        stride: 1,
+        pad: g.kh - 1 - g.pad,
+    };
+    let kk = g.kh * g.kw;
+    let cpad = im2col_rows(&g2);
+    let wf = weight_copy(w, "flip_transpose", [g.ci, g.co, cpad, kk, 0, 0, 0, g.ci])?;
+    gemm_conv(gpu, &g2, dy, src, &wf, bias, out, dst, None)
+}
+
+/// Whether the input gradient can run as GEMM + col2im (any stride): vec4 rows of output
+/// pixels and an output-channel count the GEMM's vec4 reduction covers exactly.
+pub(super) fn col2im_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+    (g.oh * g.ow).is_multiple_of(4)
+        && g.co.is_multiple_of(4)
+        && cols_fit(gpu, g.ci * g.kh * g.kw, g.oh * g.ow)
+}
+
+/// Input gradient as GEMM + col2im: cols[i] = W^T [ci*kh*kw, co] * dy[i][src] per image, then
+/// every input pixel gathers its taps from cols (conv_gemm.wgsl `col2im`). `wt` is the weight
+/// re-laid out as [ci*kh*kw, round8(co)].
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dgrad_col2im(
+    g: &ConvGeom,
+    dy: &Storage,
+    src: Slice,
+    wt: &Storage,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+) -> Result<()> {
+    let gpu = wt.gpu();
+    let rows = g.ci * g.kh * g.kw;
+    let ohw = g.oh * g.ow;
+    let group = (gpu.workspace_bytes() / (4 * rows * ohw)).clamp(1, g.n);
+    let zeros = gpu.shared_zeros(rows)?;
+    for img0 in (0..g.n).step_by(group) {
+        let imgs = group.min(g.n - img0);
+        let cols = gpu.alloc(imgs * rows * ohw, &[imgs, rows, ohw])?;
+        let d = BatchedGemm {
+            m: rows,
+            n: ohw,
+            k: g.co,
+            lda: round8(g.co),
+            b_batch: src.total * ohw,
+            b_off: (img0 * src.total + src.off) * ohw,
+            c_batch: rows * ohw,
+            c_off: 0,
+            imgs,
+        };
+        batched_gemm(gpu, &d, (wt, dy, &zeros, &cols), g, None)?;
+        let wg = [(g.h * g.w).div_ceil(64) as u32, g.ci as u32, imgs as u32];
+        check_groups(gpu, "conv2d input gradient (col2im)", g, wg)?;
+        gpu.dispatch(
+            &Kernel::new(&CONV_GEMM, "col2im"),
+            &gemm_params(g, 0, dst, (img0, imgs), Slice::whole(g.co), (0, 0)),
+            &[out],
+            &[&cols, bias],
+            wg,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! Which kernel a convolution direction runs: the candidates a shape offers, the autotune key
+//! of its shape class, the choice (measured, cached or forced), and the names the profiler and
+//! the benchmarks print.
+
+use crate::error::Result;
+use crate::gpu::autotune;
+use crate::gpu::{Gpu, Storage};
+use crate::tensor::Tensor;
+
+use super::direct::{dgrad_direct, fwd_direct};
+use super::gemm::{
+    col2im_fits, dgrad_col2im, dgrad_gemm, dgrad_gemm_fits, fwd_gemm, gemm_1x1, gemm_1x1_run,
+    im2col_fits,
+};
+use super::weights::relayout_weight;
+use super::{round8, ConvGeom, Slice};
+
+/// A convolution direction: the three kernels every convolution op is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    /// conv2d's forward, conv_transpose2d's input gradient.
+    Fwd,
+    /// conv2d's input gradient, conv_transpose2d's forward.
+    Dgrad,
+    /// The weight gradient of both.
+    Wgrad,
+}
+
+impl Dir {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dir::Fwd => "fwd",
+            Dir::Dgrad => "dgrad",
+            Dir::Wgrad => "wgrad",
+        }
+    }
+}
+
+/// The autotune key of a direction's shape class (the one format for all three; the cache
+/// file's keys): kernel, stride, bucketed channels, pixels (the output's for `Wgrad`, the
+/// input's otherwise) and batch, and whether a batch-norm prologue is fused in.
+pub(super) fn class_key(dir: Dir, g: &ConvGeom, prologue: bool) -> String {
+    let pixels = if dir == Dir::Wgrad {
+        g.oh * g.ow
+    } else {
+        g.h * g.w
+    };
+    format!(
+        "conv-{}/k{}s{}/ci{}/co{}/hw{}/n{}/{}",
+        dir.name(),
+        g.kh,
+        g.stride,
+        autotune::bucket(g.ci),
+        autotune::bucket(g.co),
+        autotune::bucket(pixels),
+        autotune::bucket(g.n),
+        if prologue { "prologue" } else { "plain" }
+    )
+}
+
+/// The kernels of the forward and input-gradient directions; chosen per adapter and shape
+/// class by measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ConvKernel {
+    Direct,
+    Strip,
+    Gemm1x1,
+    Im2col,
+    Col2im,
+}
+
+impl ConvKernel {
+    const ALL: [ConvKernel; 5] = [
+        ConvKernel::Direct,
+        ConvKernel::Strip,
+        ConvKernel::Gemm1x1,
+        ConvKernel::Im2col,
+        ConvKernel::Col2im,
+    ];
+
+    /// The name in the autotune cache and in `APGA_KERNELS`.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            ConvKernel::Direct => "direct",
+            ConvKernel::Strip => "strip",
+            ConvKernel::Gemm1x1 => "gemm1x1",
+            ConvKernel::Im2col => "im2col",
+            ConvKernel::Col2im => "col2im",
+        }
+    }
+
+    /// What the profiler and the benchmarks call it, per direction.
+    fn label(self, dir: Dir) -> &'static str {
+        match (self, dir) {
+            (ConvKernel::Direct, Dir::Fwd) => "conv2d.fwd (direct, 8x4)",
+            (ConvKernel::Direct, _) => "conv2d.dgrad (direct)",
+            (ConvKernel::Strip, Dir::Fwd) => "conv2d.fwd_strip (8x8, row strip)",
+            (ConvKernel::Strip, _) => "conv2d.dgrad_strip (8x8, row strip)",
+            (ConvKernel::Gemm1x1, _) => "conv1x1 (batched GEMM)",
+            (ConvKernel::Im2col, _) => "conv_gemm.im2col + batched GEMM",
+            (ConvKernel::Col2im, _) => "batched GEMM + conv_gemm.col2im",
+        }
+    }
+}
+
+/// The weight-gradient kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum WgradKernel {
+    /// Split rows, 4 x 4 output channels x columns per invocation.
+    Blocked4,
+    /// Split rows, 8 x 8.
+    Blocked8,
+    /// Transposed im2col + GEMM.
+    Gemm,
+    /// The same with the subgroup GEMM.
+    GemmSubgroup,
+}
+
+impl WgradKernel {
+    const ALL: [WgradKernel; 4] = [
+        WgradKernel::Blocked4,
+        WgradKernel::Blocked8,
+        WgradKernel::Gemm,
+        WgradKernel::GemmSubgroup,
+    ];
+
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            WgradKernel::Blocked4 => "wgrad4",
+            WgradKernel::Blocked8 => "wgrad8",
+            WgradKernel::Gemm => "gemm",
+            WgradKernel::GemmSubgroup => "gemm_sg",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            WgradKernel::Blocked4 => "conv2d_wgrad (4x4, split rows)",
+            WgradKernel::Blocked8 => "conv2d_wgrad (8x8, split rows)",
+            WgradKernel::Gemm => "conv_gemm.wgrad_gemm (im2col^T + GEMM)",
+            WgradKernel::GemmSubgroup => "conv_gemm_subgroup.wgrad_gemm (im2col^T + GEMM)",
+        }
+    }
+}
+
+/// Names of every variant of a direction (what `APGA_KERNELS` may force), whatever a given
+/// shape offers.
+pub(super) fn family(dir: Dir) -> Vec<&'static str> {
+    match dir {
+        Dir::Wgrad => WgradKernel::ALL.iter().map(|k| k.name()).collect(),
+        _ => ConvKernel::ALL.iter().map(|k| k.name()).collect(),
+    }
+}
+
+/// The forward's candidates for `g`: direct, the row strip where its register window
+/// (7 * stride + kw values) fits its 24 slots, and the 1x1 GEMM or else im2col + GEMM.
+pub(super) fn fwd_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, ConvKernel)> {
+    let mut v = vec![ConvKernel::Direct];
+    if 7 * g.stride + g.kw <= 24 {
+        v.push(ConvKernel::Strip);
+    }
+    if gemm_1x1(g, g.ci) {
+        v.push(ConvKernel::Gemm1x1);
+    } else if im2col_fits(gpu, g) {
+        v.push(ConvKernel::Im2col);
+    }
+    v.into_iter().map(|k| (k.name(), k)).collect()
+}
+
+/// The input gradient's candidates: direct, the row strip (stride 1 only), and the 1x1 GEMM,
+/// or else the stride-1 im2col + GEMM and GEMM + col2im where they fit.
+pub(super) fn dgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, ConvKernel)> {
+    let mut v = vec![ConvKernel::Direct];
+    if g.stride == 1 && 7 + g.kw <= 24 {
+        v.push(ConvKernel::Strip);
+    }
+    if gemm_1x1(g, g.co) {
+        v.push(ConvKernel::Gemm1x1);
+    } else {
+        if dgrad_gemm_fits(gpu, g) {
+            v.push(ConvKernel::Im2col);
+        }
+        if col2im_fits(gpu, g) {
+            v.push(ConvKernel::Col2im);
+        }
+    }
+    v.into_iter().map(|k| (k.name(), k)).collect()
+}
+
+/// The weight gradient's candidates: both blockings, and the GEMMs where one image's columns
+/// fit the workspace.
+pub(super) fn wgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, WgradKernel)> {
+    let mut v = vec![WgradKernel::Blocked4, WgradKernel::Blocked8];
+    if im2col_fits(gpu, g) {
+        v.push(WgradKernel::Gemm);
+        if gpu.has_subgroups() {
+            v.push(WgradKernel::GemmSubgroup);
+        }
+    }
+    v.into_iter().map(|k| (k.name(), k)).collect()
+}
+
+/// Forward of a convolution: `out[:, dst] = conv(src[:, src], w) + bias`; with a `prologue`
+/// ([scale; shift] per input channel) the input is read as relu(x * scale + shift).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn fwd_into(
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let gpu = w.gpu();
+    let gemm = gemm_1x1(g, g.ci);
+    let run = |k: ConvKernel| match k {
+        ConvKernel::Direct => fwd_direct(g, x, src, w, bias, out, dst, prologue, false),
+        ConvKernel::Strip => fwd_direct(g, x, src, w, bias, out, dst, prologue, true),
+        ConvKernel::Gemm1x1 => gemm_1x1_run(
+            gpu,
+            (g.co, g.ci, g.ci),
+            w.storage(),
+            x,
+            src,
+            bias,
+            out,
+            dst,
+            g,
+            prologue,
+        ),
+        ConvKernel::Im2col => fwd_gemm(g, x, src, w, bias, out, dst, prologue),
+        // col2im is an input-gradient variant; the forward never offers it.
+        ConvKernel::Col2im => fwd_direct(g, x, src, w, bias, out, dst, prologue, false),
+    };
+    let cands = fwd_candidates(gpu, g);
+    if cands.len() == 1 {
+        return run(ConvKernel::Direct);
+    }
+    // Without measurements: the GEMM where it applies, else the direct kernel.
+    let default = if gemm { cands.len() - 1 } else { 0 };
+    let k = autotune::choose(
+        gpu,
+        &class_key(Dir::Fwd, g, prologue.is_some()),
+        &family(Dir::Fwd),
+        &cands,
+        default,
+        run,
+    )?;
+    run(k)
+}
+
+/// Input-gradient kernel: `out[:, dst] = conv_transpose(dy[:, src], w) + bias`, out being
+/// [n, ci, h, w] of geometry `g`.
+pub(crate) fn dgrad_into(
+    g: &ConvGeom,
+    dy: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+) -> Result<()> {
+    let gpu = w.gpu();
+    let gemm = gemm_1x1(g, g.co);
+    let cands = dgrad_candidates(gpu, g);
+    if cands.len() == 1 {
+        return dgrad_direct(g, dy, src, w, bias, out, dst, false);
+    }
+    // The 1x1 GEMM and col2im read A = w^T as [ci, round8(co)] (the forward kernel's weight
+    // layout), re-laid out only when one of them runs, not before the choice.
+    let run = |k: ConvKernel| match k {
+        ConvKernel::Im2col => dgrad_gemm(g, dy, src, w, bias, out, dst),
+        ConvKernel::Col2im => dgrad_col2im(g, dy, src, &relayout_weight(w, false)?, bias, out, dst),
+        ConvKernel::Direct => dgrad_direct(g, dy, src, w, bias, out, dst, false),
+        ConvKernel::Strip => dgrad_direct(g, dy, src, w, bias, out, dst, true),
+        ConvKernel::Gemm1x1 => gemm_1x1_run(
+            gpu,
+            (g.ci, g.co, round8(g.co)),
+            &relayout_weight(w, false)?,
+            dy,
+            src,
+            bias,
+            out,
+            dst,
+            g,
+            None,
+        ),
+    };
+    let default = if gemm { cands.len() - 1 } else { 0 };
+    let k = autotune::choose(
+        gpu,
+        &class_key(Dir::Dgrad, g, false),
+        &family(Dir::Dgrad),
+        &cands,
+        default,
+        run,
+    )?;
+    run(k)
+}
+
+/// The kernel a convolution direction of geometry `g` runs with (for the benchmarks'
+/// tables): the autotuner's choice where several apply (after the first call), the default
+/// before, the only one otherwise.
+pub fn kernel_name(gpu: &Gpu, g: &ConvGeom, dir: Dir, prologue: bool) -> String {
+    if dir == Dir::Wgrad {
+        let chosen = autotune::cached_choice(gpu, &class_key(dir, g, prologue));
+        let k = WgradKernel::ALL
+            .into_iter()
+            .find(|k| Some(k.name()) == chosen.as_deref())
+            .unwrap_or(WgradKernel::Blocked4);
+        return k.label().into();
+    }
+    let cands = if dir == Dir::Fwd {
+        fwd_candidates(gpu, g)
+    } else {
+        dgrad_candidates(gpu, g)
+    };
+    if cands.len() == 1 {
+        return ConvKernel::Direct.label(dir).into();
+    }
+    let chosen = autotune::cached_choice(gpu, &class_key(dir, g, prologue));
+    match cands.iter().find(|(n, _)| Some(*n) == chosen.as_deref()) {
+        Some((_, k)) => k.label(dir).into(),
+        None if cands.iter().any(|(_, k)| *k == ConvKernel::Gemm1x1) => {
+            "conv1x1 (batched GEMM, default)".into()
+        }
+        None => format!("{}, default", ConvKernel::Direct.label(dir)),
+    }
+}

@@ -1,0 +1,68 @@
+//! Weight re-layouts the kernels block over (`shaders/layout.wgsl`): padded, transposed and
+//! flipped copies of [co, ci, kh, kw].
+
+use crate::error::{Error, Result};
+use crate::gpu::{Kernel, Storage};
+use crate::shaders::LAYOUT;
+use crate::tensor::Tensor;
+
+use super::round8;
+
+/// Copies conv weights [co, ci, kh, kw] into the layout a kernel blocks over: `[ci*kh*kw,
+/// round8(co)]` for `fwd` (`for_dgrad = false`) or `[co*kh*kw, round8(ci)]` for `dgrad`.
+pub(super) fn relayout_weight(w: &Tensor, for_dgrad: bool) -> Result<Storage> {
+    let [co, ci, kh, kw] = w.dims4("conv weight")?;
+    let kk = kh * kw;
+    if for_dgrad {
+        weight_copy(
+            w,
+            "relayout",
+            [co * kk, ci, round8(ci), kk, ci * kk, 1, kk, co],
+        )
+    } else {
+        weight_copy(
+            w,
+            "relayout",
+            [ci * kk, co, round8(co), kk, kk, 1, ci * kk, ci],
+        )
+    }
+}
+
+/// One weight-copy kernel of layout.wgsl (`relayout` or `flip_transpose`) over `w`, with its
+/// parameters `[rows, cols, cpad, inner, s_outer, s_inner, s_col, outer]`: a [rows, cpad]
+/// result on a grid of (cpad / 64, inner, outer) workgroups (`flip_transpose`: (cpad / 64,
+/// outer, 1)).
+pub(super) fn weight_copy(w: &Tensor, entry: &'static str, p: [usize; 8]) -> Result<Storage> {
+    let [rows, _, cpad, inner, _, _, _, outer] = p;
+    let gpu = w.gpu();
+    let grid = if entry == "flip_transpose" {
+        [cpad.div_ceil(64) as u32, outer as u32, 1]
+    } else {
+        [cpad.div_ceil(64) as u32, inner as u32, outer as u32]
+    };
+    let max = gpu.limits().max_compute_workgroups_per_dimension;
+    if grid.iter().any(|&v| v > max) {
+        return Err(Error::shape(
+            "conv weight",
+            format!(
+                "{:?} needs {grid:?} workgroups; the adapter allows {max} per dimension",
+                w.shape()
+            ),
+        ));
+    }
+    let out = gpu.alloc(rows * cpad, &[rows, cpad])?;
+    let params: Vec<u32> = p.into_iter().chain([0; 8]).map(|v| v as u32).collect();
+    gpu.dispatch(
+        &Kernel::new(&LAYOUT, entry),
+        &params,
+        &[&out],
+        &[w.storage()],
+        grid,
+    )?;
+    Ok(out)
+}
+
+/// Weights [rows, cols] copied into [rows, cpad] with zero columns after `cols`.
+pub(super) fn pad_rows(w: &Tensor, rows: usize, cols: usize, cpad: usize) -> Result<Storage> {
+    weight_copy(w, "relayout", [rows, cols, cpad, 1, cols, 0, 1, rows])
+}
