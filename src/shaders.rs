@@ -16,6 +16,7 @@ macro_rules! shader {
 // Trusted kernels run without wgpu's bounds checks unless APGA_RUNTIME_CHECKS=1; only kernels
 // whose every load index is clamped into the operand (and whose operand sizes the host checks)
 // are trusted.
+shader!(ACCUMULATE, "accumulate", trusted = false);
 shader!(ELEMENTWISE, "elementwise", trusted = false);
 shader!(REDUCE, "reduce", trusted = false);
 shader!(MATMUL_TILED, "matmul_tiled", trusted = true);
@@ -36,6 +37,7 @@ shader!(OPTIM, "optim", trusted = false);
 
 /// Every shader the engine uses.
 pub static ALL: &[&Shader] = &[
+    &ACCUMULATE,
     &ELEMENTWISE,
     &REDUCE,
     &MATMUL_TILED,

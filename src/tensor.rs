@@ -149,6 +149,29 @@ impl Tensor {
         Tensor::from_storage(self.inner.storage.clone(), self.shape(), false)
     }
 
+    /// `self + other` for two tensors of the same shape (the autodiff tape's gradient
+    /// accumulation; no broadcasting, no recording). Its own small kernel
+    /// (`shaders/accumulate.wgsl`), so that the tape needs nothing from the ops layer.
+    pub fn add_same_shape(&self, other: &Tensor) -> Result<Tensor> {
+        if self.shape() != other.shape() {
+            return Err(Error::shape(
+                "accumulate",
+                format!("shapes {:?} and {:?} differ", self.shape(), other.shape()),
+            ));
+        }
+        let gpu = self.gpu();
+        let n = self.numel();
+        let out = gpu.alloc(n, self.shape())?;
+        gpu.dispatch(
+            &crate::gpu::Kernel::new(&crate::shaders::ACCUMULATE, "add2"),
+            &[n as u32, 0, 0, 0],
+            &[&out],
+            &[self.storage(), other.storage()],
+            gpu.grid(n.div_ceil(256)),
+        )?;
+        Ok(Tensor::from_storage(Arc::new(out), self.shape(), false))
+    }
+
     /// Dimensions as `[N, C, H, W]`, or a shape error naming `op`.
     pub fn dims4(&self, op: &'static str) -> Result<[usize; 4]> {
         match *self.shape() {

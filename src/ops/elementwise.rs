@@ -2,12 +2,13 @@
 //! broadcasting (a per-channel `[1,C,1,1]` or per-pixel `[N,1,H,W]` mask multiplies an NCHW
 //! tensor directly), comparisons against a threshold, `expand` and `where_`.
 
-use crate::autodiff::{self, Op};
+use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Storage};
-use crate::ops::{pack8, strides};
+use crate::ops;
 use crate::shaders::ELEMENTWISE;
 use crate::tensor::{numel, Tensor};
+use ops::{pack8, strides};
 
 /// Largest rank the element-wise kernels index.
 pub const MAX_RANK: usize = 8;
@@ -182,7 +183,7 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     let needs_x = matches!(op, UnaryOp::Log);
     let needs_y = matches!(op, UnaryOp::Relu | UnaryOp::Sigmoid | UnaryOp::Exp);
     if !needs_y {
-        return Ok(autodiff::track(storage, &shape, &[x], || Op::Unary {
+        return Ok(autodiff::track(storage, &shape, &[x], || Unary {
             op,
             x: needs_x.then(|| x.clone()),
             y: None,
@@ -193,7 +194,7 @@ pub fn unary(op: UnaryOp, x: &Tensor) -> Result<Tensor> {
     let y = Tensor::from_storage(std::sync::Arc::new(storage), &shape, record);
     if record {
         autodiff::push(
-            Op::Unary {
+            Unary {
                 op,
                 x: None,
                 y: Some(y.detach()),
@@ -234,7 +235,7 @@ pub fn binary(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
             &[a.storage(), b.storage()],
         )?
     };
-    Ok(autodiff::track(storage, &shape, &[a, b], || Op::Binary {
+    Ok(autodiff::track(storage, &shape, &[a, b], || Binary {
         op,
         a: a.clone(),
         b: b.clone(),
@@ -254,7 +255,7 @@ pub fn expand(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let sx = broadcast_strides(x.shape(), shape);
     let kernel = Kernel::new(&ELEMENTWISE, "expand");
     let storage = launch(x.gpu(), kernel, shape, [0.0; 2], [&sx, &[]], &[x.storage()])?;
-    Ok(autodiff::track(storage, shape, &[x], || Op::Expand {
+    Ok(autodiff::track(storage, shape, &[x], || Expand {
         x_shape: x.shape().to_vec(),
     }))
 }
@@ -281,7 +282,7 @@ pub fn where_(mask: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         [&[], &[]],
         &[m.storage(), fa.storage(), fb.storage()],
     )?;
-    Ok(autodiff::track(storage, &shape, &[a, b], || Op::Where {
+    Ok(autodiff::track(storage, &shape, &[a, b], || Where {
         mask: m.detach(),
         a_shape: a.shape().to_vec(),
         b_shape: b.shape().to_vec(),
@@ -321,9 +322,7 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
         gpu.grid(words.div_ceil(256)),
     )?;
     let mask = Tensor::from_storage(std::sync::Arc::new(bits), &[words], false);
-    Ok(autodiff::track(y, x.shape(), &[x], || Op::ReluMask {
-        mask,
-    }))
+    Ok(autodiff::track(y, x.shape(), &[x], || ReluMask { mask }))
 }
 
 /// The gradient of `relu` from its saved bit mask.
@@ -375,6 +374,134 @@ pub fn gt_scalar(x: &Tensor, t: f32) -> Result<Tensor> {
 /// `1[x < t]` as 0/1 values.
 pub fn lt_scalar(x: &Tensor, t: f32) -> Result<Tensor> {
     unary(UnaryOp::Lt(t), x)
+}
+
+/// Element-wise binary op with broadcasting; `a`, `b` are the operands.
+pub(crate) struct Binary {
+    pub(crate) op: BinaryOp,
+    pub(crate) a: Tensor,
+    pub(crate) b: Tensor,
+}
+
+impl Backward for Binary {
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let want = |i: usize| needs.get(i).copied().unwrap_or(false);
+        let Binary { op, a, b, .. } = self;
+        let ga = |g: &Tensor| -> Result<Tensor> {
+            match op {
+                BinaryOp::Add | BinaryOp::Sub => Ok(g.clone()),
+                BinaryOp::Mul => ops::mul(g, b),
+                BinaryOp::Div => ops::div(g, b),
+                _ => Err(backward_kernel_error(*op)),
+            }
+        };
+        let gb = |g: &Tensor| -> Result<Tensor> {
+            match op {
+                BinaryOp::Add => Ok(g.clone()),
+                BinaryOp::Sub => ops::neg(g),
+                BinaryOp::Mul => ops::mul(g, a),
+                // d(a/b)/db = -a / b^2
+                BinaryOp::Div => ops::neg(&ops::div(&ops::mul(g, a)?, &ops::mul(b, b)?)?),
+                _ => Err(backward_kernel_error(*op)),
+            }
+        };
+        Ok(vec![
+            want(0)
+                .then(|| ops::sum_to(&ga(g)?, a.shape()))
+                .transpose()?,
+            want(1)
+                .then(|| ops::sum_to(&gb(g)?, b.shape()))
+                .transpose()?,
+        ])
+    }
+}
+
+/// Element-wise unary op; `x` the input, `y` the output (each saved only if needed).
+pub(crate) struct Unary {
+    pub(crate) op: UnaryOp,
+    pub(crate) x: Option<Tensor>,
+    pub(crate) y: Option<Tensor>,
+}
+
+impl Backward for Unary {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let Unary { op, x, y, .. } = self;
+        let saved = |t: &Option<Tensor>| {
+            t.clone()
+                .ok_or_else(|| Error::Autodiff(format!("{op:?}: saved tensor missing")))
+        };
+        let gx = match op {
+            UnaryOp::Relu => ops::binary(BinaryOp::ReluGrad, g, &saved(y)?)?,
+            UnaryOp::Sigmoid => ops::binary(BinaryOp::SigmoidGrad, g, &saved(y)?)?,
+            UnaryOp::Exp => ops::mul(g, &saved(y)?)?,
+            UnaryOp::Log => ops::div(g, &saved(x)?)?,
+            UnaryOp::AddScalar(_) => g.clone(),
+            UnaryOp::MulScalar(s) => ops::mul_scalar(g, *s)?,
+            UnaryOp::Ge(_) | UnaryOp::Gt(_) | UnaryOp::Lt(_) => {
+                return Err(Error::Autodiff(format!("{op:?} is not differentiable")))
+            }
+        };
+        Ok(vec![Some(gx)])
+    }
+}
+
+/// ReLU recorded with a bit mask of `x > 0` (see `ops::relu`).
+pub(crate) struct ReluMask {
+    pub(crate) mask: Tensor,
+}
+
+impl Backward for ReluMask {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let ReluMask { mask, .. } = self;
+        Ok(vec![Some(ops::elementwise::relu_mask_backward(g, mask)?)])
+    }
+}
+
+/// `where(mask, a, b)`; gradient flows to `a` where the mask is set, else to `b`.
+pub(crate) struct Where {
+    pub(crate) mask: Tensor,
+    pub(crate) a_shape: Vec<usize>,
+    pub(crate) b_shape: Vec<usize>,
+}
+
+impl Backward for Where {
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let want = |i: usize| needs.get(i).copied().unwrap_or(false);
+        let Where {
+            mask,
+            a_shape,
+            b_shape,
+            ..
+        } = self;
+        let ga = ops::mul(g, mask)?;
+        let gb = if want(1) {
+            Some(ops::sub(g, &ga)?)
+        } else {
+            None
+        };
+        Ok(vec![
+            want(0).then(|| ops::sum_to(&ga, a_shape)).transpose()?,
+            gb.map(|gb| ops::sum_to(&gb, b_shape)).transpose()?,
+        ])
+    }
+}
+
+/// Broadcast of `x` to a larger shape.
+pub(crate) struct Expand {
+    pub(crate) x_shape: Vec<usize>,
+}
+
+impl Backward for Expand {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let Expand { x_shape, .. } = self;
+        Ok(vec![Some(ops::sum_to(g, x_shape)?)])
+    }
+}
+
+fn backward_kernel_error(op: BinaryOp) -> Error {
+    Error::Autodiff(format!(
+        "{op:?} is a backward kernel and has no gradient of its own"
+    ))
 }
 
 #[cfg(test)]

@@ -8,13 +8,14 @@
 
 use std::sync::Arc;
 
-use crate::autodiff::{self, Op};
+use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
 use crate::gpu::Storage;
-use crate::ops::conv::{dgrad_into, fwd_into, wgrad, ConvGeom, Slice};
-use crate::ops::norm::{affine_of, backward_raw, batch_stats, params};
-use crate::ops::{pad_axis, BatchNormConfig};
+use crate::ops;
 use crate::tensor::Tensor;
+use ops::conv::{dgrad_into, fwd_into, wgrad, ConvGeom, Slice};
+use ops::norm::{affine_of, backward_raw, batch_stats, params};
+use ops::{pad_axis, BatchNormConfig};
 
 /// Saved state of one `bn_relu_conv2d`.
 pub struct BnReluConv {
@@ -114,7 +115,7 @@ pub fn bn_relu_conv2d(
         Some(&affine),
     )?;
     Ok(autodiff::track(out, &shape, &[x, gamma, beta, w], || {
-        Op::BnReluConv2d(Box::new(BnReluConv {
+        BnReluConv {
             x: x.clone(),
             c_in,
             gamma: gamma.clone(),
@@ -124,7 +125,7 @@ pub fn bn_relu_conv2d(
             affine: Arc::new(affine),
             cfg,
             geom,
-        }))
+        }
     }))
 }
 
@@ -192,5 +193,13 @@ impl BnReluConv {
         };
         let wrap = |s| Tensor::from_storage(Arc::new(s), &[c], false);
         Ok(vec![gx, Some(wrap(dgamma)), Some(wrap(dbeta)), gw])
+    }
+}
+
+impl Backward for BnReluConv {
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let want = |i: usize| needs.get(i).copied().unwrap_or(false);
+        let saved = self;
+        BnReluConv::backward(saved, g, [want(0), want(1), want(2), want(3)])
     }
 }

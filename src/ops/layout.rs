@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use crate::autodiff::{self, Op};
+use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Storage};
+use crate::ops;
 use crate::shaders::LAYOUT;
 use crate::tensor::{numel, Tensor};
 
@@ -106,10 +107,7 @@ pub fn concat(xs: &[&Tensor], axis: usize) -> Result<Tensor> {
         off += c;
     }
     let sizes: Vec<usize> = xs.iter().map(|x| x.shape()[axis]).collect();
-    Ok(autodiff::track(out, &shape, xs, || Op::Concat {
-        axis,
-        sizes,
-    }))
+    Ok(autodiff::track(out, &shape, xs, || Concat { axis, sizes }))
 }
 
 /// A copy of `len` entries of `axis` starting at `start`, like `torch.narrow(...).clone()`.
@@ -141,7 +139,7 @@ pub fn narrow(x: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tenso
         (full, start),
         (len, 0),
     )?;
-    Ok(autodiff::track(out, &shape, &[x], || Op::Narrow {
+    Ok(autodiff::track(out, &shape, &[x], || Narrow {
         axis,
         start,
         full,
@@ -174,7 +172,7 @@ pub fn pad_axis(x: &Tensor, axis: usize, start: usize, full: usize) -> Result<Te
         (len, 0),
         (full, start),
     )?;
-    Ok(autodiff::track(out, &shape, &[x], || Op::Pad {
+    Ok(autodiff::track(out, &shape, &[x], || Pad {
         axis,
         start,
         len,
@@ -216,7 +214,7 @@ pub fn write_slice(buffer: &Tensor, x: &Tensor, axis: usize, start: usize) -> Re
     let record = (buffer.requires_grad() || x.requires_grad()) && autodiff::is_recording();
     let out = Tensor::from_storage(Arc::clone(buffer.storage_arc()), buffer.shape(), record);
     if record {
-        autodiff::push(Op::WriteSlice { axis, start, len }, &[buffer, x], &out);
+        autodiff::push(WriteSlice { axis, start, len }, &[buffer, x], &out);
     }
     Ok(out)
 }
@@ -243,4 +241,88 @@ pub(crate) fn slice_mask(
         })
         .collect();
     Tensor::from_slice(gpu, &values, &mshape)
+}
+
+/// Concatenation along `axis` of inputs with `sizes` entries each.
+pub(crate) struct Concat {
+    pub(crate) axis: usize,
+    pub(crate) sizes: Vec<usize>,
+}
+
+impl Backward for Concat {
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let want = |i: usize| needs.get(i).copied().unwrap_or(false);
+        let Concat { axis, sizes, .. } = self;
+        let mut start = 0;
+        let mut out = Vec::with_capacity(sizes.len());
+        for (i, &len) in sizes.iter().enumerate() {
+            out.push(
+                want(i)
+                    .then(|| ops::narrow(g, *axis, start, len))
+                    .transpose()?,
+            );
+            start += len;
+        }
+        Ok(out)
+    }
+}
+
+/// `len` entries at `start` copied out of an axis of `full` entries.
+pub(crate) struct Narrow {
+    pub(crate) axis: usize,
+    pub(crate) start: usize,
+    pub(crate) full: usize,
+}
+
+impl Backward for Narrow {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let Narrow {
+            axis, start, full, ..
+        } = self;
+        Ok(vec![Some(ops::pad_axis(g, *axis, *start, *full)?)])
+    }
+}
+
+/// Input placed at `start` of a larger zero tensor.
+pub(crate) struct Pad {
+    pub(crate) axis: usize,
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+}
+
+impl Backward for Pad {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let Pad {
+            axis, start, len, ..
+        } = self;
+        Ok(vec![Some(ops::narrow(g, *axis, *start, *len)?)])
+    }
+}
+
+/// Input 1 written in place into input 0 at `start` (`len` entries).
+pub(crate) struct WriteSlice {
+    pub(crate) axis: usize,
+    pub(crate) start: usize,
+    pub(crate) len: usize,
+}
+
+impl Backward for WriteSlice {
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let want = |i: usize| needs.get(i).copied().unwrap_or(false);
+        let WriteSlice {
+            axis, start, len, ..
+        } = self;
+        let gb = if want(0) {
+            let mask = ops::layout::slice_mask(g.gpu(), g.shape(), *axis, *start, *len)?;
+            Some(ops::mul(g, &mask)?)
+        } else {
+            None
+        };
+        Ok(vec![
+            gb,
+            want(1)
+                .then(|| ops::narrow(g, *axis, *start, *len))
+                .transpose()?,
+        ])
+    }
 }

@@ -2,12 +2,13 @@
 //! `reduction="mean"`: softmax cross-entropy with integer labels, binary cross-entropy on
 //! probabilities (logs clamped at -100), and binary cross-entropy with logits.
 
-use crate::autodiff::{self, Op};
+use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;
-use crate::ops::mean_all;
+use crate::ops;
 use crate::shaders::LOSS;
 use crate::tensor::Tensor;
+use ops::mean_all;
 
 /// Per-row softmax cross-entropy of `logits` [rows, k] against integer `labels` [rows] given
 /// as a tensor of exact integers.
@@ -40,11 +41,9 @@ pub fn cross_entropy_rows(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
         gpu.grid(rows.div_ceil(256)),
     )?;
     let probs = Tensor::from_storage(std::sync::Arc::new(probs), &[rows, k], false);
-    Ok(autodiff::track(loss, &[rows], &[logits], || {
-        Op::CrossEntropy {
-            probs,
-            labels: labels.detach(),
-        }
+    Ok(autodiff::track(loss, &[rows], &[logits], || CrossEntropy {
+        probs,
+        labels: labels.detach(),
     }))
 }
 
@@ -92,7 +91,7 @@ fn elementwise(
 /// gradient flows to it).
 pub fn bce_elementwise(p: &Tensor, target: &Tensor) -> Result<Tensor> {
     let out = elementwise("binary_cross_entropy", "bce_fwd", p, target)?;
-    Ok(autodiff::track(out, p.shape(), &[p], || Op::Bce {
+    Ok(autodiff::track(out, p.shape(), &[p], || Bce {
         p: p.clone(),
         target: target.detach(),
         logits: false,
@@ -102,7 +101,7 @@ pub fn bce_elementwise(p: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// Element-wise binary cross-entropy with logits `z` against `target` (a constant).
 pub fn bce_with_logits_elementwise(z: &Tensor, target: &Tensor) -> Result<Tensor> {
     let out = elementwise("binary_cross_entropy_with_logits", "bcel_fwd", z, target)?;
-    Ok(autodiff::track(out, z.shape(), &[z], || Op::Bce {
+    Ok(autodiff::track(out, z.shape(), &[z], || Bce {
         p: z.clone(),
         target: target.detach(),
         logits: true,
@@ -165,4 +164,35 @@ pub(crate) fn bce_backward(
         x.shape(),
         false,
     ))
+}
+
+/// Per-row softmax cross-entropy; saved softmax and labels.
+pub(crate) struct CrossEntropy {
+    pub(crate) probs: Tensor,
+    pub(crate) labels: Tensor,
+}
+
+impl Backward for CrossEntropy {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let CrossEntropy { probs, labels, .. } = self;
+        Ok(vec![Some(ops::loss::cross_entropy_backward(
+            probs, labels, g,
+        )?)])
+    }
+}
+
+/// Element-wise binary cross-entropy on probabilities or (if `logits`) logits.
+pub(crate) struct Bce {
+    pub(crate) p: Tensor,
+    pub(crate) target: Tensor,
+    pub(crate) logits: bool,
+}
+
+impl Backward for Bce {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let Bce {
+            p, target, logits, ..
+        } = self;
+        Ok(vec![Some(ops::loss::bce_backward(p, target, *logits, g)?)])
+    }
 }

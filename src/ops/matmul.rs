@@ -3,10 +3,11 @@
 //! class by measurement (see `autotune.rs`), because the fastest differs by an order of
 //! magnitude between real GPUs and CPU drivers.
 
-use crate::autodiff::{self, Op};
+use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
 use crate::gpu::autotune;
 use crate::gpu::{Gpu, Kernel, Storage};
+use crate::ops;
 use crate::shaders::{MATMUL_BLOCKED, MATMUL_TILED, MATMUL_VEC4};
 use crate::tensor::Tensor;
 
@@ -175,7 +176,7 @@ fn shape_class(d: &Dims) -> String {
 }
 
 fn finish(a: &Tensor, b: &Tensor, ta: bool, tb: bool, d: &Dims, c: Storage) -> Tensor {
-    autodiff::track(c, &[d.m, d.n], &[a, b], || Op::Matmul {
+    autodiff::track(c, &[d.m, d.n], &[a, b], || Matmul {
         a: a.clone(),
         b: b.clone(),
         ta,
@@ -253,8 +254,43 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
                     format!("bias {:?} for {} outputs", b.shape(), y.shape()[1]),
                 ));
             }
-            crate::ops::add(&y, b)
+            ops::add(&y, b)
         }
         None => Ok(y),
+    }
+}
+
+/// `op(a) @ op(b)` where `op` transposes when the flag is set.
+pub(crate) struct Matmul {
+    pub(crate) a: Tensor,
+    pub(crate) b: Tensor,
+    pub(crate) ta: bool,
+    pub(crate) tb: bool,
+}
+
+impl Backward for Matmul {
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let want = |i: usize| needs.get(i).copied().unwrap_or(false);
+        let Matmul { a, b, ta, tb, .. } = self;
+        // C = A' B' with A' = op(A), B' = op(B): dA' = g B'^T, dB' = A'^T g.
+        let ga = if want(0) {
+            Some(if *ta {
+                ops::matmul_t(b, g, *tb, true)?
+            } else {
+                ops::matmul_t(g, b, false, !*tb)?
+            })
+        } else {
+            None
+        };
+        let gb = if want(1) {
+            Some(if *tb {
+                ops::matmul_t(g, a, true, *ta)?
+            } else {
+                ops::matmul_t(a, g, !*ta, false)?
+            })
+        } else {
+            None
+        };
+        Ok(vec![ga, gb])
     }
 }

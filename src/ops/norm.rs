@@ -1,9 +1,10 @@
 //! Batch normalisation (`shaders/batchnorm.wgsl`), `torch.nn.functional.batch_norm` for NCHW
 //! input, with an optional fused ReLU.
 
-use crate::autodiff::{self, Op};
+use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Storage};
+use crate::ops;
 use crate::shaders::BATCHNORM;
 use crate::tensor::Tensor;
 
@@ -114,7 +115,7 @@ pub fn batch_norm2d(
     )?;
     let stats = Tensor::from_storage(std::sync::Arc::new(stats), &[3, c], false);
     Ok(autodiff::track(out, x.shape(), &[x, gamma, beta], || {
-        Op::BatchNorm2d {
+        BatchNorm2d {
             x: x.clone(),
             gamma: gamma.clone(),
             beta: beta.clone(),
@@ -282,4 +283,28 @@ pub fn batch_norm2d_backward(
     let dx = dx.map(|d| Tensor::from_storage(std::sync::Arc::new(d), x.shape(), false));
     let wrap = |s| Tensor::from_storage(std::sync::Arc::new(s), &[c], false);
     Ok([dx, Some(wrap(dgamma)), Some(wrap(dbeta))])
+}
+
+/// Batch norm (optionally with fused ReLU); inputs (x, gamma, beta).
+pub(crate) struct BatchNorm2d {
+    pub(crate) x: Tensor,
+    pub(crate) gamma: Tensor,
+    pub(crate) beta: Tensor,
+    pub(crate) stats: Tensor,
+    pub(crate) cfg: ops::BatchNormConfig,
+}
+
+impl Backward for BatchNorm2d {
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let want = |i: usize| needs.get(i).copied().unwrap_or(false);
+        let BatchNorm2d {
+            x,
+            gamma,
+            beta,
+            stats,
+            cfg,
+            ..
+        } = self;
+        Ok(ops::norm::batch_norm2d_backward(x, gamma, beta, stats, cfg, g, want(0))?.to_vec())
+    }
 }

@@ -1,12 +1,13 @@
 //! Pooling (`shaders/pool.wgsl`): max and average pooling with PyTorch semantics
 //! (ceil_mode = false; average with count_include_pad = true), and global average pooling.
 
-use crate::autodiff::{self, Op};
+use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;
-use crate::ops::mean;
+use crate::ops;
 use crate::shaders::POOL;
 use crate::tensor::Tensor;
+use ops::mean;
 
 /// Window geometry of a pooling op.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +98,7 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
         gpu.grid(words.div_ceil(256)),
     )?;
     let argmax = Tensor::from_storage(std::sync::Arc::new(argmax), &[words], false);
-    Ok(autodiff::track(out, &shape, &[x], || Op::MaxPool2d {
+    Ok(autodiff::track(out, &shape, &[x], || MaxPool2d {
         argmax,
         geom: g,
     }))
@@ -117,9 +118,7 @@ pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
         &[x.storage()],
         gpu.grid(n.div_ceil(256)),
     )?;
-    Ok(autodiff::track(out, &shape, &[x], || Op::AvgPool2d {
-        geom: g,
-    }))
+    Ok(autodiff::track(out, &shape, &[x], || AvgPool2d { geom: g }))
 }
 
 /// Global average pooling to [n, c, 1, 1] (`adaptive_avg_pool2d(x, 1)`).
@@ -151,4 +150,29 @@ pub(crate) fn pool_backward(g: &PoolGeom, argmax: Option<&Tensor>, gy: &Tensor) 
         )?,
     }
     Ok(Tensor::from_storage(std::sync::Arc::new(dx), &shape, false))
+}
+
+/// Max pooling with the saved in-plane index of each window's maximum.
+pub(crate) struct MaxPool2d {
+    pub(crate) argmax: Tensor,
+    pub(crate) geom: ops::pool::PoolGeom,
+}
+
+impl Backward for MaxPool2d {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let MaxPool2d { argmax, geom, .. } = self;
+        Ok(vec![Some(ops::pool::pool_backward(geom, Some(argmax), g)?)])
+    }
+}
+
+/// Average pooling.
+pub(crate) struct AvgPool2d {
+    pub(crate) geom: ops::pool::PoolGeom,
+}
+
+impl Backward for AvgPool2d {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let AvgPool2d { geom, .. } = self;
+        Ok(vec![Some(ops::pool::pool_backward(geom, None, g)?)])
+    }
 }

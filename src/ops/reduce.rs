@@ -1,12 +1,13 @@
 //! Reductions (`shaders/reduce.wgsl`): sum and mean over all elements or chosen axes, and
 //! `sum_to`, which undoes a broadcast (the backward of every broadcasting op).
 
-use crate::autodiff::{self, Op};
+use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Storage};
-use crate::ops::{pack8, reshape, strides};
+use crate::ops;
 use crate::shaders::REDUCE;
 use crate::tensor::{numel, Tensor};
+use ops::{pack8, reshape, strides};
 
 /// Reduced elements per workgroup in the first pass of a split reduction.
 const CHUNK: usize = 4096;
@@ -166,7 +167,7 @@ fn reduce(
             (true, false) => None,
         })
         .collect();
-    Ok(autodiff::track(storage, &shape, &[x], || Op::Sum {
+    Ok(autodiff::track(storage, &shape, &[x], || Sum {
         x_shape: x.shape().to_vec(),
         axes,
         scale,
@@ -223,6 +224,35 @@ pub fn sum_to(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
         }
     }
     reshape(&sum(g, &axes, true)?, shape)
+}
+
+/// Sum over `axes` times `scale` (1 for sum, 1/count for mean).
+pub(crate) struct Sum {
+    pub(crate) x_shape: Vec<usize>,
+    pub(crate) axes: Vec<usize>,
+    pub(crate) scale: f32,
+}
+
+impl Backward for Sum {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let Sum {
+            x_shape,
+            axes,
+            scale,
+            ..
+        } = self;
+        let mut kept = x_shape.clone();
+        for &a in axes {
+            kept[a] = 1;
+        }
+        let g = ops::reshape(g, &kept)?;
+        let g = if *scale != 1.0 {
+            ops::mul_scalar(&g, *scale)?
+        } else {
+            g
+        };
+        Ok(vec![Some(ops::expand(&g, x_shape)?)])
+    }
 }
 
 #[cfg(test)]

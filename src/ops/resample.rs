@@ -2,9 +2,10 @@
 //! as `torch.nn.functional.interpolate(x, size, mode, align_corners=False)`. A 2-D resize is a
 //! 1-D resampling along W followed by one along H (both modes are separable).
 
-use crate::autodiff::{self, Op};
+use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
 use crate::gpu::Kernel;
+use crate::ops;
 use crate::shaders::RESAMPLE;
 use crate::tensor::{numel, Tensor};
 
@@ -65,7 +66,7 @@ pub fn resample1d(x: &Tensor, axis: usize, out_len: usize, mode: Interpolation) 
         &[x.storage()],
         gpu.grid(n.div_ceil(256)),
     )?;
-    Ok(autodiff::track(out, &shape, &[x], || Op::Resample1d {
+    Ok(autodiff::track(out, &shape, &[x], || Resample1d {
         axis,
         in_len,
         mode,
@@ -120,4 +121,22 @@ pub fn upsample_nearest2d(x: &Tensor, size: [usize; 2]) -> Result<Tensor> {
 /// `interpolate(x, size, mode="bilinear", align_corners=False)`.
 pub fn upsample_bilinear2d(x: &Tensor, size: [usize; 2]) -> Result<Tensor> {
     upsample2d(x, size, Interpolation::Bilinear)
+}
+
+/// 1-D resampling of `axis` from `in_len` entries.
+pub(crate) struct Resample1d {
+    pub(crate) axis: usize,
+    pub(crate) in_len: usize,
+    pub(crate) mode: ops::Interpolation,
+}
+
+impl Backward for Resample1d {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let Resample1d {
+            axis, in_len, mode, ..
+        } = self;
+        Ok(vec![Some(ops::resample::resample1d_backward(
+            g, *axis, *in_len, *mode,
+        )?)])
+    }
 }

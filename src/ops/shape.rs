@@ -2,8 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::autodiff::{self, Op};
+use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
+use crate::ops;
 use crate::tensor::{numel, Tensor};
 
 /// The same values under a new shape with the same number of elements (no copy).
@@ -24,7 +25,7 @@ pub fn reshape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let out = Tensor::from_storage(Arc::clone(x.storage_arc()), shape, record);
     if record {
         autodiff::push(
-            Op::Reshape {
+            Reshape {
                 x_shape: x.shape().to_vec(),
             },
             &[x],
@@ -32,4 +33,16 @@ pub fn reshape(x: &Tensor, shape: &[usize]) -> Result<Tensor> {
         );
     }
     Ok(out)
+}
+
+/// Same values, new shape.
+pub(crate) struct Reshape {
+    pub(crate) x_shape: Vec<usize>,
+}
+
+impl Backward for Reshape {
+    fn backward(&self, g: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let Reshape { x_shape, .. } = self;
+        Ok(vec![Some(ops::reshape(g, x_shape)?)])
+    }
 }

@@ -4,9 +4,11 @@
 //! `wgrad(x, gy)`; for conv_transpose2d, whose forward is `dgrad`, the roles swap: the input
 //! gradient is `fwd` of the output gradient and the weight gradient is `wgrad(gy, x)`.
 
+use crate::autodiff::Backward;
 use crate::error::Result;
-use crate::ops::sum;
+use crate::ops;
 use crate::tensor::Tensor;
+use ops::sum;
 
 use super::wgrad::wgrad;
 use super::{forward_full, transposed_full, ConvGeom, Slice};
@@ -92,4 +94,37 @@ pub fn conv_transpose2d_backward(
     want: [bool; 3],
 ) -> Result<[Option<Tensor>; 3]> {
     backward(Which::Transpose, g, x, w, gy, want)
+}
+
+/// conv2d; inputs (x, w[, b]).
+pub(crate) struct Conv2d {
+    pub(crate) x: Tensor,
+    pub(crate) w: Tensor,
+    pub(crate) geom: ops::conv::ConvGeom,
+}
+
+impl Backward for Conv2d {
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let want = |i: usize| needs.get(i).copied().unwrap_or(false);
+        let Conv2d { x, w, geom, .. } = self;
+        Ok(ops::conv::conv2d_backward(geom, x, w, g, [want(0), want(1), want(2)])?.to_vec())
+    }
+}
+
+/// conv_transpose2d; inputs (x, w[, b]); `geom` is that of the equivalent convolution.
+pub(crate) struct ConvTranspose2d {
+    pub(crate) x: Tensor,
+    pub(crate) w: Tensor,
+    pub(crate) geom: ops::conv::ConvGeom,
+}
+
+impl Backward for ConvTranspose2d {
+    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let want = |i: usize| needs.get(i).copied().unwrap_or(false);
+        let ConvTranspose2d { x, w, geom, .. } = self;
+        Ok(
+            ops::conv::conv_transpose2d_backward(geom, x, w, g, [want(0), want(1), want(2)])?
+                .to_vec(),
+        )
+    }
 }

@@ -11,7 +11,7 @@
 //! weight re-layouts; `variant.rs` the choice among strategies (candidates, autotune key,
 //! profiler names).
 
-use crate::autodiff::{self, Op};
+use crate::autodiff;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Storage};
 use crate::tensor::Tensor;
@@ -193,10 +193,12 @@ pub fn conv2d(
     let out = forward_full(&g, x.storage(), w, b)?;
     let mut inputs = vec![x, w];
     inputs.extend(b);
-    Ok(autodiff::track(out, &out_shape, &inputs, || Op::Conv2d {
-        x: x.clone(),
-        w: w.clone(),
-        geom: g,
+    Ok(autodiff::track(out, &out_shape, &inputs, || {
+        backward::Conv2d {
+            x: x.clone(),
+            w: w.clone(),
+            geom: g,
+        }
     }))
 }
 
@@ -259,7 +261,7 @@ pub fn conv_transpose2d(
     let mut inputs = vec![x, w];
     inputs.extend(b);
     Ok(autodiff::track(out, &out_shape, &inputs, || {
-        Op::ConvTranspose2d {
+        backward::ConvTranspose2d {
             x: x.clone(),
             w: w.clone(),
             geom: g,
