@@ -1,8 +1,11 @@
 //! apga-gpu: Adversarial Policy Gradient Augmentation (Cheng et al., MICCAI 2019) on any GPU
 //! wgpu reaches, with its own tensor engine.
 //!
-//! Layers, each calling only the one below: [`gpu`] (device, pipelines, buffer pool, command
-//! batching), [`tensor`], [`ops`] (WGSL kernels in `shaders/`), [`autodiff`] (the tape).
+//! Layers, bottom to top, each importing only those below it (no import cycle):
+//! [`fsio`], [`error`], [`limits`] -> [`gpu`] (device, pipelines, buffer pool, command
+//! batching, autotuning) -> [`shaders`] -> [`tensor`] -> [`autodiff`] (the tape, which knows
+//! no op) -> [`ops`] (each op's forward, backward rule and WGSL kernels) -> [`nn`] -> [`optim`]
+//! -> [`models`] -> [`data`], [`apga`] -> [`cli`].
 
 pub mod apga;
 pub mod autodiff;
