@@ -8,7 +8,7 @@ use std::path::{Component, Path, PathBuf};
 
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 
-use crate::data::synthetic::{label_of, SyntheticConfig};
+use crate::data::synthetic::SyntheticConfig;
 use crate::error::{Error, Result};
 
 /// Where a sample's pixels come from.
@@ -132,14 +132,14 @@ impl Default for DataOptions {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.into(),
         source,
     }
 }
 
-fn bad(path: &Path, detail: impl Into<String>) -> Error {
+pub(super) fn bad(path: &Path, detail: impl Into<String>) -> Error {
     Error::Format {
         path: path.into(),
         detail: detail.into(),
@@ -202,12 +202,16 @@ pub fn resolve_within(root: &Path, rel: &str) -> std::result::Result<PathBuf, St
 }
 
 /// Whether a file name looks like an image the `image` crate reads.
-fn is_image(path: &Path) -> bool {
+pub(super) fn is_image(path: &Path) -> bool {
     image::ImageFormat::from_path(path).is_ok()
 }
 
 /// Keeps the samples whose files exist; a missing file is an error, or counted and skipped.
-fn check_files(samples: Vec<Sample>, skip: bool, skipped: &mut usize) -> Result<Vec<Sample>> {
+pub(super) fn check_files(
+    samples: Vec<Sample>,
+    skip: bool,
+    skipped: &mut usize,
+) -> Result<Vec<Sample>> {
     let mut out = Vec::with_capacity(samples.len());
     for s in samples {
         if let Source::File(p) = &s.source {
@@ -226,7 +230,11 @@ fn check_files(samples: Vec<Sample>, skip: bool, skipped: &mut usize) -> Result<
 }
 
 /// A seeded split that keeps each class's proportion: `fraction` of every class goes to val.
-fn stratified_split(samples: Vec<Sample>, fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
+pub(super) fn stratified_split(
+    samples: Vec<Sample>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<Sample>, Vec<Sample>) {
     let mut by_class: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
     for s in samples {
         by_class.entry(s.label).or_default().push(s);
@@ -270,324 +278,6 @@ impl Dataset {
         }
         ds.check_classes()?;
         Ok(ds)
-    }
-
-    fn synthetic(opts: &DataOptions) -> Result<Dataset> {
-        let cfg = SyntheticConfig {
-            size: opts.synthetic_size,
-            classes: opts.synthetic_classes,
-            train: opts.synthetic_train,
-            val: opts.synthetic_val,
-            seed: opts.seed,
-            style: opts.synthetic_style,
-        };
-        if cfg.classes < 2 || cfg.size < 16 {
-            return Err(Error::usage(
-                "synthetic data",
-                format!("needs at least 2 classes and images of at least 16 pixels, got {cfg:?}"),
-            ));
-        }
-        let split = |name: &'static str, n: usize| -> Vec<Sample> {
-            (0..n)
-                .map(|index| Sample {
-                    source: Source::Synthetic { split: name, index },
-                    label: label_of(index, cfg.classes),
-                    study: None,
-                })
-                .collect()
-        };
-        let mut classes = vec!["normal".to_string()];
-        for c in 1..cfg.classes {
-            let kind = if c % 2 == 1 { "fracture" } else { "lesion" };
-            let n = c.div_ceil(2);
-            classes.push(if n == 1 {
-                kind.to_string()
-            } else {
-                format!("{kind}x{n}")
-            });
-        }
-        Ok(Dataset {
-            description: {
-                let st = cfg.style;
-                let style = if st == Default::default() {
-                    String::new()
-                } else {
-                    format!(
-                        ", evidence strength {}, clutter {}, shortcut {}",
-                        st.evidence_strength, st.clutter, st.shortcut
-                    )
-                };
-                format!(
-                    "synthetic ({} classes, {}x{}, seed {}{style})",
-                    cfg.classes, cfg.size, cfg.size, cfg.seed
-                )
-            },
-            classes,
-            train: split("train", cfg.train),
-            val: split("val", cfg.val),
-            synthetic: Some(cfg),
-            skipped: 0,
-        })
-    }
-
-    fn mura(path: &Path, opts: &DataOptions) -> Result<Dataset> {
-        // PATH is the folder holding MURA-v1.1, or MURA-v1.1 itself.
-        let (root, dir) = if path
-            .join("MURA-v1.1")
-            .join("train_image_paths.csv")
-            .is_file()
-        {
-            (path.to_path_buf(), path.join("MURA-v1.1"))
-        } else if path.join("train_image_paths.csv").is_file() {
-            (
-                path.parent().map(Path::to_path_buf).unwrap_or_default(),
-                path.to_path_buf(),
-            )
-        } else {
-            return Err(bad(
-                path,
-                "not a MURA v1.1 folder: expected MURA-v1.1/train_image_paths.csv inside it",
-            ));
-        };
-        let part = opts.body_part.to_lowercase();
-        if part != "all" && !BODY_PARTS.contains(&part.as_str()) {
-            return Err(Error::usage(
-                "mura",
-                format!(
-                    "unknown body part {:?}; use one of {} or all",
-                    opts.body_part,
-                    BODY_PARTS.join(", ")
-                ),
-            ));
-        }
-        let want = format!("XR_{}", part.to_uppercase());
-        let mut skipped = 0;
-        let mut read = |split: &str| -> Result<Vec<Sample>> {
-            let csv_path = dir.join(format!("{split}_image_paths.csv"));
-            let text = std::fs::read_to_string(&csv_path).map_err(io_err(&csv_path))?;
-            let mut out = Vec::new();
-            // No header row: the first line is an image.
-            for (i, line) in text.lines().enumerate() {
-                let rel = line.trim().trim_matches('"');
-                if rel.is_empty() {
-                    continue;
-                }
-                let at = |d: String| bad(&csv_path, format!("line {}: {d}", i + 1));
-                let file = resolve_within(&root, rel).map_err(at)?;
-                let comps: Vec<&str> = rel.split('/').collect();
-                let study_pos = comps
-                    .iter()
-                    .position(|c| c.ends_with("_positive") || c.ends_with("_negative"))
-                    .ok_or_else(|| at(format!("no study_positive/negative folder in {rel:?}")))?;
-                if part != "all" && !comps.contains(&want.as_str()) {
-                    continue;
-                }
-                let label = usize::from(comps[study_pos].ends_with("_positive"));
-                out.push(Sample {
-                    source: Source::File(file),
-                    label,
-                    study: Some(comps[..=study_pos].join("/")),
-                });
-            }
-            check_files(out, opts.skip_bad_images, &mut skipped)
-        };
-        let train = read("train")?;
-        let val = read("valid")?;
-        Ok(Dataset {
-            description: format!("MURA v1.1 at {} ({part})", root.display()),
-            classes: vec!["negative".into(), "positive".into()],
-            train,
-            val,
-            synthetic: None,
-            skipped,
-        })
-    }
-
-    fn folder(path: &Path, opts: &DataOptions) -> Result<Dataset> {
-        let list_classes = |dir: &Path| -> Result<Vec<String>> {
-            let mut names = Vec::new();
-            for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
-                let e = e.map_err(io_err(dir))?;
-                if e.path().is_dir() {
-                    names.push(e.file_name().to_string_lossy().into_owned());
-                }
-            }
-            names.sort();
-            Ok(names)
-        };
-        let collect = |dir: &Path, classes: &[String]| -> Result<Vec<Sample>> {
-            let mut out = Vec::new();
-            for (label, class) in classes.iter().enumerate() {
-                let cdir = dir.join(class);
-                let mut files: Vec<PathBuf> = std::fs::read_dir(&cdir)
-                    .map_err(io_err(&cdir))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.is_file() && is_image(p))
-                    .collect();
-                files.sort();
-                if files.is_empty() {
-                    return Err(bad(&cdir, "class folder has no images"));
-                }
-                out.extend(files.into_iter().map(|f| Sample {
-                    source: Source::File(f),
-                    label,
-                    study: None,
-                }));
-            }
-            Ok(out)
-        };
-        let (tdir, vdir) = (path.join("train"), path.join("val"));
-        let (classes, train, val) = if tdir.is_dir() && vdir.is_dir() {
-            let classes = list_classes(&tdir)?;
-            let vclasses = list_classes(&vdir)?;
-            if let Some(extra) = vclasses.iter().find(|c| !classes.contains(c)) {
-                return Err(bad(
-                    &vdir.join(extra),
-                    "class folder not present under train/",
-                ));
-            }
-            let train = collect(&tdir, &classes)?;
-            let val = collect_present(&vdir, &classes)?;
-            (classes, train, val)
-        } else {
-            let classes = list_classes(path)?;
-            let all = collect(path, &classes)?;
-            let (t, v) = stratified_split(all, opts.val_fraction, opts.seed);
-            (classes, t, v)
-        };
-        if classes.len() < 2 {
-            return Err(bad(path, "needs at least two class folders"));
-        }
-        Ok(Dataset {
-            description: format!("folder {}", path.display()),
-            classes,
-            train,
-            val,
-            synthetic: None,
-            skipped: 0,
-        })
-    }
-
-    fn csv(path: &Path, opts: &DataOptions) -> Result<Dataset> {
-        let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let text = std::fs::read(path).map_err(io_err(path))?;
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .trim(csv::Trim::All)
-            .from_reader(text.as_slice());
-        // The file's own line number of a record (the reader skips blank lines and does
-        // not count them).
-        let line_at = |byte: u64| {
-            // A record's position is where the previous one ended: skip the blank lines.
-            let mut end = (byte as usize).min(text.len());
-            while end < text.len() && text[end].is_ascii_whitespace() {
-                end += 1;
-            }
-            text[..end].iter().filter(|&&b| b == b'\n').count() + 1
-        };
-        let mut rows: Vec<(usize, String, String, Option<String>)> = Vec::new();
-        for (i, rec) in reader.records().enumerate() {
-            // The file's own line number (the reader skips blank lines).
-            let rec = rec.map_err(|e| {
-                let line = e.position().map_or(i + 1, |p| line_at(p.byte()));
-                bad(path, format!("line {line}: {e}"))
-            })?;
-            let line = rec.position().map_or(i + 1, |p| line_at(p.byte()));
-            if rec.iter().all(|f| f.is_empty()) {
-                continue;
-            }
-            if rec.len() < 2 || rec.len() > 3 {
-                return Err(bad(
-                    path,
-                    format!(
-                        "line {line}: expected path,label[,split], got {} fields",
-                        rec.len()
-                    ),
-                ));
-            }
-            let (p, l) = (rec[0].to_string(), rec[1].to_string());
-            if line == 1 && p.eq_ignore_ascii_case("path") && l.eq_ignore_ascii_case("label") {
-                continue; // header row
-            }
-            if p.is_empty() || l.is_empty() {
-                return Err(bad(path, format!("line {line}: empty path or label")));
-            }
-            rows.push((line, p, l, rec.get(2).map(|s| s.to_lowercase())));
-        }
-        if rows.is_empty() {
-            return Err(bad(
-                path,
-                "no images listed (expected lines of path,label[,split])",
-            ));
-        }
-        // Labels: all integers -> class k is "k"; otherwise class names, sorted.
-        let numeric = rows.iter().all(|r| r.2.parse::<usize>().is_ok());
-        let classes: Vec<String> = if numeric {
-            let max = rows
-                .iter()
-                .filter_map(|r| r.2.parse::<usize>().ok())
-                .max()
-                .unwrap_or(0);
-            if max as u64 >= crate::limits::CLASSES.1 {
-                return Err(bad(
-                    path,
-                    format!(
-                        "label {max}: numeric labels are class indices 0..{} at most",
-                        crate::limits::CLASSES.1 - 1
-                    ),
-                ));
-            }
-            (0..=max).map(|k| k.to_string()).collect()
-        } else {
-            let mut names: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
-            names.sort();
-            names.dedup();
-            names
-        };
-        let (mut train, mut val, mut unsplit) = (Vec::new(), Vec::new(), Vec::new());
-        let mut skipped = 0;
-        for (line, p, l, split) in rows {
-            let file =
-                resolve_within(&root, &p).map_err(|d| bad(path, format!("line {line}: {d}")))?;
-            let label = classes.iter().position(|c| *c == l).ok_or_else(|| {
-                bad(
-                    path,
-                    format!("line {line}: label {l:?} not among the classes"),
-                )
-            })?;
-            let sample = Sample {
-                source: Source::File(file),
-                label,
-                study: None,
-            };
-            match split.as_deref() {
-                Some("train") => train.push(sample),
-                Some("val") | Some("valid") | Some("validation") => val.push(sample),
-                None | Some("") => unsplit.push(sample),
-                Some(other) => {
-                    return Err(bad(
-                        path,
-                        format!("line {line}: split {other:?} is not train or val"),
-                    ))
-                }
-            }
-        }
-        if !unsplit.is_empty() {
-            let (t, v) = stratified_split(unsplit, opts.val_fraction, opts.seed);
-            train.extend(t);
-            val.extend(v);
-        }
-        let train = check_files(train, opts.skip_bad_images, &mut skipped)?;
-        let val = check_files(val, opts.skip_bad_images, &mut skipped)?;
-        Ok(Dataset {
-            description: format!("csv {}", path.display()),
-            classes,
-            train,
-            val,
-            synthetic: None,
-            skipped,
-        })
     }
 
     /// The rules every source obeys: 2 to `limits::CLASSES` classes, every class with at
@@ -712,28 +402,6 @@ impl Dataset {
         }
         out
     }
-}
-
-fn collect_present(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
-    let mut out = Vec::new();
-    for (label, class) in classes.iter().enumerate() {
-        let cdir = dir.join(class);
-        if !cdir.is_dir() {
-            continue;
-        }
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&cdir)
-            .map_err(io_err(&cdir))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file() && is_image(p))
-            .collect();
-        files.sort();
-        out.extend(files.into_iter().map(|f| Sample {
-            source: Source::File(f),
-            label,
-            study: None,
-        }));
-    }
-    Ok(out)
 }
 
 /// `k` samples per class, drawn with the seed (the paper's k-shot training sets).

@@ -9,6 +9,7 @@ pub mod dataset;
 pub mod foreground;
 pub mod loader;
 pub mod preprocess;
+mod sources;
 pub mod synthetic;
 
 pub use dataset::{DataOptions, DataSpec, Dataset, Sample, Source};
