@@ -7,6 +7,8 @@
 // matmul_vec4.wgsl's main_8x8 (the fastest matmul on CPU drivers). Requires K and N to be
 // multiples of 4 and the batch strides and offsets to be multiples of 4; the host checks.
 
+//#include gemm8x8
+
 struct Params {
     m: u32, n: u32, k: u32, lda: u32,           // lda: row length of A (elements)
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,   // element strides / offsets
@@ -66,14 +68,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let b31 = load_b(kb + 3u * n4 + cq1, k0 + 3u);
         for (var i = 0u; i < 8u; i = i + 1u) {
             let av = a[arow[i] + kq];
-            acc0[i] = fma(vec4<f32>(av.x), b00, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.y), b10, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.z), b20, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.w), b30, acc0[i]);
-            acc1[i] = fma(vec4<f32>(av.x), b01, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.y), b11, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.z), b21, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.w), b31, acc1[i]);
+            acc0[i] = rank4_update(acc0[i], av, b00, b10, b20, b30);
+            acc1[i] = rank4_update(acc1[i], av, b01, b11, b21, b31);
         }
     }
     let has1 = cq0 + 1u < n4;

@@ -10,6 +10,8 @@
 // (No `enable subgroups;`: naga 30 accepts the subgroup built-ins without it and rejects the
 // directive; wgpu checks the SUBGROUP feature when the pipeline is built.)
 
+//#include gemm8x8
+
 struct Params {
     m: u32, n: u32, k: u32, lda: u32,
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
@@ -89,14 +91,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
             } else {
                 av = a[arow[i] + kq];
             }
-            acc0[i] = fma(vec4<f32>(av.x), b00, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.y), b10, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.z), b20, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.w), b30, acc0[i]);
-            acc1[i] = fma(vec4<f32>(av.x), b01, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.y), b11, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.z), b21, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.w), b31, acc1[i]);
+            acc0[i] = rank4_update(acc0[i], av, b00, b10, b20, b30);
+            acc1[i] = rank4_update(acc1[i], av, b01, b11, b21, b31);
         }
     }
     if (!in_range) {

@@ -15,6 +15,8 @@
 //
 // Bindings: 0 = parameters, 1 = output, 2.. = inputs.
 
+//#include gemm8x8
+
 struct Params {
     imgs: u32, img0: u32, ci: u32, h: u32,        // images in this call, first image, input
     w: u32, oh: u32, ow: u32, kh: u32,
@@ -125,14 +127,8 @@ fn wgrad_gemm(@builtin(global_invocation_id) gid: vec3<u32>) {
         let b31 = cols4[cb + 3u * n4 + kq1];
         for (var i = 0u; i < 8u; i = i + 1u) {
             let av = dy4[(dbase + corow[i]) * q_img + pq];
-            acc0[i] = fma(vec4<f32>(av.x), b00, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.y), b10, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.z), b20, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.w), b30, acc0[i]);
-            acc1[i] = fma(vec4<f32>(av.x), b01, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.y), b11, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.z), b21, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.w), b31, acc1[i]);
+            acc0[i] = rank4_update(acc0[i], av, b00, b10, b20, b30);
+            acc1[i] = rank4_update(acc1[i], av, b01, b11, b21, b31);
         }
         pq = pq + 1u;
         if (pq == q_img) {

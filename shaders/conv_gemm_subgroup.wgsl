@@ -6,6 +6,8 @@
 // the workgroup's rows. A 1-D workgroup of 64 laid out as 8 x 8 (subgroup built-ins need 1-D
 // workgroups), with the grid of conv_gemm.wgsl's @workgroup_size(8, 8).
 
+//#include gemm8x8
+
 struct Params {
     imgs: u32, img0: u32, ci: u32, h: u32,        // images in this call, first image, input
     w: u32, oh: u32, ow: u32, kh: u32,
@@ -74,14 +76,8 @@ fn wgrad_gemm(@builtin(workgroup_id) wid: vec3<u32>,
             } else {
                 av = dy4[(dbase + corow[i]) * q_img + pq];
             }
-            acc0[i] = fma(vec4<f32>(av.x), b00, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.y), b10, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.z), b20, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.w), b30, acc0[i]);
-            acc1[i] = fma(vec4<f32>(av.x), b01, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.y), b11, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.z), b21, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.w), b31, acc1[i]);
+            acc0[i] = rank4_update(acc0[i], av, b00, b10, b20, b30);
+            acc1[i] = rank4_update(acc1[i], av, b01, b11, b21, b31);
         }
         pq = pq + 1u;
         if (pq == q_img) {

@@ -4,6 +4,8 @@
 // On CPU drivers such as lavapipe, where shared memory and barriers are expensive, these are
 // the fast variants; the autotuner measures which one wins on each adapter.
 
+//#include gemm8x8
+
 struct Params {
     m: u32, n: u32, k: u32, sa_m: u32,
     sa_k: u32, sb_k: u32, sb_n: u32, _pad: u32,
@@ -39,10 +41,7 @@ fn main_4x4(@builtin(global_invocation_id) gid: vec3<u32>) {
         let b3 = b[kb + 3u * n4];
         for (var i = 0u; i < 4u; i = i + 1u) {
             let av = a[arow[i] + kq];
-            acc[i] = fma(vec4<f32>(av.x), b0, acc[i]);
-            acc[i] = fma(vec4<f32>(av.y), b1, acc[i]);
-            acc[i] = fma(vec4<f32>(av.z), b2, acc[i]);
-            acc[i] = fma(vec4<f32>(av.w), b3, acc[i]);
+            acc[i] = rank4_update(acc[i], av, b0, b1, b2, b3);
         }
     }
     for (var i = 0u; i < 4u; i = i + 1u) {
@@ -84,14 +83,8 @@ fn main_8x8(@builtin(global_invocation_id) gid: vec3<u32>) {
         let b31 = b[kb + 3u * n4 + cq1];
         for (var i = 0u; i < 8u; i = i + 1u) {
             let av = a[arow[i] + kq];
-            acc0[i] = fma(vec4<f32>(av.x), b00, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.y), b10, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.z), b20, acc0[i]);
-            acc0[i] = fma(vec4<f32>(av.w), b30, acc0[i]);
-            acc1[i] = fma(vec4<f32>(av.x), b01, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.y), b11, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.z), b21, acc1[i]);
-            acc1[i] = fma(vec4<f32>(av.w), b31, acc1[i]);
+            acc0[i] = rank4_update(acc0[i], av, b00, b10, b20, b30);
+            acc1[i] = rank4_update(acc1[i], av, b01, b11, b21, b31);
         }
     }
     let has1 = cq0 + 1u < n4;

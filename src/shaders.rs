@@ -3,11 +3,17 @@
 
 use crate::gpu::Shader;
 
+/// The fragments of `shaders/common/`, which kernels splice in with `//#include <name>`.
+pub static FRAGMENTS: &[(&str, &str)] =
+    &[("gemm8x8", include_str!("../shaders/common/gemm8x8.wgsl"))];
+
 macro_rules! shader {
     ($ident:ident, $name:literal, trusted = $trusted:literal) => {
         pub static $ident: Shader = Shader {
             name: $name,
             source: include_str!(concat!("../shaders/", $name, ".wgsl")),
+            fragments: FRAGMENTS,
+            composed: std::sync::OnceLock::new(),
             trusted: $trusted,
         };
     };

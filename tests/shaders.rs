@@ -1,7 +1,9 @@
 //! Shader portability: every file in `shaders/` is parsed and validated by naga and translated
 //! by naga's back ends to SPIR-V (Vulkan), MSL (Metal) and HLSL (DX12), entry point by entry
 //! point, so a kernel that Metal or DX12 would reject fails here, on a machine that has
-//! neither. Also checks that every file is embedded by the engine.
+//! neither. Shaders are checked as composed (their `//#include` fragments from
+//! `shaders/common/` spliced in). Also checks that every file and fragment is embedded by the
+//! engine and every fragment is used.
 
 use naga::back::{hlsl, msl, spv};
 use naga::valid::{Capabilities, ValidationFlags, Validator};
@@ -26,7 +28,10 @@ fn every_shader_validates_and_translates_to_spirv_msl_hlsl() {
     let mut translated = 0;
     for path in &files {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let source = std::fs::read_to_string(path).expect("read shader");
+        // What the engine hands to naga: the file with its `//#include` fragments spliced in.
+        let written = std::fs::read_to_string(path).expect("read shader");
+        let source = apga_gpu::gpu::pipeline::compose(&written, apga_gpu::shaders::FRAGMENTS)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let module = match naga::front::wgsl::parse_str(&source) {
             Ok(m) => m,
             Err(e) => {
@@ -146,4 +151,45 @@ fn every_shader_file_is_embedded_by_the_engine() {
         .expect("embedded shader exists on disk");
         assert_eq!(on_disk, s.source);
     }
+}
+
+#[test]
+fn every_fragment_is_embedded_and_included() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/common");
+    let names: Vec<&str> = apga_gpu::shaders::FRAGMENTS
+        .iter()
+        .map(|(n, _)| *n)
+        .collect();
+    for e in std::fs::read_dir(&dir).expect("shaders/common exists") {
+        let p = e.unwrap().path();
+        let stem = p.file_stem().unwrap().to_string_lossy().to_string();
+        assert!(
+            names.contains(&stem.as_str()),
+            "shaders/common/{stem}.wgsl not embedded"
+        );
+    }
+    for (name, text) in apga_gpu::shaders::FRAGMENTS {
+        let users: Vec<&str> = apga_gpu::shaders::ALL
+            .iter()
+            .filter(|s| s.source.contains(&format!("//#include {name}")))
+            .map(|s| s.name)
+            .collect();
+        assert!(
+            !users.is_empty(),
+            "fragment {name} is included by no shader"
+        );
+        for s in apga_gpu::shaders::ALL {
+            let composed = s.wgsl().unwrap();
+            assert_eq!(
+                composed.contains(text.trim()),
+                users.contains(&s.name),
+                "{}: fragment {name}",
+                s.name
+            );
+        }
+    }
+    // An unknown fragment is an error naming it, not a silent omission.
+    let e = apga_gpu::gpu::pipeline::compose("//#include nothing\n", apga_gpu::shaders::FRAGMENTS)
+        .unwrap_err();
+    assert!(e.contains("nothing"), "{e}");
 }

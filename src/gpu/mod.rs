@@ -13,7 +13,7 @@ pub mod autotune;
 mod dispatch;
 mod memory;
 mod options;
-mod pipeline;
+pub mod pipeline;
 pub mod pool;
 pub mod profile;
 

@@ -8,16 +8,57 @@ use crate::error::{Error, Result};
 
 use super::{lock, Gpu};
 
-/// A WGSL source file from `shaders/`, embedded in the binary.
+/// A WGSL source file from `shaders/`, embedded in the binary, with the shared fragments it
+/// includes (`//#include <name>` lines, replaced by `shaders/common/<name>.wgsl`).
 #[derive(Debug)]
 pub struct Shader {
     /// File stem, used as the cache key and in error messages.
     pub name: &'static str,
+    /// The file as written.
     pub source: &'static str,
+    /// Every fragment a shader may include: (name, WGSL).
+    pub fragments: &'static [(&'static str, &'static str)],
+    /// The source with its includes spliced in, composed on first use.
+    pub composed: std::sync::OnceLock<std::result::Result<String, String>>,
     /// Every storage index of every entry point is proven in bounds (clamped or guarded by
     /// sizes the host validates, and exercised at edge shapes by the tests), so the module may
     /// be built without wgpu's per-access bounds checks unless `runtime_checks` is set.
     pub trusted: bool,
+}
+
+impl Shader {
+    /// The WGSL naga and the driver see: `source` with each `//#include <name>` line replaced
+    /// by that fragment (each fragment at most once); an unknown name is an error.
+    pub fn wgsl(&self) -> Result<&str> {
+        self.composed
+            .get_or_init(|| compose(self.source, self.fragments))
+            .as_deref()
+            .map_err(|e| Error::Gpu(format!("shaders/{}.wgsl: {e}", self.name)))
+    }
+}
+
+/// Splices fragments into `source` at its `//#include <name>` lines.
+pub fn compose(source: &str, fragments: &[(&str, &str)]) -> std::result::Result<String, String> {
+    let mut out = String::with_capacity(source.len());
+    let mut done = Vec::new();
+    for line in source.lines() {
+        match line.trim().strip_prefix("//#include ") {
+            Some(name) => {
+                let name = name.trim();
+                let (_, text) = fragments
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .ok_or_else(|| format!("includes unknown fragment {name:?}"))?;
+                if !done.contains(&name) {
+                    out.push_str(text);
+                    done.push(name);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// One entry point of a shader plus its pipeline-overridable constants (the specialisation).
@@ -79,6 +120,7 @@ impl Gpu {
             return Ok(p.clone());
         }
         let started = std::time::Instant::now();
+        let wgsl = kernel.shader.wgsl()?;
         let device = &self.inner.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = {
@@ -88,7 +130,7 @@ impl Gpu {
                 .or_insert_with(|| {
                     let desc = wgpu::ShaderModuleDescriptor {
                         label: Some(kernel.shader.name),
-                        source: wgpu::ShaderSource::Wgsl(kernel.shader.source.into()),
+                        source: wgpu::ShaderSource::Wgsl(wgsl.into()),
                     };
                     if kernel.shader.trusted && !self.inner.runtime_checks {
                         // SAFETY: a trusted shader clamps or guards every storage index by
