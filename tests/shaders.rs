@@ -193,3 +193,48 @@ fn every_fragment_is_embedded_and_included() {
         .unwrap_err();
     assert!(e.contains("nothing"), "{e}");
 }
+
+/// Field names and byte offsets of a shader's uniform `Params` (group 0, binding 0) as naga
+/// lays it out, and its size.
+fn params_layout(shader: &apga_gpu::gpu::Shader) -> (Vec<(String, usize)>, usize) {
+    let source = shader.wgsl().unwrap();
+    let module = naga::front::wgsl::parse_str(source).unwrap();
+    for (_, gv) in module.global_variables.iter() {
+        let at_zero = gv
+            .binding
+            .as_ref()
+            .is_some_and(|b| b.group == 0 && b.binding == 0);
+        if gv.space == naga::AddressSpace::Uniform && at_zero {
+            if let naga::TypeInner::Struct { members, span } = &module.types[gv.ty].inner {
+                let fields = members
+                    .iter()
+                    .map(|m| (m.name.clone().unwrap_or_default(), m.offset as usize))
+                    .collect();
+                return (fields, *span as usize);
+            }
+        }
+    }
+    panic!("{}: no uniform struct at binding 0", shader.name)
+}
+
+fn check_params<P: apga_gpu::gpu::KernelParams>(shaders: &[&apga_gpu::gpu::Shader]) {
+    let ours: Vec<(String, usize)> = P::FIELDS.iter().map(|(n, o)| (n.to_string(), *o)).collect();
+    for s in shaders {
+        let (theirs, size) = params_layout(s);
+        assert_eq!(
+            ours, theirs,
+            "{}: the Rust parameter struct's fields (left) differ from the shader's Params",
+            s.name
+        );
+        assert_eq!(std::mem::size_of::<P>(), size, "{}: size", s.name);
+    }
+}
+
+#[test]
+fn kernel_parameter_structs_match_their_shaders() {
+    use apga_gpu::ops::conv::{BatchedGemmParams, ConvParams, GemmConvParams};
+    use apga_gpu::shaders::*;
+    check_params::<ConvParams>(&[&CONV2D, &CONV2D_WGRAD]);
+    check_params::<GemmConvParams>(&[&CONV_GEMM, &CONV_GEMM_SUBGROUP]);
+    check_params::<BatchedGemmParams>(&[&CONV1X1, &CONV1X1_SUBGROUP]);
+}

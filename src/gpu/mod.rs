@@ -26,7 +26,7 @@ use autotune::Autotuner;
 use dispatch::{Batch, PARAM_ARENA_BYTES};
 pub use memory::Storage;
 pub use options::GpuOptions;
-pub use pipeline::{Kernel, Shader};
+pub use pipeline::{Kernel, KernelParams, Shader};
 use pipeline::{Pipeline, PipelineKey};
 pub use pool::PoolStats;
 pub use profile::{KernelTime, ProfileReport};

@@ -61,6 +61,38 @@ pub fn compose(source: &str, fragments: &[(&str, &str)]) -> std::result::Result<
     Ok(out)
 }
 
+/// A kernel's uniform parameter block as a Rust value: a `#[repr(C)]` plain struct whose
+/// fields mirror the shader's `Params` by name, order and offset (declared with
+/// [`kernel_params!`](crate::kernel_params); `tests/shaders.rs` checks each against naga's
+/// layout of the shader, so reordering one side fails a test instead of a kernel).
+pub trait KernelParams: bytemuck::Pod {
+    /// Field names in declaration order, with their byte offsets.
+    const FIELDS: &'static [(&'static str, usize)];
+
+    /// The block as the 32-bit words `Gpu::dispatch` uploads.
+    fn as_words(&self) -> &[u32] {
+        bytemuck::cast_slice(std::slice::from_ref(self))
+    }
+}
+
+/// Declares a kernel parameter struct (all fields 4-byte scalars) and its [`KernelParams`]
+/// field table: `kernel_params! { pub struct ConvParams { n: u32, ci: u32, ... } }`.
+#[macro_export]
+macro_rules! kernel_params {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+        $vis struct $name {
+            $(pub $field: $ty),*
+        }
+        impl $crate::gpu::KernelParams for $name {
+            const FIELDS: &'static [(&'static str, usize)] =
+                &[$((stringify!($field), std::mem::offset_of!($name, $field))),*];
+        }
+    };
+}
+
 /// One entry point of a shader plus its pipeline-overridable constants (the specialisation).
 #[derive(Debug, Clone, Copy)]
 pub struct Kernel<'a> {

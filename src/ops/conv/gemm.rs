@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::gpu::autotune;
-use crate::gpu::{Gpu, Kernel, Storage};
+use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
 use crate::shaders::{CONV1X1, CONV1X1_SUBGROUP, CONV_GEMM};
 use crate::tensor::Tensor;
 
@@ -44,10 +44,18 @@ pub(super) fn batched_gemm(
     g: &ConvGeom,
     prologue: Option<&Storage>,
 ) -> Result<()> {
-    let params = [
-        d.m, d.n, d.k, d.lda, d.b_batch, d.b_off, d.c_batch, d.c_off, 0, 0, 0, 0,
-    ]
-    .map(|v| v as u32);
+    let u = |v: usize| v as u32;
+    let params = BatchedGemmParams {
+        m: u(d.m),
+        n: u(d.n),
+        k: u(d.k),
+        lda: u(d.lda),
+        b_batch: u(d.b_batch),
+        b_off: u(d.b_off),
+        c_batch: u(d.c_batch),
+        c_off: u(d.c_off),
+        ..Default::default()
+    };
     let wg = [
         (d.n / 4).div_ceil(2).div_ceil(8) as u32,
         d.m.div_ceil(8).div_ceil(8) as u32,
@@ -58,7 +66,7 @@ pub(super) fn batched_gemm(
     let run = |shader: &'static crate::gpu::Shader| {
         gpu.dispatch(
             &Kernel::new(shader, "main").with(&constants),
-            &params,
+            params.as_words(),
             &[out],
             &[a, b, bias, prologue.unwrap_or(bias)],
             wg,
@@ -148,6 +156,7 @@ pub(super) fn im2col(
     let ohw = g.oh * g.ow;
     let cols = gpu.alloc(imgs * kpad * ohw, &[imgs, kpad, ohw])?;
     let params = gemm_params(g, kpad, src, (img0, imgs), Slice::whole(g.co), (0, 0));
+    let params = params.as_words();
     let wg = [ohw.div_ceil(64) as u32, g.ci as u32, imgs as u32];
     check_groups(gpu, "im2col", g, wg)?;
     let constants = [
@@ -156,7 +165,7 @@ pub(super) fn im2col(
     ];
     gpu.dispatch(
         &Kernel::new(&CONV_GEMM, "im2col").with(&constants),
-        &params,
+        params,
         &[&cols],
         &[x, prologue.unwrap_or(x)],
         wg,
@@ -164,7 +173,29 @@ pub(super) fn im2col(
     Ok(cols)
 }
 
-/// The parameter block of conv_gemm.wgsl.
+crate::kernel_params! {
+    /// The parameter block of `conv_gemm.wgsl` and `conv_gemm_subgroup.wgsl`.
+    pub struct GemmConvParams {
+        imgs: u32, img0: u32, ci: u32, h: u32,
+        w: u32, oh: u32, ow: u32, kh: u32,
+        kw: u32, stride: u32, pad: u32, kpad: u32,
+        src_c_total: u32, src_c_off: u32, co: u32, quads_per_chunk: u32,
+        dy_c_total: u32, dy_c_off: u32, chunk0: u32, _p0: u32,
+    }
+}
+
+crate::kernel_params! {
+    /// The parameter block of `conv1x1.wgsl` and `conv1x1_subgroup.wgsl` (the batched GEMM).
+    pub struct BatchedGemmParams {
+        m: u32, n: u32, k: u32, lda: u32,
+        b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
+        _p0: u32, _p1: u32, _p2: u32, _p3: u32,
+    }
+}
+
+/// The parameters of the im2col / col2im / GEMM kernels for images `img0..img0 + imgs` of
+/// geometry `g`: `kpad` the padded reduction length, `src` / `dys` the channel slices of the
+/// input and output gradient, and the weight gradient's chunking.
 pub(super) fn gemm_params(
     g: &ConvGeom,
     kpad: usize,
@@ -172,30 +203,30 @@ pub(super) fn gemm_params(
     (img0, imgs): (usize, usize),
     dys: Slice,
     (quads_per_chunk, chunk0): (usize, usize),
-) -> [u32; 20] {
-    [
-        imgs,
-        img0,
-        g.ci,
-        g.h,
-        g.w,
-        g.oh,
-        g.ow,
-        g.kh,
-        g.kw,
-        g.stride,
-        g.pad,
-        kpad,
-        src.total,
-        src.off,
-        g.co,
-        quads_per_chunk,
-        dys.total,
-        dys.off,
-        chunk0,
-        0,
-    ]
-    .map(|v| v as u32)
+) -> GemmConvParams {
+    let u = |v: usize| v as u32;
+    GemmConvParams {
+        imgs: u(imgs),
+        img0: u(img0),
+        ci: u(g.ci),
+        h: u(g.h),
+        w: u(g.w),
+        oh: u(g.oh),
+        ow: u(g.ow),
+        kh: u(g.kh),
+        kw: u(g.kw),
+        stride: u(g.stride),
+        pad: u(g.pad),
+        kpad: u(kpad),
+        src_c_total: u(src.total),
+        src_c_off: u(src.off),
+        co: u(g.co),
+        quads_per_chunk: u(quads_per_chunk),
+        dy_c_total: u(dys.total),
+        dy_c_off: u(dys.off),
+        chunk0: u(chunk0),
+        _p0: 0,
+    }
 }
 
 /// Forward as im2col + batched GEMM: out[i][:, dst] = W [co, kpad] * cols[i] + bias.
@@ -344,7 +375,7 @@ pub(super) fn dgrad_col2im(
         check_groups(gpu, "conv2d input gradient (col2im)", g, wg)?;
         gpu.dispatch(
             &Kernel::new(&CONV_GEMM, "col2im"),
-            &gemm_params(g, 0, dst, (img0, imgs), Slice::whole(g.co), (0, 0)),
+            gemm_params(g, 0, dst, (img0, imgs), Slice::whole(g.co), (0, 0)).as_words(),
             &[out],
             &[&cols, bias],
             wg,

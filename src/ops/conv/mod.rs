@@ -24,6 +24,8 @@ mod weights;
 mod wgrad;
 
 pub use backward::{conv2d_backward, conv_transpose2d_backward};
+pub use direct::ConvParams;
+pub use gemm::{BatchedGemmParams, GemmConvParams};
 pub(crate) use variant::{dgrad_into, fwd_into};
 pub use variant::{kernel_name, Dir};
 pub(crate) use wgrad::wgrad;

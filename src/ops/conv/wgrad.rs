@@ -3,7 +3,7 @@
 
 use crate::error::Result;
 use crate::gpu::autotune;
-use crate::gpu::{Gpu, Kernel, Storage};
+use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
 use crate::ops::{reshape, sum};
 use crate::shaders::{CONV2D_WGRAD, CONV_GEMM, CONV_GEMM_SUBGROUP};
 use crate::tensor::Tensor;
@@ -74,7 +74,7 @@ pub(super) fn wgrad_blocked(
     let entry = if block == 8 { "wgrad8" } else { "wgrad" };
     gpu.dispatch(
         &Kernel::new(&CONV2D_WGRAD, entry).with(&constants),
-        &params(g, 0, src, dys, rows_per_chunk),
+        params(g, 0, src, dys, rows_per_chunk).as_words(),
         &[&partial],
         &[x, dy, prologue.unwrap_or(dy)],
         wg,
@@ -139,7 +139,7 @@ pub(super) fn wgrad_gemm(
         };
         gpu.dispatch(
             &Kernel::new(shader, "wgrad_gemm"),
-            &gemm_params(g, kpad, src, (img0, imgs), dys, (per_chunk, chunk0)),
+            gemm_params(g, kpad, src, (img0, imgs), dys, (per_chunk, chunk0)).as_words(),
             &[&partial],
             &[dy, &cols],
             wg,
