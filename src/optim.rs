@@ -4,9 +4,19 @@
 
 use crate::autodiff::Grads;
 use crate::error::{Error, Result};
-use crate::gpu::Kernel;
+use crate::gpu::{Kernel, KernelParams};
 use crate::shaders::OPTIM;
 use crate::tensor::Tensor;
+
+crate::kernel_params! {
+    /// The parameter block of `optim.wgsl`: one Adam step over `n` values (Eq. of Kingma &
+    /// Ba with PyTorch's bias corrections folded into `step_size` and `bc2_sqrt`).
+    pub struct AdamParams {
+        n: u32, _p0: u32, _p1: u32, _p2: u32,
+        step_size: f32, beta1: f32, beta2: f32, eps: f32,
+        weight_decay: f32, bc2_sqrt: f32, _p3: f32, _p4: f32,
+    }
+}
 
 /// Adam hyper-parameters (`torch.optim.Adam` defaults except the learning rate, which the
 /// paper sets to 1e-4).
@@ -90,25 +100,20 @@ impl Adam {
             let bc1 = 1.0 - c.beta1.powi(t);
             let bc2 = 1.0 - c.beta2.powi(t);
             let n = slot.param.numel();
-            let f = |v: f64| (v as f32).to_bits();
-            let params = [
-                n as u32,
-                0,
-                0,
-                0,
-                f(c.lr / bc1),
-                f(c.beta1),
-                f(c.beta2),
-                f(c.eps),
-                f(c.weight_decay),
-                f(bc2.sqrt()),
-                0,
-                0,
-            ];
+            let params = AdamParams {
+                n: n as u32,
+                step_size: (c.lr / bc1) as f32,
+                beta1: c.beta1 as f32,
+                beta2: c.beta2 as f32,
+                eps: c.eps as f32,
+                weight_decay: c.weight_decay as f32,
+                bc2_sqrt: bc2.sqrt() as f32,
+                ..Default::default()
+            };
             let gpu = slot.param.gpu();
             gpu.dispatch(
                 &Kernel::new(&OPTIM, "adam"),
-                &params,
+                params.as_words(),
                 &[slot.param.storage(), slot.m.storage(), slot.v.storage()],
                 &[g.storage()],
                 gpu.grid(n.div_ceil(256)),

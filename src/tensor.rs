@@ -6,7 +6,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Storage};
+use crate::gpu::{Gpu, KernelParams, Storage};
+
+crate::kernel_params! {
+    /// The parameter block of `accumulate.wgsl`.
+    pub struct AccumulateParams {
+        n: u32, _pad0: u32, _pad1: u32, _pad2: u32,
+    }
+}
 
 /// Identity of a tensor for the autodiff tape.
 pub type TensorId = u64;
@@ -164,7 +171,11 @@ impl Tensor {
         let out = gpu.alloc(n, self.shape())?;
         gpu.dispatch(
             &crate::gpu::Kernel::new(&crate::shaders::ACCUMULATE, "add2"),
-            &[n as u32, 0, 0, 0],
+            AccumulateParams {
+                n: n as u32,
+                ..Default::default()
+            }
+            .as_words(),
             &[&out],
             &[self.storage(), other.storage()],
             gpu.grid(n.div_ceil(256)),

@@ -237,4 +237,15 @@ fn kernel_parameter_structs_match_their_shaders() {
     check_params::<ConvParams>(&[&CONV2D, &CONV2D_WGRAD]);
     check_params::<GemmConvParams>(&[&CONV_GEMM, &CONV_GEMM_SUBGROUP]);
     check_params::<BatchedGemmParams>(&[&CONV1X1, &CONV1X1_SUBGROUP]);
+    check_params::<apga_gpu::ops::matmul::MatmulParams>(&[
+        &MATMUL_TILED,
+        &MATMUL_BLOCKED,
+        &MATMUL_VEC4,
+    ]);
+    check_params::<apga_gpu::ops::norm::BnParams>(&[&BATCHNORM]);
+    check_params::<apga_gpu::ops::pool::PoolParams>(&[&POOL]);
+    check_params::<apga_gpu::ops::resample::ResampleParams>(&[&RESAMPLE]);
+    check_params::<apga_gpu::ops::loss::LossParams>(&[&LOSS]);
+    check_params::<apga_gpu::optim::AdamParams>(&[&OPTIM]);
+    check_params::<apga_gpu::tensor::AccumulateParams>(&[&ACCUMULATE]);
 }

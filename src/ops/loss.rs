@@ -4,11 +4,18 @@
 
 use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
-use crate::gpu::Kernel;
+use crate::gpu::{Kernel, KernelParams};
 use crate::ops;
 use crate::shaders::LOSS;
 use crate::tensor::Tensor;
 use ops::mean_all;
+
+crate::kernel_params! {
+    /// The parameter block of `loss.wgsl`: `n` rows (or elements), `k` classes.
+    pub struct LossParams {
+        n: u32, k: u32, _p0: u32, _p1: u32,
+    }
+}
 
 /// Per-row softmax cross-entropy of `logits` [rows, k] against integer `labels` [rows] given
 /// as a tensor of exact integers.
@@ -35,7 +42,12 @@ pub fn cross_entropy_rows(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let probs = gpu.alloc(rows * k, &[rows, k])?;
     gpu.dispatch(
         &Kernel::new(&LOSS, "ce_fwd"),
-        &[rows as u32, k as u32, 0, 0],
+        LossParams {
+            n: rows as u32,
+            k: k as u32,
+            ..Default::default()
+        }
+        .as_words(),
         &[&loss, &probs],
         &[logits.storage(), labels.storage()],
         gpu.grid(rows.div_ceil(256)),
@@ -79,7 +91,11 @@ fn elementwise(
     let out = gpu.alloc(n, x.shape())?;
     gpu.dispatch(
         &Kernel::new(&LOSS, entry),
-        &[n as u32, 0, 0, 0],
+        LossParams {
+            n: n as u32,
+            ..Default::default()
+        }
+        .as_words(),
         &[&out],
         &[x.storage(), t.storage()],
         gpu.grid(n.div_ceil(256)),
@@ -130,7 +146,12 @@ pub(crate) fn cross_entropy_backward(
     let dx = gpu.alloc(rows * k, &[rows, k])?;
     gpu.dispatch(
         &Kernel::new(&LOSS, "ce_bwd"),
-        &[rows as u32, k as u32, 0, 0],
+        LossParams {
+            n: rows as u32,
+            k: k as u32,
+            ..Default::default()
+        }
+        .as_words(),
         &[&dx],
         &[gy.storage(), probs.storage(), labels.storage()],
         gpu.grid((rows * k).div_ceil(256)),
@@ -154,7 +175,11 @@ pub(crate) fn bce_backward(
     let dx = gpu.alloc(n, x.shape())?;
     gpu.dispatch(
         &Kernel::new(&LOSS, if logits { "bcel_bwd" } else { "bce_bwd" }),
-        &[n as u32, 0, 0, 0],
+        LossParams {
+            n: n as u32,
+            ..Default::default()
+        }
+        .as_words(),
         &[&dx],
         &[x.storage(), target.storage(), gy.storage()],
         gpu.grid(n.div_ceil(256)),

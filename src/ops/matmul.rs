@@ -6,7 +6,7 @@
 use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
 use crate::gpu::autotune;
-use crate::gpu::{Gpu, Kernel, Storage};
+use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
 use crate::ops;
 use crate::shaders::{MATMUL_BLOCKED, MATMUL_TILED, MATMUL_VEC4};
 use crate::tensor::Tensor;
@@ -129,15 +129,34 @@ fn run(gpu: &Gpu, v: MatmulVariant, d: &Dims, a: &Storage, b: &Storage, c: &Stor
     }
     let (sa_m, sa_k) = if d.ta { (1, d.m) } else { (d.k, 1) };
     let (sb_k, sb_n) = if d.tb { (1, d.k) } else { (d.n, 1) };
-    let params = [d.m, d.n, d.k, sa_m, sa_k, sb_k, sb_n, 0].map(|x| x as u32);
-    gpu.dispatch(&v.kernel(), &params, &[c], &[a, b], wg)
+    let u = |v: usize| v as u32;
+    let params = MatmulParams {
+        m: u(d.m),
+        n: u(d.n),
+        k: u(d.k),
+        sa_m: u(sa_m),
+        sa_k: u(sa_k),
+        sb_k: u(sb_k),
+        sb_n: u(sb_n),
+        _pad: 0,
+    };
+    gpu.dispatch(&v.kernel(), params.as_words(), &[c], &[a, b], wg)
 }
 
-/// The variants that can run `d`, in default order for this adapter (the first is used when
-/// autotuning is off): barrier-free ones first on CPU drivers, the tiled one first elsewhere.
+crate::kernel_params! {
+    /// The parameter block of `matmul_tiled.wgsl`, `matmul_blocked.wgsl` and
+    /// `matmul_vec4.wgsl`: C[m, n] = A[m, k] B[k, n] with element strides of A and B.
+    pub struct MatmulParams {
+        m: u32, n: u32, k: u32, sa_m: u32,
+        sa_k: u32, sb_k: u32, sb_n: u32, _pad: u32,
+    }
+}
+
 /// Every matmul variant's name (what `APGA_KERNELS` may force).
 const MATMUL_VARIANTS: &[&str] = &["tiled", "blocked", "vec4_4x4", "vec4_8x8"];
 
+/// The variants that can run `d`, in default order for this adapter (the first is used when
+/// autotuning is off): barrier-free ones first on CPU drivers, the tiled one first elsewhere.
 pub fn candidates(gpu: &Gpu, d: &Dims) -> Vec<MatmulVariant> {
     let order: &[MatmulVariant] = if gpu.info().device_type == wgpu::DeviceType::Cpu {
         &[

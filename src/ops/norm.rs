@@ -3,7 +3,7 @@
 
 use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, Storage};
+use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
 use crate::ops;
 use crate::shaders::BATCHNORM;
 use crate::tensor::Tensor;
@@ -31,29 +31,35 @@ impl Default for BatchNormConfig {
     }
 }
 
-/// Kernel parameters for `c` channels of `hw` pixels read from the first `c` channels of a
-/// buffer of `c_total` channels.
+crate::kernel_params! {
+    /// The parameter block of `batchnorm.wgsl`.
+    pub struct BnParams {
+        n: u32, c: u32, hw: u32, x_c_total: u32,
+        x_c_off: u32, train: u32, relu: u32, lanes: u32,
+        eps: f32, momentum: f32, _p1: f32, _p2: f32,
+    }
+}
+
+/// The batch-norm kernels' parameters: `c` channels of an [n, c_total, hw] buffer.
 pub(crate) fn params(
     n: usize,
     c: usize,
     hw: usize,
     c_total: usize,
     cfg: &BatchNormConfig,
-) -> [u32; 12] {
-    [
-        n as u32,
-        c as u32,
-        hw as u32,
-        c_total as u32,
-        0,
-        cfg.training as u32,
-        cfg.relu as u32,
-        reduction_lanes(hw) as u32,
-        cfg.eps.to_bits(),
-        cfg.momentum.to_bits(),
-        0,
-        0,
-    ]
+) -> BnParams {
+    BnParams {
+        n: n as u32,
+        c: c as u32,
+        hw: hw as u32,
+        x_c_total: c_total as u32,
+        train: cfg.training as u32,
+        relu: cfg.relu as u32,
+        lanes: reduction_lanes(hw) as u32,
+        eps: cfg.eps,
+        momentum: cfg.momentum,
+        ..Default::default()
+    }
 }
 
 /// Lanes per (image, channel) plane of the barrier-free per-channel reductions: each lane
@@ -63,8 +69,8 @@ fn reduction_lanes(hw: usize) -> usize {
 }
 
 /// Workgroups of 64 for one invocation per (channel, image, lane), and the partial count.
-fn partial_grid(gpu: &Gpu, p: &[u32; 12]) -> ([u32; 3], usize) {
-    let parts = (p[0] * p[1] * p[7]) as usize;
+fn partial_grid(gpu: &Gpu, p: &BnParams) -> ([u32; 3], usize) {
+    let parts = (p.n * p.c * p.lanes) as usize;
     (gpu.grid(parts.div_ceil(64)), parts)
 }
 
@@ -108,7 +114,7 @@ pub fn batch_norm2d(
     let out = gpu.alloc(x.numel(), x.shape())?;
     gpu.dispatch(
         &Kernel::new(&BATCHNORM, "apply"),
-        &p,
+        p.as_words(),
         &[&out],
         &[x.storage(), &stats, gamma.storage(), beta.storage()],
         gpu.grid(x.numel().div_ceil(256)),
@@ -130,25 +136,25 @@ pub fn batch_norm2d(
 pub(crate) fn batch_stats(
     gpu: &Gpu,
     x: &Storage,
-    p: &[u32; 12],
+    p: &BnParams,
     running: Option<(&Tensor, &Tensor)>,
     cfg: &BatchNormConfig,
 ) -> Result<Storage> {
-    let c = p[1] as usize;
+    let c = p.c as usize;
     let stats = gpu.alloc(3 * c, &[3, c])?;
     if cfg.training {
         let (grid, parts) = partial_grid(gpu, p);
         let part = gpu.alloc(2 * parts, &[2, parts])?;
         gpu.dispatch(
             &Kernel::new(&BATCHNORM, "stats_partial"),
-            p,
+            p.as_words(),
             &[&part],
             &[x],
             grid,
         )?;
         gpu.dispatch(
             &Kernel::new(&BATCHNORM, "stats_combine"),
-            p,
+            p.as_words(),
             &[&stats],
             &[&part],
             [c.div_ceil(64) as u32, 1, 1],
@@ -156,7 +162,7 @@ pub(crate) fn batch_stats(
         if let Some((rm, rv)) = running {
             gpu.dispatch(
                 &Kernel::new(&BATCHNORM, "update_running"),
-                p,
+                p.as_words(),
                 &[rm.storage(), rv.storage()],
                 &[&stats],
                 [c.div_ceil(64) as u32, 1, 1],
@@ -171,7 +177,7 @@ pub(crate) fn batch_stats(
         })?;
         gpu.dispatch(
             &Kernel::new(&BATCHNORM, "eval_stats"),
-            p,
+            p.as_words(),
             &[&stats],
             &[rm.storage(), rv.storage()],
             [c.div_ceil(64) as u32, 1, 1],
@@ -186,13 +192,13 @@ pub(crate) fn affine_of(
     stats: &Storage,
     gamma: &Tensor,
     beta: &Tensor,
-    p: &[u32; 12],
+    p: &BnParams,
 ) -> Result<Storage> {
-    let c = p[1] as usize;
+    let c = p.c as usize;
     let out = gpu.alloc(2 * c, &[2, c])?;
     gpu.dispatch(
         &Kernel::new(&BATCHNORM, "affine"),
-        p,
+        p.as_words(),
         &[&out],
         &[stats, gamma.storage(), beta.storage()],
         [c.div_ceil(64) as u32, 1, 1],
@@ -206,28 +212,28 @@ pub(crate) fn affine_of(
 pub(crate) fn backward_raw(
     gpu: &Gpu,
     x: &Storage,
-    p: &[u32; 12],
+    p: &BnParams,
     stats: &Storage,
     gamma: &Tensor,
     beta: &Tensor,
     dy: &Storage,
     want_x: bool,
 ) -> Result<(Option<Storage>, Storage, Storage)> {
-    let (n, c, hw) = (p[0] as usize, p[1] as usize, p[2] as usize);
+    let (n, c, hw) = (p.n as usize, p.c as usize, p.hw as usize);
     let dgamma = gpu.alloc(c, &[c])?;
     let dbeta = gpu.alloc(c, &[c])?;
     let (grid, parts) = partial_grid(gpu, p);
     let part = gpu.alloc(2 * parts, &[2, parts])?;
     gpu.dispatch(
         &Kernel::new(&BATCHNORM, "bwd_partial"),
-        p,
+        p.as_words(),
         &[&part],
         &[x, dy, stats, gamma.storage(), beta.storage()],
         grid,
     )?;
     gpu.dispatch(
         &Kernel::new(&BATCHNORM, "bwd_combine"),
-        p,
+        p.as_words(),
         &[&dgamma, &dbeta],
         &[&part],
         [c.div_ceil(64) as u32, 1, 1],
@@ -237,7 +243,7 @@ pub(crate) fn backward_raw(
         let dx = gpu.alloc(len, &[n, c, hw])?;
         gpu.dispatch(
             &Kernel::new(&BATCHNORM, "bwd_apply"),
-            p,
+            p.as_words(),
             &[&dx],
             &[
                 x,

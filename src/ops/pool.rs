@@ -3,7 +3,7 @@
 
 use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
-use crate::gpu::Kernel;
+use crate::gpu::{Kernel, KernelParams};
 use crate::ops;
 use crate::shaders::POOL;
 use crate::tensor::Tensor;
@@ -23,18 +23,26 @@ pub struct PoolGeom {
 }
 
 impl PoolGeom {
-    fn params(&self) -> [u32; 8] {
-        [
-            self.planes,
-            self.h,
-            self.w,
-            self.oh,
-            self.ow,
-            self.k,
-            self.stride,
-            self.pad,
-        ]
-        .map(|v| v as u32)
+    fn params(&self) -> PoolParams {
+        let u = |v: usize| v as u32;
+        PoolParams {
+            planes: u(self.planes),
+            h: u(self.h),
+            w: u(self.w),
+            oh: u(self.oh),
+            ow: u(self.ow),
+            k: u(self.k),
+            stride: u(self.stride),
+            pad: u(self.pad),
+        }
+    }
+}
+
+crate::kernel_params! {
+    /// The parameter block of `pool.wgsl`.
+    pub struct PoolParams {
+        planes: u32, h: u32, w: u32, oh: u32,
+        ow: u32, k: u32, stride: u32, pad: u32,
     }
 }
 
@@ -92,7 +100,7 @@ pub fn max_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
     let argmax = gpu.alloc(words, &[words])?;
     gpu.dispatch(
         &Kernel::new(&POOL, "max_fwd"),
-        &g.params(),
+        g.params().as_words(),
         &[&out, &argmax],
         &[x.storage()],
         gpu.grid(words.div_ceil(256)),
@@ -113,7 +121,7 @@ pub fn avg_pool2d(x: &Tensor, k: usize, stride: usize, padding: usize) -> Result
     let out = gpu.alloc(n, &shape)?;
     gpu.dispatch(
         &Kernel::new(&POOL, "avg_fwd"),
-        &g.params(),
+        g.params().as_words(),
         &[&out],
         &[x.storage()],
         gpu.grid(n.div_ceil(256)),
@@ -136,14 +144,14 @@ pub(crate) fn pool_backward(g: &PoolGeom, argmax: Option<&Tensor>, gy: &Tensor) 
     match argmax {
         Some(a) => gpu.dispatch(
             &Kernel::new(&POOL, "max_bwd"),
-            &g.params(),
+            g.params().as_words(),
             &[&dx],
             &[gy.storage(), a.storage()],
             gpu.grid(n.div_ceil(256)),
         )?,
         None => gpu.dispatch(
             &Kernel::new(&POOL, "avg_bwd"),
-            &g.params(),
+            g.params().as_words(),
             &[&dx],
             &[gy.storage()],
             gpu.grid(n.div_ceil(256)),

@@ -4,7 +4,7 @@
 
 use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
-use crate::gpu::Kernel;
+use crate::gpu::{Kernel, KernelParams};
 use crate::ops;
 use crate::shaders::RESAMPLE;
 use crate::tensor::{numel, Tensor};
@@ -16,24 +16,32 @@ pub enum Interpolation {
     Bilinear,
 }
 
+crate::kernel_params! {
+    /// The parameter block of `resample.wgsl`.
+    pub struct ResampleParams {
+        outer: u32, in_len: u32, out_len: u32, inner: u32,
+        mode: u32, _p0: u32, scale: f32, _p1: f32,
+    }
+}
+
+/// Resampling `in_len` entries to `out_len` along an axis with `outer` blocks before it and
+/// `inner` entries after it.
 fn params(
     outer: usize,
     in_len: usize,
     out_len: usize,
     inner: usize,
     mode: Interpolation,
-) -> [u32; 8] {
-    let scale = in_len as f32 / out_len as f32;
-    [
-        outer as u32,
-        in_len as u32,
-        out_len as u32,
-        inner as u32,
-        (mode == Interpolation::Bilinear) as u32,
-        0,
-        scale.to_bits(),
-        0,
-    ]
+) -> ResampleParams {
+    ResampleParams {
+        outer: outer as u32,
+        in_len: in_len as u32,
+        out_len: out_len as u32,
+        inner: inner as u32,
+        mode: (mode == Interpolation::Bilinear) as u32,
+        scale: in_len as f32 / out_len as f32,
+        ..Default::default()
+    }
 }
 
 /// Resamples `axis` of `x` to `out_len` entries.
@@ -61,7 +69,7 @@ pub fn resample1d(x: &Tensor, axis: usize, out_len: usize, mode: Interpolation) 
     let out = gpu.alloc(n, &shape)?;
     gpu.dispatch(
         &Kernel::new(&RESAMPLE, "fwd"),
-        &params(outer, in_len, out_len, inner, mode),
+        params(outer, in_len, out_len, inner, mode).as_words(),
         &[&out],
         &[x.storage()],
         gpu.grid(n.div_ceil(256)),
@@ -90,7 +98,7 @@ pub(crate) fn resample1d_backward(
     let dx = gpu.alloc(n, &shape)?;
     gpu.dispatch(
         &Kernel::new(&RESAMPLE, "bwd"),
-        &params(outer, in_len, out_len, inner, mode),
+        params(outer, in_len, out_len, inner, mode).as_words(),
         &[&dx],
         &[gy.storage()],
         gpu.grid(n.div_ceil(256)),
