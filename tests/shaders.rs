@@ -233,19 +233,47 @@ fn check_params<P: apga_gpu::gpu::KernelParams>(shaders: &[&apga_gpu::gpu::Shade
 #[test]
 fn kernel_parameter_structs_match_their_shaders() {
     use apga_gpu::ops::conv::{BatchedGemmParams, ConvParams, GemmConvParams};
+    use apga_gpu::ops::{elementwise, layout, loss, matmul, norm, pool, reduce, resample};
     use apga_gpu::shaders::*;
-    check_params::<ConvParams>(&[&CONV2D, &CONV2D_WGRAD]);
-    check_params::<GemmConvParams>(&[&CONV_GEMM, &CONV_GEMM_SUBGROUP]);
-    check_params::<BatchedGemmParams>(&[&CONV1X1, &CONV1X1_SUBGROUP]);
-    check_params::<apga_gpu::ops::matmul::MatmulParams>(&[
-        &MATMUL_TILED,
-        &MATMUL_BLOCKED,
-        &MATMUL_VEC4,
-    ]);
-    check_params::<apga_gpu::ops::norm::BnParams>(&[&BATCHNORM]);
-    check_params::<apga_gpu::ops::pool::PoolParams>(&[&POOL]);
-    check_params::<apga_gpu::ops::resample::ResampleParams>(&[&RESAMPLE]);
-    check_params::<apga_gpu::ops::loss::LossParams>(&[&LOSS]);
-    check_params::<apga_gpu::optim::AdamParams>(&[&OPTIM]);
-    check_params::<apga_gpu::tensor::AccumulateParams>(&[&ACCUMULATE]);
+    let mut covered = Vec::new();
+    let mut check = |f: fn(&[&apga_gpu::gpu::Shader]), shaders: &[&apga_gpu::gpu::Shader]| {
+        f(shaders);
+        covered.extend(shaders.iter().map(|s| s.name));
+    };
+    check(check_params::<ConvParams>, &[&CONV2D, &CONV2D_WGRAD]);
+    check(
+        check_params::<GemmConvParams>,
+        &[&CONV_GEMM, &CONV_GEMM_SUBGROUP],
+    );
+    check(
+        check_params::<BatchedGemmParams>,
+        &[&CONV1X1, &CONV1X1_SUBGROUP],
+    );
+    check(
+        check_params::<matmul::MatmulParams>,
+        &[&MATMUL_TILED, &MATMUL_BLOCKED, &MATMUL_VEC4],
+    );
+    check(check_params::<norm::BnParams>, &[&BATCHNORM]);
+    check(check_params::<pool::PoolParams>, &[&POOL]);
+    check(check_params::<resample::ResampleParams>, &[&RESAMPLE]);
+    check(check_params::<loss::LossParams>, &[&LOSS]);
+    check(check_params::<apga_gpu::optim::AdamParams>, &[&OPTIM]);
+    check(
+        check_params::<apga_gpu::tensor::AccumulateParams>,
+        &[&ACCUMULATE],
+    );
+    check(
+        check_params::<elementwise::ElementwiseParams>,
+        &[&ELEMENTWISE],
+    );
+    check(check_params::<reduce::ReduceParams>, &[&REDUCE]);
+    check(check_params::<layout::LayoutParams>, &[&LAYOUT]);
+    // Every shader the engine embeds has its parameter block checked.
+    for s in apga_gpu::shaders::ALL {
+        assert!(
+            covered.contains(&s.name),
+            "{}: no typed parameter check",
+            s.name
+        );
+    }
 }

@@ -4,7 +4,7 @@
 
 use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, Storage};
+use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
 use crate::ops;
 use crate::shaders::ELEMENTWISE;
 use crate::tensor::{numel, Tensor};
@@ -130,6 +130,17 @@ fn check_rank(op: &'static str, shape: &[usize]) -> Result<()> {
     Ok(())
 }
 
+crate::kernel_params! {
+    /// The parameter block of `elementwise.wgsl`: `n` outputs of rank `rank`, two scalars,
+    /// the output shape and both inputs' element strides (0 = broadcast), up to 8 dims.
+    pub struct ElementwiseParams {
+        n: u32, rank: u32, s0: f32, s1: f32,
+        shape: [u32; 8],
+        stride_a: [u32; 8],
+        stride_b: [u32; 8],
+    }
+}
+
 /// Allocates the output and dispatches one element-wise kernel over `shape`.
 fn launch(
     gpu: &Gpu,
@@ -141,16 +152,22 @@ fn launch(
 ) -> Result<Storage> {
     let n = numel(shape);
     let out = gpu.alloc(n, shape)?;
-    let mut params = vec![
-        n as u32,
-        shape.len() as u32,
-        scalars[0].to_bits(),
-        scalars[1].to_bits(),
-    ];
-    params.extend(pack8(shape));
-    params.extend(pack8(strides_ab[0]));
-    params.extend(pack8(strides_ab[1]));
-    gpu.dispatch(&kernel, &params, &[&out], inputs, gpu.grid(n.div_ceil(256)))?;
+    let params = ElementwiseParams {
+        n: n as u32,
+        rank: shape.len() as u32,
+        s0: scalars[0],
+        s1: scalars[1],
+        shape: pack8(shape),
+        stride_a: pack8(strides_ab[0]),
+        stride_b: pack8(strides_ab[1]),
+    };
+    gpu.dispatch(
+        &kernel,
+        params.as_words(),
+        &[&out],
+        inputs,
+        gpu.grid(n.div_ceil(256)),
+    )?;
     Ok(out)
 }
 
@@ -312,11 +329,13 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
     let words = n.div_ceil(32);
     let y = gpu.alloc(n, x.shape())?;
     let bits = gpu.alloc(words, &[words])?;
-    let mut params = vec![n as u32, 0, 0, 0];
-    params.extend([0u32; 24]);
+    let params = ElementwiseParams {
+        n: n as u32,
+        ..Default::default()
+    };
     gpu.dispatch(
         &Kernel::new(&ELEMENTWISE, "relu_mask"),
-        &params,
+        params.as_words(),
         &[&y, &bits],
         &[x.storage()],
         gpu.grid(words.div_ceil(256)),
@@ -329,12 +348,14 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
 pub(crate) fn relu_mask_backward(g: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let gpu = g.gpu();
     let n = g.numel();
-    let mut params = vec![n as u32, 0, 0, 0];
-    params.extend([0u32; 24]);
+    let params = ElementwiseParams {
+        n: n as u32,
+        ..Default::default()
+    };
     let dx = gpu.alloc(n, g.shape())?;
     gpu.dispatch(
         &Kernel::new(&ELEMENTWISE, "relu_mask_bwd"),
-        &params,
+        params.as_words(),
         &[&dx],
         &[g.storage(), mask.storage()],
         gpu.grid(n.div_ceil(256)),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, Storage};
+use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
 use crate::ops;
 use crate::shaders::LAYOUT;
 use crate::tensor::{numel, Tensor};
@@ -37,13 +37,20 @@ pub(crate) fn copy_slices(
     if n == 0 {
         return Ok(());
     }
-    let params = [
-        0, 0, 0, 0, 0, 0, 0, 0, outer, len, inner, src_total, src_off, dst_total, dst_off, 0,
-    ]
-    .map(|v| v as u32);
+    let u = |v: usize| v as u32;
+    let params = LayoutParams {
+        n: u(outer),
+        c: u(len),
+        hw: u(inner),
+        src_total: u(src_total),
+        src_off: u(src_off),
+        dst_total: u(dst_total),
+        dst_off: u(dst_off),
+        ..Default::default()
+    };
     gpu.dispatch(
         &Kernel::new(&LAYOUT, "copy_channels"),
-        &params,
+        params.as_words(),
         &[dst],
         &[src],
         gpu.grid(n.div_ceil(256)),
@@ -58,6 +65,18 @@ fn check_axis(op: &'static str, shape: &[usize], axis: usize) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+crate::kernel_params! {
+    /// The parameter block of `layout.wgsl`: the weight copies (`relayout`, `flip_transpose`:
+    /// a [rows, cols] view with strides, written as [rows, cpad]) and `copy_channels` (an
+    /// [n, c, hw] block between channel slices).
+    pub struct LayoutParams {
+        rows: u32, cols: u32, cpad: u32, inner: u32,
+        s_outer: u32, s_inner: u32, s_col: u32, outer: u32,
+        n: u32, c: u32, hw: u32, src_total: u32,
+        src_off: u32, dst_total: u32, dst_off: u32, _p1: u32,
+    }
 }
 
 /// Concatenates tensors along `axis` (all other dims equal), like `torch.cat`.

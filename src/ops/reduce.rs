@@ -3,7 +3,7 @@
 
 use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, Storage};
+use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
 use crate::ops;
 use crate::shaders::REDUCE;
 use crate::tensor::{numel, Tensor};
@@ -55,6 +55,18 @@ fn plan(shape: &[usize], axes: &[usize]) -> Plan {
     p
 }
 
+crate::kernel_params! {
+    /// The parameter block of `reduce.wgsl`.
+    pub struct ReduceParams {
+        n_out: u32, n_red: u32, chunks: u32, chunk_len: u32,
+        kept_rank: u32, red_rank: u32, scale: f32, _pad: u32,
+        kept_shape: [u32; 8],
+        kept_stride: [u32; 8],
+        red_shape: [u32; 8],
+        red_stride: [u32; 8],
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn dispatch_reduce(
     gpu: &Gpu,
@@ -68,20 +80,20 @@ fn dispatch_reduce(
 ) -> Result<Storage> {
     let out = gpu.alloc(n_out * chunks, &[n_out, chunks])?;
     let chunk_len = n_red.div_ceil(chunks);
-    let mut params = vec![
-        n_out as u32,
-        n_red as u32,
-        chunks as u32,
-        chunk_len as u32,
-        p.kept_shape.len() as u32,
-        p.red_shape.len() as u32,
-        scale.to_bits(),
-        0,
-    ];
-    params.extend(pack8(&p.kept_shape));
-    params.extend(pack8(&p.kept_stride));
-    params.extend(pack8(&p.red_shape));
-    params.extend(pack8(&p.red_stride));
+    let params = ReduceParams {
+        n_out: n_out as u32,
+        n_red: n_red as u32,
+        chunks: chunks as u32,
+        chunk_len: chunk_len as u32,
+        kept_rank: p.kept_shape.len() as u32,
+        red_rank: p.red_shape.len() as u32,
+        scale,
+        _pad: 0,
+        kept_shape: pack8(&p.kept_shape),
+        kept_stride: pack8(&p.kept_stride),
+        red_shape: pack8(&p.red_shape),
+        red_stride: pack8(&p.red_stride),
+    };
     let groups = if entry == "reduce_thread" {
         n_out.div_ceil(64)
     } else {
@@ -89,7 +101,7 @@ fn dispatch_reduce(
     };
     gpu.dispatch(
         &Kernel::new(&REDUCE, entry),
-        &params,
+        params.as_words(),
         &[&out],
         &[input],
         gpu.grid(groups),

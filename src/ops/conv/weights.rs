@@ -2,7 +2,8 @@
 //! flipped copies of [co, ci, kh, kw].
 
 use crate::error::{Error, Result};
-use crate::gpu::{Kernel, Storage};
+use crate::gpu::{Kernel, KernelParams, Storage};
+use crate::ops::layout::LayoutParams;
 use crate::shaders::LAYOUT;
 use crate::tensor::Tensor;
 
@@ -51,10 +52,21 @@ pub(super) fn weight_copy(w: &Tensor, entry: &'static str, p: [usize; 8]) -> Res
         ));
     }
     let out = gpu.alloc(rows * cpad, &[rows, cpad])?;
-    let params: Vec<u32> = p.into_iter().chain([0; 8]).map(|v| v as u32).collect();
+    let [rows_, cols, cpad_, inner_, s_outer, s_inner, s_col, outer_] = p.map(|v| v as u32);
+    let params = LayoutParams {
+        rows: rows_,
+        cols,
+        cpad: cpad_,
+        inner: inner_,
+        s_outer,
+        s_inner,
+        s_col,
+        outer: outer_,
+        ..Default::default()
+    };
     gpu.dispatch(
         &Kernel::new(&LAYOUT, entry),
-        &params,
+        params.as_words(),
         &[&out],
         &[w.storage()],
         grid,
