@@ -560,3 +560,51 @@ pub fn cpu_conv2d_grads(
     let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect();
     (f(dx), f(dw))
 }
+
+/// Convolution cases shared by the CPU-reference tests: (n, ci, h, w, co, k, stride, pad).
+pub const CONVS: &[ConvCase] = &[
+    (1, 1, 5, 5, 1, 3, 1, 1),
+    (2, 3, 7, 9, 5, 3, 1, 1),
+    (2, 3, 11, 9, 10, 7, 2, 3), // DenseNet stem shape, odd input
+    (3, 13, 6, 5, 9, 1, 1, 0),  // bottleneck 1x1, channels no multiple of 8
+    (1, 4, 9, 7, 17, 3, 2, 0),
+    (2, 2, 4, 4, 3, 3, 1, 2), // padding larger than half the kernel
+];
+
+/// The `apga-gpu` binary of this build, with the crash-point hook cleared.
+pub fn bin() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_apga-gpu"));
+    c.env_remove("APGA_CRASH_AT");
+    c
+}
+
+/// An error exit (1, or clap's 2) with a message and no panic.
+pub fn assert_refused(out: &std::process::Output, wanted: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let code = out.status.code();
+    assert!(
+        matches!(code, Some(1) | Some(2)),
+        "exit {code:?} (want an error exit, not success or a crash): {err}"
+    );
+    assert!(!err.contains("panicked"), "panic: {err}");
+    for w in wanted {
+        assert!(err.contains(w), "message lacks {w:?}: {err}");
+    }
+}
+
+/// A file of `tests/fixtures/`.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A model's tensor by its state-dict key.
+pub fn by_key(model: &dyn apga_gpu::nn::Module, key: &str) -> Tensor {
+    model
+        .named()
+        .into_iter()
+        .find(|n| n.key == key)
+        .unwrap_or_else(|| panic!("model has no {key}"))
+        .tensor
+}
