@@ -43,6 +43,14 @@ fn devices_lists_and_marks_an_adapter() {
     assert!(out.lines().any(|l| l.starts_with('*')), "{out}");
     let (ok, _, err) = apga(&["--device", "no-such-gpu", "devices"]);
     assert!(!ok && err.contains("no-such-gpu"), "{err}");
+    // Headless, without XDG_RUNTIME_DIR: no driver warnings about it (a private one is used).
+    let out = Command::new(env!("CARGO_BIN_EXE_apga-gpu"))
+        .arg("devices")
+        .env_remove("XDG_RUNTIME_DIR")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("XDG_RUNTIME_DIR"), "{err}");
 }
 
 #[test]

@@ -29,17 +29,6 @@ fn t(e: &state::Entry) -> Tensor {
     tensor(&e.values, &e.shape)
 }
 
-fn tiny_densenet() -> DenseNet {
-    let cfg = DenseNetConfig {
-        growth_rate: 4,
-        block_config: vec![2, 3],
-        num_init_features: 8,
-        bn_size: 2,
-        num_classes: 3,
-    };
-    DenseNet::new(&gpu(), cfg, 1).expect("densenet")
-}
-
 /// A gradient against PyTorch's, per tensor: ||got - want|| / ||want|| <= 1e-3, with the
 /// fixture's gradient far from zero (RMS >= 1e-5), so that a zero or scaled gradient fails
 /// however small the tensor's values (an element-wise absolute tolerance would pass them).

@@ -11,17 +11,6 @@ use apga_gpu::nn::Module;
 use common::*;
 use std::collections::BTreeMap;
 
-fn tiny_densenet() -> DenseNet {
-    let cfg = DenseNetConfig {
-        growth_rate: 4,
-        block_config: vec![2, 3],
-        num_init_features: 8,
-        bn_size: 2,
-        num_classes: 3,
-    };
-    DenseNet::new(&gpu(), cfg, 1).expect("densenet")
-}
-
 #[test]
 fn full_size_keys_and_shapes_match_torchvision_and_ternausnet() {
     let text = std::fs::read_to_string(fixture("full_size_keys.json")).unwrap();

@@ -101,7 +101,7 @@ pub struct RunOptions {
     pub quiet: bool,
     /// The GPU context's options (adapter, autotuning, ...), as the caller resolved them.
     pub gpu: crate::gpu::GpuOptions,
-    /// Folder of cached converged baselines (default: `runs/pretrained`).
+    /// Folder of cached converged baselines (default: [`default_pretrained_cache`]).
     pub pretrained_cache: Option<PathBuf>,
     /// Behave as if Ctrl-C came after this many method steps (tests of `resume`).
     pub stop_after_steps: Option<usize>,
@@ -131,6 +131,7 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
 }
 
 pub use resume::resume;
+pub use trainer::default_pretrained_cache;
 
 /// Reads a finished run's `summary.json`.
 pub fn read_summary(run_dir: &Path) -> Result<Summary> {

@@ -228,6 +228,16 @@ fn check_input_files(cfg: &TrainConfig) -> Result<()> {
     Ok(())
 }
 
+/// Where converged baselines and warm starts are cached unless `--pretrained-cache` says
+/// otherwise: `pretrained/` in the user's cache folder (`$APGA_CACHE_DIR`, default
+/// `~/.cache/apga-gpu`, beside the autotune cache), so that a run started from any directory
+/// finds them; `runs/pretrained` where the machine has no cache folder.
+pub fn default_pretrained_cache() -> PathBuf {
+    crate::gpu::autotune::cache_dir()
+        .map(|d| d.join("pretrained"))
+        .unwrap_or_else(|| PathBuf::from("runs").join("pretrained"))
+}
+
 pub(crate) fn train_inner(
     cfg: TrainConfig,
     opts: &RunOptions,
@@ -302,7 +312,7 @@ pub(crate) fn train_inner(
     let cache = opts
         .pretrained_cache
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join("pretrained"));
+        .unwrap_or_else(default_pretrained_cache);
     std::fs::create_dir_all(&cache).map_err(io(&cache))?;
     let (clf, pretrained) = pretrained_classifier(&ctx, &mut log, &cache)?;
     // The method phase.

@@ -148,7 +148,8 @@ pub struct TrainArgs {
     /// Data-loading threads.
     #[arg(long, value_parser = crate::cli::ranged(crate::limits::WORKERS.0, crate::limits::WORKERS.1))]
     pub workers: Option<usize>,
-    /// Folder of cached converged baseline classifiers (default runs/pretrained).
+    /// Folder of cached converged baselines and policy warm starts (default: pretrained/ in
+    /// the user's cache folder, $APGA_CACHE_DIR or ~/.cache/apga-gpu).
     #[arg(long)]
     pub pretrained_cache: Option<PathBuf>,
 }

@@ -608,3 +608,16 @@ pub fn by_key(model: &dyn apga_gpu::nn::Module, key: &str) -> Tensor {
         .unwrap_or_else(|| panic!("model has no {key}"))
         .tensor
 }
+
+/// The tiny torchvision DenseNet of the model fixtures (growth 4, blocks 2-3, 8 initial
+/// features, bottleneck 2, 3 classes).
+pub fn tiny_densenet() -> apga_gpu::models::DenseNet {
+    let cfg = apga_gpu::models::DenseNetConfig {
+        growth_rate: 4,
+        block_config: vec![2, 3],
+        num_init_features: 8,
+        bn_size: 2,
+        num_classes: 3,
+    };
+    apga_gpu::models::DenseNet::new(&gpu(), cfg, 1).expect("densenet")
+}
