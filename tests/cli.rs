@@ -50,7 +50,10 @@ fn devices_lists_and_marks_an_adapter() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success() && !err.contains("XDG_RUNTIME_DIR"), "{err}");
+    assert!(
+        out.status.success() && !err.contains("XDG_RUNTIME_DIR"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -47,6 +47,21 @@ pub struct Metrics {
     /// Images whose aiding mask the guard refused (plain prediction used for TTA).
     #[serde(default)]
     pub guarded: usize,
+    /// AUROC of the softmax (binary: of class 1; more classes: macro one-vs-rest); `None`
+    /// where a class has no image.
+    #[serde(default)]
+    pub auroc: Option<f64>,
+    /// Binary: recall of class 1 (sensitivity) and of class 0 (specificity) at argmax.
+    #[serde(default)]
+    pub sensitivity: Option<f64>,
+    #[serde(default)]
+    pub specificity: Option<f64>,
+    /// F1 of each class (one-vs-rest, at argmax).
+    #[serde(default)]
+    pub f1_per_class: Vec<f64>,
+    /// MURA: AUROC of the mean probability per study.
+    #[serde(default)]
+    pub study_auroc: Option<f64>,
 }
 
 fn softmax_rows(logits: &[f32], k: usize) -> Vec<f64> {
@@ -67,26 +82,8 @@ fn argmax(row: &[f64]) -> usize {
         .0
 }
 
-/// Cohen's kappa of paired labels over `k` classes.
-pub fn cohen_kappa(truth: &[usize], pred: &[usize], k: usize) -> f64 {
-    let n = truth.len() as f64;
-    if n == 0.0 {
-        return 0.0;
-    }
-    let agree = truth.iter().zip(pred).filter(|(a, b)| a == b).count() as f64 / n;
-    let expected: f64 = (0..k)
-        .map(|c| {
-            let t = truth.iter().filter(|&&x| x == c).count() as f64 / n;
-            let p = pred.iter().filter(|&&x| x == c).count() as f64 / n;
-            t * p
-        })
-        .sum();
-    if (1.0 - expected).abs() < 1e-12 {
-        1.0
-    } else {
-        (agree - expected) / (1.0 - expected)
-    }
-}
+pub use crate::apga::metrics::cohen_kappa;
+use crate::apga::metrics::{auroc_of_probs, f1_per_class, sensitivity_specificity};
 
 /// How an evaluation reads and masks its images.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +133,7 @@ pub fn evaluate(
     let (mut ev_kept, mut ev_px, mut sc_kept, mut sc_px) = (0f64, 0f64, 0f64, 0f64);
     let mut guarded_flags: Vec<bool> = Vec::new();
     let mut study_probs: BTreeMap<String, (Vec<f64>, usize, usize)> = BTreeMap::new();
+    let (mut all_probs, mut all_labels) = (Vec::new(), Vec::new());
     for batch in Loader::new(samples.clone(), ds.synthetic, pre, cfg) {
         let batch = batch?;
         let n = batch.len();
@@ -189,6 +187,8 @@ pub fn evaluate(
             }
             None => None,
         };
+        all_probs.extend_from_slice(&probs);
+        all_labels.extend_from_slice(&batch.labels);
         for (j, &label) in batch.labels.iter().enumerate() {
             let row = &probs[j * k..(j + 1) * k];
             let pred = argmax(row);
@@ -224,6 +224,12 @@ pub fn evaluate(
             m.confusion[c][c] as f64 / total.max(1) as f64
         })
         .collect();
+    m.auroc = auroc_of_probs(&all_probs, &all_labels, k);
+    if let Some((sens, spec)) = sensitivity_specificity(&m.confusion) {
+        m.sensitivity = Some(sens);
+        m.specificity = Some(spec);
+    }
+    m.f1_per_class = f1_per_class(&m.confusion);
     if policy.is_some() {
         m.tta_accuracy = Some(tta_correct as f64 / m.images.max(1) as f64);
         m.mask_kept_fraction = Some(kept_px / all_px.max(1.0));
@@ -246,6 +252,16 @@ pub fn evaluate(
         let ok = truth.iter().zip(&pred).filter(|(a, b)| a == b).count();
         m.study_accuracy = Some(ok as f64 / truth.len() as f64);
         m.study_kappa = Some(cohen_kappa(&truth, &pred, k));
+        let (mean_probs, labels): (Vec<f64>, Vec<usize>) = study_probs
+            .values()
+            .flat_map(|(p, n, label)| {
+                p.iter()
+                    .map(|v| (v / *n as f64, *label))
+                    .collect::<Vec<_>>()
+            })
+            .unzip();
+        let labels: Vec<usize> = labels.into_iter().step_by(k).collect();
+        m.study_auroc = auroc_of_probs(&mean_probs, &labels, k);
     }
     Ok(m)
 }

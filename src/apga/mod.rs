@@ -21,6 +21,7 @@
 pub mod bench;
 pub mod config;
 pub mod eval;
+pub mod metrics;
 pub mod plots;
 pub mod policy;
 mod pretrain;

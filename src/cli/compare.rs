@@ -31,12 +31,13 @@ pub struct CompareArgs {
 struct Row {
     method: Method,
     seed: u64,
-    values: [Option<f64>; 6],
+    values: [Option<f64>; 7],
 }
 
 /// Columns of the table: (header, CSV name).
-const COLUMNS: [(&str, &str); 6] = [
+const COLUMNS: [(&str, &str); 7] = [
     ("accuracy", "accuracy"),
+    ("AUROC", "auroc"),
     ("with TTA", "tta_accuracy"),
     ("mask IoU", "mask_iou"),
     ("mask keeps", "mask_kept_fraction"),
@@ -52,6 +53,7 @@ impl Row {
             seed,
             values: [
                 Some(b.accuracy),
+                b.auroc,
                 b.tta_accuracy,
                 b.mask_iou,
                 b.mask_kept_fraction,

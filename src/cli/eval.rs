@@ -24,6 +24,14 @@ pub fn eval(options: &crate::gpu::GpuOptions, args: &crate::cli::EvalArgs) -> Re
     println!("accuracy          {}", pct(m.accuracy));
     let per: Vec<String> = m.per_class_accuracy.iter().map(|a| pct(*a)).collect();
     println!("per class         {}", per.join("  "));
+    let f1: Vec<String> = m.f1_per_class.iter().map(|v| format!("{v:.3}")).collect();
+    println!("F1 per class      {}", f1.join("  "));
+    if let Some(v) = m.auroc {
+        println!("AUROC             {v:.3}");
+    }
+    if let (Some(se), Some(sp)) = (m.sensitivity, m.specificity) {
+        println!("sensitivity       {}  specificity {}", pct(se), pct(sp));
+    }
     println!("confusion (row = true class, column = predicted)");
     for row in &m.confusion {
         println!(
@@ -36,6 +44,9 @@ pub fn eval(options: &crate::gpu::GpuOptions, args: &crate::cli::EvalArgs) -> Re
     }
     if let (Some(a), Some(k)) = (m.study_accuracy, m.study_kappa) {
         println!("study accuracy    {}  kappa {k:.3}", pct(a));
+        if let Some(v) = m.study_auroc {
+            println!("study AUROC       {v:.3}");
+        }
     }
     if let Some(v) = m.mask_iou {
         println!(
