@@ -180,5 +180,22 @@ pub fn write_plots(run_dir: &Path) -> Result<()> {
     .into_iter()
     .filter(|s| !s.points.is_empty())
     .collect();
+    // The converged baseline the method is measured against, as a line over the epochs.
+    let mut acc = acc;
+    let baseline = lines
+        .iter()
+        .find(|v| v["phase"] == "baseline")
+        .and_then(|v| v["val"]["accuracy"].as_f64());
+    let epochs = lines
+        .iter()
+        .filter(|v| v["phase"] == "eval" || v["phase"] == "pretrain")
+        .filter_map(|v| v["epoch"].as_f64());
+    let (lo, hi) = epochs.fold((f64::MAX, f64::MIN), |(a, b), e| (a.min(e), b.max(e)));
+    if let (Some(b), true) = (baseline, lo <= hi) {
+        acc.push(Series {
+            name: "converged baseline".into(),
+            points: vec![(lo, b), (hi.max(lo + 1.0), b)],
+        });
+    }
     line_plot(&dir.join("accuracy.png"), "validation", "epoch", &acc)
 }

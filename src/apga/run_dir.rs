@@ -62,7 +62,8 @@ pub(crate) fn check_finite(what: &str, v: f64) -> Result<()> {
     }
 }
 
-/// Writes Figure-2 style overlays (kept region tinted) of the first validation images.
+/// Writes a Figure-2 style grid (kept region tinted green) of the first validation images,
+/// upscaled to at least 256 px each: `masks/<tag>.png`.
 pub(crate) fn save_masks(ctx: &Ctx, policy: &UNet11, dir: &Path, tag: &str) -> Result<()> {
     let n = ctx.cfg.mask_samples.min(ctx.ds.val.len());
     if n == 0 {
@@ -93,24 +94,35 @@ pub(crate) fn save_masks(ctx: &Ctx, policy: &UNet11, dir: &Path, tag: &str) -> R
     let x = ctx.batch_tensor(&net_in)?;
     let p = crate::no_grad(|| policy_probs(policy, &x))?.to_vec()?;
     let plane = s * s;
-    for j in 0..raw.len() {
+    // One grid per evaluation, each image upscaled (nearest) to at least 256 px so that the
+    // mask can be judged: up to 4 per row.
+    let scale = 256usize.div_ceil(s).max(1);
+    let side = s * scale;
+    let n = raw.len();
+    let cols = n.min(4);
+    let rows = n.div_ceil(cols.max(1));
+    let grid = image::RgbImage::from_fn((cols * side) as u32, (rows * side) as u32, |gx, gy| {
+        let (gx, gy) = (gx as usize, gy as usize);
+        let j = (gy / side) * cols + gx / side;
+        if j >= n {
+            return image::Rgb([0, 0, 0]);
+        }
+        let (x, y) = ((gx % side) / scale, (gy % side) / scale);
         let img = &raw.images[j * 3 * plane..(j + 1) * 3 * plane];
-        let overlay = image::RgbImage::from_fn(s as u32, s as u32, |x, y| {
-            let i = y as usize * s + x as usize;
-            let kept = p[j * plane + i] > 0.5;
-            let c = |ch: usize, tint: f32| {
-                let v = img[ch * plane + i];
-                let v = if kept { 0.6 * v + 0.4 * tint } else { v };
-                (v.clamp(0.0, 1.0) * 255.0).round() as u8
-            };
-            image::Rgb([c(0, 0.0), c(1, 1.0), c(2, 0.0)])
-        });
-        let path = dir.join(format!("{tag}_val{j}.png"));
-        overlay.save(&path).map_err(|e| Error::Format {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-    }
+        let i = y * s + x;
+        let kept = p[j * plane + i] > 0.5;
+        let c = |ch: usize, tint: f32| {
+            let v = img[ch * plane + i];
+            let v = if kept { 0.6 * v + 0.4 * tint } else { v };
+            (v.clamp(0.0, 1.0) * 255.0).round() as u8
+        };
+        image::Rgb([c(0, 0.0), c(1, 1.0), c(2, 0.0)])
+    });
+    let path = dir.join(format!("{tag}.png"));
+    grid.save(&path).map_err(|e| Error::Format {
+        path: path.clone(),
+        detail: e.to_string(),
+    })?;
     Ok(())
 }
 

@@ -315,6 +315,10 @@ pub(crate) fn train_inner(
         .unwrap_or_else(default_pretrained_cache);
     std::fs::create_dir_all(&cache).map_err(io(&cache))?;
     let (clf, pretrained) = pretrained_classifier(&ctx, &mut log, &cache)?;
+    if resumed.is_none() {
+        // The reference every method is measured against (plots draw it as a line).
+        log.write(serde_json::json!({"phase": "baseline", "val": pretrained}))?;
+    }
     // The method phase.
     let policy = if cfg.method.has_policy() {
         Some(starting_policy(&ctx, &mut log, &cache)?)
