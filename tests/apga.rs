@@ -482,6 +482,7 @@ fn every_method_trains_end_to_end_and_leaves_a_complete_run() {
     for method in [
         Method::Baseline,
         Method::Cutout,
+        Method::RandomErasing,
         Method::Gradcam,
         Method::Apga,
         Method::EndToEnd,

@@ -14,6 +14,9 @@ pub enum Method {
     Baseline,
     /// Random erasing / cutout, 1:1 with the original images.
     Cutout,
+    /// torchvision's RandomErasing (p 0.5, scale (0.02, 0.33), ratio (0.3, 3.3)), 1:1 with
+    /// the original images like the paper's cutout.
+    RandomErasing,
     /// Masks from GradCAM of the frozen baseline classifier, 1:1 with the original images.
     Gradcam,
     /// Adversarial policy gradient augmentation (Algorithm 1).
@@ -30,6 +33,7 @@ impl Method {
         match self {
             Method::Baseline => "baseline",
             Method::Cutout => "cutout",
+            Method::RandomErasing => "random-erasing",
             Method::Gradcam => "gradcam",
             Method::Apga => "apga",
             Method::EndToEnd => "end-to-end",

@@ -148,7 +148,12 @@ fn method_step(
             step::end_to_end_step(clf, p, adam_c, ap, x, y, masking)?
         }
         (Method::FrozenMask, Some(p), _) => step::frozen_mask_step(clf, p, adam_c, x, y, masking)?,
-        (Method::Cutout, _, _) => {
+        (Method::Cutout | Method::RandomErasing, _, _) => {
+            let mode = if cfg.method == Method::Cutout {
+                Cutout::RandomErasing
+            } else {
+                Cutout::Torchvision
+            };
             let mut imgs = batch.images.clone();
             // Seeded per step, so a resumed run draws the same rectangles.
             let mut rng = rand::rngs::StdRng::seed_from_u64(
@@ -159,7 +164,7 @@ fn method_step(
                 batch.len(),
                 3,
                 cfg.image_size,
-                Cutout::RandomErasing,
+                mode,
                 masking.fill,
                 &mut rng,
             );

@@ -14,6 +14,11 @@ pub enum Cutout {
     /// DeVries & Taylor (2017): a square of side `side`, centre uniform over the image,
     /// clipped at the borders.
     Square { side: usize },
+    /// torchvision's `RandomErasing` (Zhong et al. 2020) with its defaults: with probability
+    /// 0.5, up to 10 tries of an area share ~ U(0.02, 0.33) and a log-uniform aspect ratio in
+    /// (0.3, 3.3), h = round(sqrt(area * r)), w = round(sqrt(area / r)), kept if h and w are
+    /// below the side, corner uniform over the positions that fit; else nothing is erased.
+    Torchvision,
 }
 
 /// Erases one rectangle per image to `fill` (per channel: the erased value after
@@ -46,6 +51,25 @@ pub fn cutout(
                     if x0 + w <= size && y0 + h <= size {
                         found = (y0, x0, h, w);
                         break;
+                    }
+                }
+                found
+            }
+            Cutout::Torchvision => {
+                let mut found = (0, 0, 0, 0);
+                if rng.random_range(0.0..1.0) < 0.5 {
+                    let (lo, hi) = (0.3f64.ln(), 3.3f64.ln());
+                    for _ in 0..10 {
+                        let target = plane as f64 * rng.random_range(0.02..0.33);
+                        let ratio = rng.random_range(lo..hi).exp();
+                        let h = (target * ratio).sqrt().round() as usize;
+                        let w = (target / ratio).sqrt().round() as usize;
+                        if h < size && w < size {
+                            let y0 = rng.random_range(0..=size - h);
+                            let x0 = rng.random_range(0..=size - w);
+                            found = (y0, x0, h, w);
+                            break;
+                        }
                     }
                 }
                 found
