@@ -134,6 +134,11 @@ pub fn train(cfg: TrainConfig, opts: &RunOptions) -> Result<Summary> {
 pub use resume::resume;
 pub use trainer::default_pretrained_cache;
 
+/// Reads the resolved configuration a run wrote (`config.toml`).
+pub fn read_run_config(run_dir: &Path) -> Result<TrainConfig> {
+    run_dir::read_config(run_dir)
+}
+
 /// Reads a finished run's `summary.json`.
 pub fn read_summary(run_dir: &Path) -> Result<Summary> {
     let path = run_dir.join("summary.json");

@@ -22,15 +22,25 @@ pub struct CompareArgs {
     /// Number of seeds (seed, seed + 1, ...).
     #[arg(long, default_value_t = 5, value_parser = crate::cli::ranged_u64(1, 1000))]
     pub seeds: u64,
+    /// Write one self-contained `apga-gpu train` command per (method, seed) into
+    /// DIR/jobs.txt, plus DIR/slurm.sh (a Slurm job array over them), instead of running them;
+    /// `compare --merge DIR` then makes the tables.
+    #[arg(long, value_name = "DIR")]
+    pub emit_jobs: Option<PathBuf>,
+    /// Make the tables from finished run directories (or folders of them, e.g. an
+    /// --emit-jobs DIR), whatever machine ran them; unfinished or missing runs are listed.
+    /// Tables go to --out (default: the first folder given).
+    #[arg(long, value_name = "DIR", num_args = 1..)]
+    pub merge: Vec<PathBuf>,
     /// Every training option (the method and out directory are set per run).
     #[command(flatten)]
     pub train: TrainArgs,
 }
 
 /// One run of a comparison: its best evaluation (plain accuracy, the same rule for all).
-struct Row {
-    method: Method,
-    seed: u64,
+pub(super) struct Row {
+    pub(super) method: Method,
+    pub(super) seed: u64,
     values: [Option<f64>; 7],
 }
 
@@ -46,7 +56,7 @@ const COLUMNS: [(&str, &str); 7] = [
 ];
 
 impl Row {
-    fn of(method: Method, seed: u64, s: &Summary) -> Row {
+    pub(super) fn of(method: Method, seed: u64, s: &Summary) -> Row {
         let b = &s.best;
         Row {
             method,
@@ -81,7 +91,7 @@ fn pm((m, s): (f64, f64)) -> String {
 }
 
 /// compare.md, compare.csv and per_seed.csv of the rows so far.
-fn write_tables(dir: &Path, methods: &[Method], rows: &[Row]) -> Result<String> {
+pub(super) fn write_tables(dir: &Path, methods: &[Method], rows: &[Row]) -> Result<String> {
     let seeds: Vec<u64> = {
         let mut v: Vec<u64> = rows.iter().map(|r| r.seed).collect();
         v.sort();
@@ -194,10 +204,10 @@ fn write_tables(dir: &Path, methods: &[Method], rows: &[Row]) -> Result<String> 
 /// What a comparison directory records of itself (`compare.toml`), so that `--resume`
 /// continues it with the same methods, seeds and configuration whatever flags it is given.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Plan {
-    methods: Vec<Method>,
-    seeds: u64,
-    config: TrainConfig,
+pub(super) struct Plan {
+    pub(super) methods: Vec<Method>,
+    pub(super) seeds: u64,
+    pub(super) config: TrainConfig,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -208,11 +218,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<()> {
+    if !args.merge.is_empty() {
+        return super::jobs::merge(&args.merge, args.train.out.as_deref());
+    }
     if args.methods.is_empty() || args.seeds == 0 {
         return Err(Error::usage(
             "compare",
             "needs at least one method and one seed",
         ));
+    }
+    if let Some(dir) = &args.emit_jobs {
+        return super::jobs::emit(options, args, dir);
     }
     let resuming = args.train.resume.is_some();
     let dir = args

@@ -1,10 +1,11 @@
 //! Layer 9: the `apga-gpu` command line.
 
 mod bench;
-mod compare;
+pub(crate) mod compare;
 mod data;
 mod eval;
 mod infer;
+mod jobs;
 mod train;
 
 use std::path::PathBuf;
