@@ -483,6 +483,8 @@ fn every_method_trains_end_to_end_and_leaves_a_complete_run() {
         Method::Baseline,
         Method::Cutout,
         Method::RandomErasing,
+        Method::Mixup,
+        Method::Cutmix,
         Method::Gradcam,
         Method::Apga,
         Method::EndToEnd,

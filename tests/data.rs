@@ -633,3 +633,46 @@ fn torchvision_random_erasing_matches_its_definition() {
     assert!((p - 0.4990).abs() < 0.01, "erased share of images {p}");
     assert!((mean - 0.0871).abs() < 0.003, "mean erased area {mean}");
 }
+
+#[test]
+fn mixup_and_cutmix_follow_their_reference_definitions() {
+    use apga_gpu::data::augment::{cutmix, mixup};
+    let (n, c, s) = (3usize, 3usize, 16usize);
+    let len = c * s * s;
+    let orig: Vec<f32> = (0..n * len)
+        .map(|i| (i % 97) as f32 / 97.0 + (i / len) as f32)
+        .collect();
+    let perm = [2usize, 0, 1];
+    // Mixup: every value lam x[i] + (1 - lam) x[perm[i]].
+    let mut m = orig.clone();
+    mixup(&mut m, n, c, s, &perm, 0.3);
+    for i in 0..n {
+        for e in 0..len {
+            let want = 0.3 * orig[i * len + e] + 0.7 * orig[perm[i] * len + e];
+            assert!((m[i * len + e] - want).abs() < 1e-6);
+        }
+    }
+    // CutMix: the box comes from the partner image in every channel, the rest is unchanged,
+    // and the label weight is 1 - box area share; the box side is s * sqrt(1 - lam) before
+    // clipping at the borders.
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    for lam in [0.1f32, 0.5, 0.9] {
+        let mut x = orig.clone();
+        let (w, (y0, x0, h, wd)) = cutmix(&mut x, n, c, s, &perm, lam, &mut rng);
+        assert!((w - (1.0 - (h * wd) as f32 / (s * s) as f32)).abs() < 1e-6);
+        let side = ((s as f64) * (1.0 - lam as f64).sqrt()) as usize;
+        assert!(h <= side && wd <= side, "box {h}x{wd} for side {side}");
+        for i in 0..n {
+            for ch in 0..c {
+                for y in 0..s {
+                    for xx in 0..s {
+                        let e = (ch * s + y) * s + xx;
+                        let inside = (y0..y0 + h).contains(&y) && (x0..x0 + wd).contains(&xx);
+                        let src = if inside { perm[i] } else { i };
+                        assert_eq!(x[i * len + e], orig[src * len + e]);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -17,6 +17,10 @@ pub enum Method {
     /// torchvision's RandomErasing (p 0.5, scale (0.02, 0.33), ratio (0.3, 3.3)), 1:1 with
     /// the original images like the paper's cutout.
     RandomErasing,
+    /// Mixup (alpha 1: lam ~ U(0, 1) per batch), 1:1 with the original images.
+    Mixup,
+    /// CutMix (alpha 1), 1:1 with the original images.
+    Cutmix,
     /// Masks from GradCAM of the frozen baseline classifier, 1:1 with the original images.
     Gradcam,
     /// Adversarial policy gradient augmentation (Algorithm 1).
@@ -34,6 +38,8 @@ impl Method {
             Method::Baseline => "baseline",
             Method::Cutout => "cutout",
             Method::RandomErasing => "random-erasing",
+            Method::Mixup => "mixup",
+            Method::Cutmix => "cutmix",
             Method::Gradcam => "gradcam",
             Method::Apga => "apga",
             Method::EndToEnd => "end-to-end",

@@ -264,6 +264,31 @@ pub fn mixed_step(
     Ok(vec![("l_orig", l_orig), ("l_aug", l_aug)])
 }
 
+/// A classifier step on the original batch, then one on a mixed batch (mixup, cutmix) whose
+/// image i carries label `labels[i]` with weight `lam` and `labels[perm[i]]` with `1 - lam`:
+/// loss = lam CE(z, y) + (1 - lam) CE(z, y[perm]) (the soft-target cross-entropy of the mixed
+/// labels, as the reference implementations compute it).
+pub fn mixed_label_step(
+    clf: &DenseNet,
+    adam: &mut Adam,
+    x: &Tensor,
+    mixed: &Tensor,
+    labels: &[usize],
+    perm: &[usize],
+    lam: f32,
+) -> Result<StepValues> {
+    let l_orig = classifier_step(clf, adam, x, labels)?;
+    let other: Vec<usize> = perm.iter().map(|&j| labels[j]).collect();
+    let tape = Tape::new();
+    let logits = clf.forward(mixed, true)?;
+    let a = ops::mul_scalar(&ops::cross_entropy(&logits, labels)?, lam)?;
+    let b = ops::mul_scalar(&ops::cross_entropy(&logits, &other)?, 1.0 - lam)?;
+    let loss = ops::add(&a, &b)?;
+    let grads = tape.backward(&loss)?;
+    adam.step(&grads)?;
+    Ok(vec![("l_orig", l_orig), ("l_aug", loss.detach())])
+}
+
 /// GradCAM keep-masks [n, 1, h, w] from a frozen classifier: target layer features.norm5
 /// after ReLU; weights = spatial mean of d(top-1 score)/d(features); cam = ReLU(sum_c w_c
 /// features_c), bilinearly upsampled to the input, min-max normalised per image; mask =

@@ -171,6 +171,28 @@ fn method_step(
             let xa = Tensor::from_slice(&ctx.gpu, &imgs, x.shape())?;
             step::mixed_step(clf, adam_c, x, &xa, y)?
         }
+        (Method::Mixup | Method::Cutmix, _, _) => {
+            use rand::seq::SliceRandom;
+            // Seeded per step, so a resumed run draws the same mix.
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                cfg.seed ^ 0x313c ^ (steps as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            let n = batch.len();
+            let mut perm: Vec<usize> = (0..n).collect();
+            perm.shuffle(&mut rng);
+            // Beta(1, 1) is uniform.
+            let lam: f32 = rand::Rng::random_range(&mut rng, 0.0..1.0);
+            let mut imgs = batch.images.clone();
+            let lam = if cfg.method == Method::Mixup {
+                crate::data::augment::mixup(&mut imgs, n, 3, cfg.image_size, &perm, lam);
+                lam
+            } else {
+                crate::data::augment::cutmix(&mut imgs, n, 3, cfg.image_size, &perm, lam, &mut rng)
+                    .0
+            };
+            let xm = Tensor::from_slice(&ctx.gpu, &imgs, x.shape())?;
+            step::mixed_label_step(clf, adam_c, x, &xm, y, &perm, lam)?
+        }
         (Method::Gradcam, _, _) => {
             let f = frozen
                 .as_ref()

@@ -96,3 +96,58 @@ pub fn cutout(
     }
     rects
 }
+
+/// Mixup (Zhang et al. 2018) of a batch [n, c, s, s] in place: image i becomes
+/// `lam * x[i] + (1 - lam) * x[perm[i]]`, one `lam` for the batch (as the reference code and
+/// torchvision's `v2.MixUp`); the labels mix with the same weights.
+pub fn mixup(images: &mut [f32], n: usize, channels: usize, size: usize, perm: &[usize], lam: f32) {
+    let len = channels * size * size;
+    let original = images[..n * len].to_vec();
+    for i in 0..n {
+        let (a, b) = (
+            &original[i * len..(i + 1) * len],
+            &original[perm[i] * len..(perm[i] + 1) * len],
+        );
+        for (o, (x, y)) in images[i * len..(i + 1) * len]
+            .iter_mut()
+            .zip(a.iter().zip(b))
+        {
+            *o = lam * x + (1.0 - lam) * y;
+        }
+    }
+}
+
+/// CutMix (Yun et al. 2019) of a batch [n, c, s, s] in place, as the reference code
+/// (clovaai/CutMix-PyTorch): a box of side `s * sqrt(1 - lam)` (truncated) centred uniformly,
+/// clipped at the borders, is pasted from image `perm[i]` into every image i. Returns the
+/// label weight of the original image: 1 - (clipped box area) / s^2.
+pub fn cutmix(
+    images: &mut [f32],
+    n: usize,
+    channels: usize,
+    size: usize,
+    perm: &[usize],
+    lam: f32,
+    rng: &mut StdRng,
+) -> (f32, (usize, usize, usize, usize)) {
+    let cut = ((size as f64) * (1.0 - lam as f64).sqrt()) as isize;
+    let cy = rng.random_range(0..size) as isize;
+    let cx = rng.random_range(0..size) as isize;
+    let clip = |v: isize| v.clamp(0, size as isize) as usize;
+    let (y0, y1) = (clip(cy - cut / 2), clip(cy + cut / 2));
+    let (x0, x1) = (clip(cx - cut / 2), clip(cx + cut / 2));
+    let plane = size * size;
+    let original = images[..n * channels * plane].to_vec();
+    for i in 0..n {
+        for c in 0..channels {
+            let dst = (i * channels + c) * plane;
+            let src = (perm[i] * channels + c) * plane;
+            for y in y0..y1 {
+                images[dst + y * size + x0..dst + y * size + x1]
+                    .copy_from_slice(&original[src + y * size + x0..src + y * size + x1]);
+            }
+        }
+    }
+    let area = ((y1 - y0) * (x1 - x0)) as f32 / plane as f32;
+    (1.0 - area, (y0, x0, y1 - y0, x1 - x0))
+}
