@@ -138,10 +138,10 @@ pub fn cutmix(
     let (x0, x1) = (clip(cx - cut / 2), clip(cx + cut / 2));
     let plane = size * size;
     let original = images[..n * channels * plane].to_vec();
-    for i in 0..n {
+    for (i, &j) in perm.iter().enumerate().take(n) {
         for c in 0..channels {
             let dst = (i * channels + c) * plane;
-            let src = (perm[i] * channels + c) * plane;
+            let src = (j * channels + c) * plane;
             for y in y0..y1 {
                 images[dst + y * size + x0..dst + y * size + x1]
                     .copy_from_slice(&original[src + y * size + x0..src + y * size + x1]);
