@@ -69,6 +69,9 @@ fn emitted_jobs_merged_equal_a_plain_comparison() {
     let per_seed =
         |d: &str| std::fs::read_to_string(dir.path().join(d).join("per_seed.csv")).unwrap();
     assert_eq!(per_seed("jobs"), per_seed("plain"));
+    // The picture people look at: a PNG beside the tables.
+    let png = image::open(dir.path().join("plain/compare.png")).unwrap();
+    assert!(png.width() >= 300 && png.height() == 480);
     // One run unfinished: named, the others still tabled, exit status 1.
     std::fs::remove_file(dir.path().join("jobs/random-erasing-seed1/summary.json")).unwrap();
     let (ok, stdout, err) = run(vec![

@@ -117,6 +117,68 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[Series]) -> 
     root.present().map_err(|e| plot_err(path, e))
 }
 
+/// Draws one bar per (name, mean, std) with a ± std error bar: `compare.png`.
+pub fn bar_plot(path: &Path, title: &str, bars: &[(String, f64, f64)]) -> Result<()> {
+    if bars.is_empty() {
+        return Ok(());
+    }
+    let top = bars
+        .iter()
+        .map(|b| b.1 + b.2)
+        .fold(0.0f64, f64::max)
+        .max(1e-6)
+        * 1.1;
+    let text = font_available();
+    let root = BitMapBackend::new(path, (160 + 120 * bars.len() as u32, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .margin(15)
+        .x_label_area_size(if text { 35 } else { 5 })
+        .y_label_area_size(if text { 60 } else { 5 });
+    if text {
+        builder.caption(title, ("sans-serif", 22));
+    }
+    let n = bars.len();
+    let mut chart = builder
+        .build_cartesian_2d(0f64..n as f64, 0f64..top)
+        .map_err(|e| plot_err(path, e))?;
+    let mut mesh = chart.configure_mesh();
+    mesh.disable_x_mesh().x_labels(0);
+    if text {
+        mesh.y_desc("accuracy");
+    } else {
+        mesh.y_labels(0);
+    }
+    mesh.draw().map_err(|e| plot_err(path, e))?;
+    for (i, (name, mean, std)) in bars.iter().enumerate() {
+        let x = i as f64;
+        if text {
+            // The method's name above its error bar.
+            chart
+                .draw_series([Text::new(
+                    format!("{name} {:.1}", 100.0 * mean),
+                    (x + 0.2, (mean + std + 0.02 * top).min(top)),
+                    ("sans-serif", 16),
+                )])
+                .map_err(|e| plot_err(path, e))?;
+        }
+        chart
+            .draw_series([Rectangle::new(
+                [(x + 0.2, 0.0), (x + 0.8, *mean)],
+                BLUE.mix(0.6).filled(),
+            )])
+            .map_err(|e| plot_err(path, e))?;
+        chart
+            .draw_series([PathElement::new(
+                vec![(x + 0.5, mean - std), (x + 0.5, mean + std)],
+                BLACK.stroke_width(2),
+            )])
+            .map_err(|e| plot_err(path, e))?;
+    }
+    root.present().map_err(|e| plot_err(path, e))
+}
+
 /// Writes `plots/loss.png`, `plots/reward.png` (APGA) and `plots/accuracy.png` from a run's
 /// `metrics.jsonl`.
 pub fn write_plots(run_dir: &Path) -> Result<()> {
