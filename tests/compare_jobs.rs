@@ -87,3 +87,83 @@ fn emitted_jobs_merged_equal_a_plain_comparison() {
     );
     assert!(stdout.contains("| random-erasing | 1 |"), "{stdout}");
 }
+
+#[test]
+fn body_parts_give_the_papers_table_two() {
+    // A fake MURA tree with two body parts (a few 32x32 images per class and split).
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("mura");
+    let mut lines = std::collections::BTreeMap::<&str, Vec<String>>::new();
+    for (part, shade) in [("XR_HAND", 60u8), ("XR_ELBOW", 120u8)] {
+        for split in ["train", "valid"] {
+            for p in 0..6 {
+                let label = if p % 2 == 0 { "positive" } else { "negative" };
+                let rel =
+                    format!("MURA-v1.1/{split}/{part}/patient{p:05}/study1_{label}/image1.png");
+                let file = root.join(&rel);
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                let v = if label == "positive" {
+                    shade
+                } else {
+                    255 - shade
+                };
+                image::GrayImage::from_fn(32, 32, |x, y| {
+                    image::Luma([v.wrapping_add((x ^ y) as u8)])
+                })
+                .save(&file)
+                .unwrap();
+                lines.entry(split).or_default().push(rel);
+            }
+        }
+    }
+    for (split, l) in &lines {
+        std::fs::write(
+            root.join(format!("MURA-v1.1/{split}_image_paths.csv")),
+            l.join("\n"),
+        )
+        .unwrap();
+    }
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let out = bin()
+        .args([
+            "--no-autotune",
+            "compare",
+            "--methods",
+            "baseline,cutout",
+            "--seeds",
+            "1",
+        ])
+        .args(["--quiet", "--body-parts", "hand,elbow", "--config"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(format!("mura:{}", root.display()))
+        .arg("--pretrained-cache")
+        .arg(dir.path().join("cache"))
+        .arg("--out")
+        .arg(dir.path().join("t2"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t2 = std::fs::read_to_string(dir.path().join("t2/table2.md")).unwrap();
+    assert!(t2.contains("| body part | baseline | cutout |"), "{t2}");
+    assert!(t2.contains("| hand |") && t2.contains("| elbow |"), "{t2}");
+    for part in ["hand", "elbow"] {
+        assert!(dir
+            .path()
+            .join("t2")
+            .join(part)
+            .join("compare.md")
+            .is_file());
+    }
+    // Body parts are a MURA notion.
+    let out = bin()
+        .args(["compare", "--body-parts", "all"])
+        .output()
+        .unwrap();
+    common::assert_refused(&out, &["--body-parts", "MURA"]);
+}

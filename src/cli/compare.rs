@@ -32,6 +32,10 @@ pub struct CompareArgs {
     /// Tables go to --out (default: the first folder given).
     #[arg(long, value_name = "DIR", num_args = 1..)]
     pub merge: Vec<PathBuf>,
+    /// MURA: one comparison per body part (comma-separated, or `all` for the seven), each in
+    /// its own folder, then the paper's Table 2: one row per body part (`table2.md`).
+    #[arg(long, value_delimiter = ',')]
+    pub body_parts: Vec<String>,
     /// Every training option (the method and out directory are set per run).
     #[command(flatten)]
     pub train: TrainArgs,
@@ -56,6 +60,11 @@ const COLUMNS: [(&str, &str); 7] = [
 ];
 
 impl Row {
+    /// The run's best accuracy.
+    pub(super) fn accuracy(&self) -> Option<f64> {
+        self.values[0]
+    }
+
     pub(super) fn of(method: Method, seed: u64, s: &Summary) -> Row {
         let b = &s.best;
         Row {
@@ -240,7 +249,6 @@ pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<(
     if let Some(dir) = &args.emit_jobs {
         return super::jobs::emit(options, args, dir);
     }
-    let resuming = args.train.resume.is_some();
     let dir = args
         .train
         .resume
@@ -252,6 +260,88 @@ pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<(
                 chrono::Local::now().format("%Y%m%d-%H%M%S")
             ))
         });
+    if args.body_parts.is_empty() {
+        compare_one(options, args, &dir, None)?;
+        return Ok(());
+    }
+    if !args.train.resolve()?.data.starts_with("mura:") {
+        return Err(Error::usage(
+            "--body-parts",
+            "applies to MURA (--data mura:PATH)",
+        ));
+    }
+    // The paper's Table 2: one comparison per body part, then one row each.
+    let parts: Vec<String> = if args.body_parts.iter().any(|p| p == "all") {
+        crate::data::dataset::BODY_PARTS
+            .iter()
+            .map(|p| p.to_string())
+            .collect()
+    } else {
+        args.body_parts.clone()
+    };
+    let mut table = Vec::new();
+    for part in &parts {
+        println!("== body part {part}");
+        let (methods, rows) = compare_one(options, args, &dir.join(part), Some(part))?;
+        table.push((part.clone(), methods, rows));
+        write_table2(&dir, &table)?;
+    }
+    println!(
+        "\n{}\n(written to {})",
+        std::fs::read_to_string(dir.join("table2.md")).unwrap_or_default(),
+        dir.display()
+    );
+    Ok(())
+}
+
+/// The paper's Table 2: accuracy (mean ± std over seeds) per body part and method.
+fn write_table2(dir: &Path, table: &[(String, Vec<Method>, Vec<Row>)]) -> Result<()> {
+    let mut methods: Vec<Method> = Vec::new();
+    for (_, ms, _) in table {
+        for m in ms {
+            if !methods.contains(m) {
+                methods.push(*m);
+            }
+        }
+    }
+    let mut md = String::from(
+        "Validation accuracy (%) per body part, mean ± std over seeds (each run's best \
+         evaluation by plain accuracy).\n\n| body part |",
+    );
+    for m in &methods {
+        md += &format!(" {} |", m.name());
+    }
+    md += "\n|---|";
+    md += &"---|".repeat(methods.len());
+    md += "\n";
+    for (part, _, rows) in table {
+        md += &format!("| {part} |");
+        for &m in &methods {
+            let v: Vec<f64> = rows
+                .iter()
+                .filter(|r| r.method == m)
+                .filter_map(|r| r.accuracy())
+                .collect();
+            md += &if v.is_empty() {
+                " - |".to_string()
+            } else {
+                format!(" {} |", pm(mean_std(&v)))
+            };
+        }
+        md += "\n";
+    }
+    crate::fsio::write_atomic(&dir.join("table2.md"), md.as_bytes())
+}
+
+/// One comparison (every method with every seed) in `dir`, optionally for one MURA body
+/// part; returns its methods and rows.
+fn compare_one(
+    options: &crate::gpu::GpuOptions,
+    args: &CompareArgs,
+    dir: &Path,
+    body_part: Option<&str>,
+) -> Result<(Vec<Method>, Vec<Row>)> {
+    let resuming = args.train.resume.is_some();
     let plan_path = dir.join("compare.toml");
     let plan = if resuming {
         let text = std::fs::read_to_string(&plan_path).map_err(io(&plan_path))?;
@@ -268,10 +358,14 @@ pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<(
                 dir.display()
             )));
         }
+        let mut config = args.train.resolve()?;
+        if let Some(part) = body_part {
+            config.body_part = part.to_string();
+        }
         let plan = Plan {
             methods: args.methods.clone(),
             seeds: args.seeds,
-            config: args.train.resolve()?,
+            config,
         };
         let text = toml::to_string_pretty(&plan)
             .map_err(|e| Error::Incomplete(format!("compare.toml: {e}")))?;
@@ -315,9 +409,9 @@ pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<(
                 s.pretrained.accuracy
             );
             rows.push(Row::of(method, seed, &s));
-            md = write_tables(&dir, &plan.methods, &rows)?;
+            md = write_tables(dir, &plan.methods, &rows)?;
         }
     }
     println!("\n{md}\n(written to {})", dir.display());
-    Ok(())
+    Ok((plan.methods, rows))
 }
