@@ -237,6 +237,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 }
 
 pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<()> {
+    if !args.body_parts.is_empty() && (args.emit_jobs.is_some() || !args.merge.is_empty()) {
+        return Err(Error::usage(
+            "--body-parts",
+            "runs the comparisons itself; for jobs, emit one set per body part with \
+             --body-part PART --emit-jobs DIR/PART",
+        ));
+    }
     if !args.merge.is_empty() {
         return super::jobs::merge(&args.merge, args.train.out.as_deref());
     }
