@@ -581,8 +581,11 @@ fn every_method_trains_end_to_end_and_leaves_a_complete_run() {
 fn a_resumed_run_equals_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
     for method in [Method::Apga, Method::Cutout] {
+        // Evaluations every 2 steps: the stop at step 4 lands on one, which the commit must
+        // include (a resumed run that skipped it would pick another best checkpoint).
         let cfg = TrainConfig {
             epochs: 2,
+            eval_every: 2,
             ..tiny_config(method, 7)
         };
         // Default kernels: with autotuning, another test measuring the same shapes at the
@@ -619,11 +622,15 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
             .unwrap()
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v["phase"] == "train")
+            .filter(|v| v["phase"] == "train" || v["phase"] == "eval")
             .collect()
         };
         let (a, b) = (lines("full"), lines("cut"));
-        assert_eq!(a.len(), b.len(), "{method:?}: same steps logged");
+        assert_eq!(
+            a.len(),
+            b.len(),
+            "{method:?}: same steps and evaluations logged"
+        );
         // With the same kernels the GPU work is identical: every logged value bit-identical.
         for (x, y) in a.iter().zip(&b) {
             for (k, v) in x.as_object().unwrap() {
@@ -634,5 +641,7 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         }
         assert_eq!(full.final_metrics.accuracy, resumed.final_metrics.accuracy);
         assert_eq!(full.final_metrics.mask_iou, resumed.final_metrics.mask_iou);
+        assert_eq!(full.best_epoch, resumed.best_epoch);
+        assert_eq!(full.best.accuracy, resumed.best.accuracy);
     }
 }

@@ -63,10 +63,14 @@ pub(crate) fn pretrain_key(cfg: &TrainConfig, data: Option<u64>) -> String {
     // so the classic style keeps its old keys).
     let style = (cfg.data == "synthetic" && cfg.synthetic_style != Default::default())
         .then(|| format!("{:?}", cfg.synthetic_style));
-    let extra = match (style, data) {
+    let mut extra = match (style, data) {
         (s, None) => s,
         (s, Some(d)) => Some(format!("{}|data {d:016x}", s.unwrap_or_default())),
     };
+    // A replaced head starts from other weights (only when set, so other keys stay valid).
+    if cfg.replace_head {
+        extra = Some(format!("{}|replace-head", extra.unwrap_or_default()));
+    }
     cache_key(&cfg.classifier_arch, &fields, cfg.seed, extra)
 }
 

@@ -148,7 +148,11 @@ pub(crate) fn commit(run_dir: &Path, s: &Snapshot, dup: &[(String, String)]) -> 
     let text = serde_json::to_vec_pretty(&st).map_err(|e| Error::Incomplete(e.to_string()))?;
     crate::fsio::write_atomic(&run_dir.join(MANIFEST), &text)?;
     crate::fsio::crash_point("commit:manifest");
-    remove_uncommitted(run_dir, &st)
+    // The commit stands; failing to remove older folders only costs disk space.
+    if let Err(e) = remove_uncommitted(run_dir, &st) {
+        log::warn!("older checkpoints not removed: {e}");
+    }
+    Ok(())
 }
 
 /// Removes every checkpoint folder the manifest does not name (older commits, and folders a
@@ -187,7 +191,7 @@ pub(crate) fn read_manifest(run_dir: &Path) -> Result<TrainState> {
                 path: path.clone(),
                 detail: "missing: this run has not committed a checkpoint yet (it stopped \
                          before its first epoch ended or was interrupted); start it again \
-                         without --resume"
+                         with `train --config <its config.toml> --out <it> --overwrite`"
                     .into(),
             }
         } else {
@@ -245,6 +249,8 @@ pub(crate) fn restore_adam(
 /// where it stopped (same data order, same baseline b_t, same step counter).
 pub fn resume(run_dir: &Path, opts: &RunOptions) -> Result<Summary> {
     let cfg = read_config(run_dir)?;
+    // The run directory's lock first: the manifest read under it stays the committed one.
+    let lock = crate::apga::run_dir::lock_run_dir(run_dir)?;
     let st = read_manifest(run_dir)?;
     // The committed files are complete (they were renamed into place whole); a file damaged
     // since is reported now, not after the networks are set up.
@@ -267,5 +273,5 @@ pub fn resume(run_dir: &Path, opts: &RunOptions) -> Result<Summary> {
             .or_else(|| st.pretrained_cache.clone()),
         ..opts.clone()
     };
-    trainer::train_inner(cfg, &opts, Some(st))
+    trainer::train_inner(cfg, &opts, Some((st, lock)))
 }

@@ -203,6 +203,9 @@ pub(crate) fn prepare_new_run_dir(dir: &Path, overwrite: bool) -> Result<crate::
             dir.display()
         )));
     }
+    // The manifest first: a kill midway then leaves no manifest naming deleted files.
+    let mut existing = existing;
+    existing.sort_by_key(|n| n != crate::apga::resume::MANIFEST);
     for name in existing {
         let p = dir.join(name);
         let r = if p.is_dir() {

@@ -268,8 +268,12 @@ pub fn default_pretrained_cache() -> PathBuf {
 pub(crate) fn train_inner(
     cfg: TrainConfig,
     opts: &RunOptions,
-    resumed: Option<TrainState>,
+    resumed: Option<(TrainState, crate::fsio::Lock)>,
 ) -> Result<Summary> {
+    let (resumed, held) = match resumed {
+        Some((st, lock)) => (Some(st), Some(lock)),
+        None => (None, None),
+    };
     let start = Instant::now();
     // Everything a user supplied is checked before anything is allocated or trained.
     cfg.validate()?;
@@ -299,7 +303,12 @@ pub(crate) fn train_inner(
     let log_path = run_dir.join("metrics.jsonl");
     let (_lock, mut log) = match &resumed {
         Some(st) => {
-            let lock = lock_run_dir(&run_dir)?;
+            // The lock `resume` took before it read the manifest (no other process can have
+            // committed since).
+            let lock = match held {
+                Some(l) => l,
+                None => lock_run_dir(&run_dir)?,
+            };
             remove_uncommitted(&run_dir, st)?;
             (lock, reopen_log(&log_path, st.log_bytes)?)
         }
@@ -517,6 +526,15 @@ pub(crate) fn train_inner(
             );
             bar.inc(1);
             batches_done += 1;
+            // Mid-epoch evaluations (the released script's every-100-iterations schedule),
+            // before a stop is honoured, so that the commit below includes them.
+            if cfg.eval_every > 0 && steps % cfg.eval_every == 0 && batches_done < n_batches {
+                let m = ctx.eval(&nets.clf, nets.policy.as_ref())?;
+                log.write(
+                    serde_json::json!({"phase": "eval", "epoch": epoch, "step": steps, "val": m}),
+                )?;
+                keep_best(&nets, &m, epoch, &mut best)?;
+            }
             if interrupted() || opts.stop_after_steps == Some(steps) {
                 bar.finish_and_clear();
                 commit_state(
@@ -534,14 +552,6 @@ pub(crate) fn train_inner(
                     "interrupted at epoch {epoch}, step {steps}: latest checkpoints saved in {}",
                     run_dir.display()
                 )));
-            }
-            // Mid-epoch evaluations (the released script's every-100-iterations schedule).
-            if cfg.eval_every > 0 && steps % cfg.eval_every == 0 && batches_done < n_batches {
-                let m = ctx.eval(&nets.clf, nets.policy.as_ref())?;
-                log.write(
-                    serde_json::json!({"phase": "eval", "epoch": epoch, "step": steps, "val": m}),
-                )?;
-                keep_best(&nets, &m, epoch, &mut best)?;
             }
         }
         bar.finish_and_clear();

@@ -32,7 +32,8 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 pub(super) fn emit(options: &GpuOptions, args: &CompareArgs, dir: &Path) -> Result<()> {
     if dir.join("jobs.txt").exists() && !args.train.overwrite {
         return Err(Error::Incomplete(format!(
-            "{} already holds jobs: choose another folder or pass --overwrite",
+            "{} already holds jobs: choose another folder, or pass --overwrite to replace \
+             them and their runs",
             dir.display()
         )));
     }
@@ -74,16 +75,34 @@ pub(super) fn emit(options: &GpuOptions, args: &CompareArgs, dir: &Path) -> Resu
                 seed,
                 ..base.clone()
             };
+            let run = dir.join(&name);
+            if run.join("config.toml").exists() {
+                if !args.train.overwrite {
+                    return Err(Error::Incomplete(format!(
+                        "{} already holds a run: choose another folder, or pass --overwrite \
+                         to replace the runs of this plan",
+                        run.display()
+                    )));
+                }
+                // The old run goes, or the new job would resume it under the new plan.
+                std::fs::remove_dir_all(&run).map_err(io(&run))?;
+            }
             let cfg_path = configs.join(format!("{name}.toml"));
             let text = toml::to_string_pretty(&cfg)
                 .map_err(|e| Error::Incomplete(format!("{name}: {e}")))?;
             crate::fsio::write_atomic(&cfg_path, text.as_bytes())?;
-            jobs.push(format!(
-                "{}{global} train --quiet --config {} --out {} --pretrained-cache {}",
+            // A job that was stopped (preempted, requeued) continues from its last commit;
+            // one that never committed starts again.
+            let (exe, out, cache) = (
                 quote(&exe.to_string_lossy()),
-                quote(&cfg_path.to_string_lossy()),
-                quote(&dir.join(&name).to_string_lossy()),
+                quote(&run.to_string_lossy()),
                 quote(&cache.to_string_lossy()),
+            );
+            jobs.push(format!(
+                "if [ -f {out}/train_state.json ]; then {exe}{global} train --quiet --resume \
+                 {out} --pretrained-cache {cache}; else {exe}{global} train --quiet --config {} \
+                 --out {out} --pretrained-cache {cache} --overwrite; fi",
+                quote(&cfg_path.to_string_lossy()),
             ));
         }
     }
@@ -140,6 +159,7 @@ pub(super) fn merge(paths: &[PathBuf], out: Option<&Path>) -> Result<()> {
     let mut rows: Vec<Row> = Vec::new();
     let mut seen: Vec<(Method, u64, PathBuf)> = Vec::new();
     let mut planned: Vec<(Method, u64)> = Vec::new();
+    let mut plans: Vec<(PathBuf, TrainConfig)> = Vec::new();
     let mut methods: Vec<Method> = Vec::new();
     let mut problems = Vec::new();
     for path in paths {
@@ -155,6 +175,7 @@ pub(super) fn merge(paths: &[PathBuf], out: Option<&Path>) -> Result<()> {
                     planned.push((m, plan.config.seed + i));
                 }
             }
+            plans.push((path.clone(), plan.config.clone()));
             for m in plan.methods {
                 if !methods.contains(&m) {
                     methods.push(m);
@@ -179,6 +200,23 @@ pub(super) fn merge(paths: &[PathBuf], out: Option<&Path>) -> Result<()> {
                 ));
             }
             seen.push((cfg.method, cfg.seed, run.clone()));
+            // A run under a plan must have been trained with the plan's configuration.
+            if let Some((_, base)) = plans.iter().find(|(p, _)| run.starts_with(p)) {
+                let expected = TrainConfig {
+                    method: cfg.method,
+                    seed: cfg.seed,
+                    ..base.clone()
+                };
+                if cfg != expected {
+                    problems.push(format!(
+                        "stale: {} was trained with another configuration than {}'s \
+                         compare.toml; left out",
+                        run.display(),
+                        path.display()
+                    ));
+                    continue;
+                }
+            }
             if !methods.contains(&cfg.method) {
                 methods.push(cfg.method);
             }
