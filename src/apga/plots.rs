@@ -52,6 +52,23 @@ fn plot_err(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The frame every plot shares: margins, label areas, and the title where text can be drawn.
+fn chart_builder<'a, 'b>(
+    root: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+    text: bool,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .margin(15)
+        .x_label_area_size(if text { 35 } else { 5 })
+        .y_label_area_size(if text { 60 } else { 5 });
+    if text {
+        builder.caption(title, ("sans-serif", 22));
+    }
+    builder
+}
+
 /// Draws line series into a PNG.
 pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[Series]) -> Result<()> {
     let pts: Vec<(f64, f64)> = series
@@ -73,14 +90,7 @@ pub fn line_plot(path: &Path, title: &str, x_label: &str, series: &[Series]) -> 
     let text = font_available();
     let root = BitMapBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-    let mut builder = ChartBuilder::on(&root);
-    builder
-        .margin(15)
-        .x_label_area_size(if text { 35 } else { 5 })
-        .y_label_area_size(if text { 60 } else { 5 });
-    if text {
-        builder.caption(title, ("sans-serif", 22));
-    }
+    let mut builder = chart_builder(&root, title, text);
     let mut chart = builder
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| plot_err(path, e))?;
@@ -131,14 +141,7 @@ pub fn bar_plot(path: &Path, title: &str, bars: &[(String, f64, f64)]) -> Result
     let text = font_available();
     let root = BitMapBackend::new(path, (160 + 120 * bars.len() as u32, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-    let mut builder = ChartBuilder::on(&root);
-    builder
-        .margin(15)
-        .x_label_area_size(if text { 35 } else { 5 })
-        .y_label_area_size(if text { 60 } else { 5 });
-    if text {
-        builder.caption(title, ("sans-serif", 22));
-    }
+    let mut builder = chart_builder(&root, title, text);
     let n = bars.len();
     let mut chart = builder
         .build_cartesian_2d(0f64..n as f64, 0f64..top)

@@ -15,7 +15,7 @@ use super::{forward_full, transposed_full, ConvGeom, Slice};
 
 /// Which op's backward `backward` computes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Which {
+pub(super) enum Which {
     Conv,
     Transpose,
 }
@@ -96,35 +96,19 @@ pub fn conv_transpose2d_backward(
     backward(Which::Transpose, g, x, w, gy, want)
 }
 
-/// conv2d; inputs (x, w[, b]).
-pub(crate) struct Conv2d {
-    pub(crate) x: Tensor,
-    pub(crate) w: Tensor,
-    pub(crate) geom: ops::conv::ConvGeom,
+/// The tape's rule for conv2d and conv_transpose2d; inputs (x, w[, b]); `geom` is the
+/// geometry of the (equivalent) convolution.
+pub(crate) struct ConvRule {
+    pub(super) which: Which,
+    pub(super) x: Tensor,
+    pub(super) w: Tensor,
+    pub(super) geom: ConvGeom,
 }
 
-impl Backward for Conv2d {
+impl Backward for ConvRule {
     fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         let want = |i: usize| needs.get(i).copied().unwrap_or(false);
-        let Conv2d { x, w, geom, .. } = self;
-        Ok(ops::conv::conv2d_backward(geom, x, w, g, [want(0), want(1), want(2)])?.to_vec())
-    }
-}
-
-/// conv_transpose2d; inputs (x, w[, b]); `geom` is that of the equivalent convolution.
-pub(crate) struct ConvTranspose2d {
-    pub(crate) x: Tensor,
-    pub(crate) w: Tensor,
-    pub(crate) geom: ops::conv::ConvGeom,
-}
-
-impl Backward for ConvTranspose2d {
-    fn backward(&self, g: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let want = |i: usize| needs.get(i).copied().unwrap_or(false);
-        let ConvTranspose2d { x, w, geom, .. } = self;
-        Ok(
-            ops::conv::conv_transpose2d_backward(geom, x, w, g, [want(0), want(1), want(2)])?
-                .to_vec(),
-        )
+        let want = [want(0), want(1), want(2)];
+        Ok(backward(self.which, &self.geom, &self.x, &self.w, g, want)?.to_vec())
     }
 }

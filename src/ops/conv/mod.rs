@@ -142,6 +142,27 @@ fn check_bias(op: &'static str, bias: Option<&Tensor>, c: usize) -> Result<()> {
     }
 }
 
+/// The weight's input channels `wci` match the input's `ci`, and the bias has `co` entries.
+fn check_operands(
+    op: &'static str,
+    ci: usize,
+    wci: usize,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    co: usize,
+) -> Result<()> {
+    if wci != ci {
+        return Err(Error::shape(
+            op,
+            format!(
+                "input has {ci} channels, weight {:?} expects {wci}",
+                w.shape()
+            ),
+        ));
+    }
+    check_bias(op, b, co)
+}
+
 /// Output side of a convolution, or an error when the kernel does not fit.
 fn conv_out(op: &'static str, size: usize, k: usize, stride: usize, pad: usize) -> Result<usize> {
     if stride == 0 {
@@ -168,16 +189,7 @@ pub fn conv2d(
     let op = "conv2d";
     let [n, ci, h, wd] = x.dims4(op)?;
     let [co, wci, kh, kw] = w.dims4(op)?;
-    if wci != ci {
-        return Err(Error::shape(
-            op,
-            format!(
-                "input has {ci} channels, weight {:?} expects {wci}",
-                w.shape()
-            ),
-        ));
-    }
-    check_bias(op, b, co)?;
+    check_operands(op, ci, wci, w, b, co)?;
     let g = ConvGeom {
         n,
         ci,
@@ -196,7 +208,8 @@ pub fn conv2d(
     let mut inputs = vec![x, w];
     inputs.extend(b);
     Ok(autodiff::track(out, &out_shape, &inputs, || {
-        backward::Conv2d {
+        backward::ConvRule {
+            which: backward::Which::Conv,
             x: x.clone(),
             w: w.clone(),
             geom: g,
@@ -218,16 +231,7 @@ pub fn conv_transpose2d(
     let op = "conv_transpose2d";
     let [n, ci, h, wd] = x.dims4(op)?;
     let [wci, co, kh, kw] = w.dims4(op)?;
-    if wci != ci {
-        return Err(Error::shape(
-            op,
-            format!(
-                "input has {ci} channels, weight {:?} expects {wci}",
-                w.shape()
-            ),
-        ));
-    }
-    check_bias(op, b, co)?;
+    check_operands(op, ci, wci, w, b, co)?;
     if stride == 0 || output_padding >= stride {
         return Err(Error::shape(
             op,
@@ -263,7 +267,8 @@ pub fn conv_transpose2d(
     let mut inputs = vec![x, w];
     inputs.extend(b);
     Ok(autodiff::track(out, &out_shape, &inputs, || {
-        backward::ConvTranspose2d {
+        backward::ConvRule {
+            which: backward::Which::Transpose,
             x: x.clone(),
             w: w.clone(),
             geom: g,
