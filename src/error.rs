@@ -83,6 +83,14 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// Maps an I/O failure on `path` to an error naming it: `.map_err(Error::io(&path))`.
+    pub fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+        move |source| Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
     /// Usage error helper: `what` is the flag, key or variable.
     pub fn usage(what: impl Into<String>, detail: impl Into<String>) -> Self {
         Error::Usage {

@@ -142,7 +142,7 @@ pub fn read_run_config(run_dir: &Path) -> Result<TrainConfig> {
 /// Reads a finished run's `summary.json`.
 pub fn read_summary(run_dir: &Path) -> Result<Summary> {
     let path = run_dir.join("summary.json");
-    let text = std::fs::read_to_string(&path).map_err(run_dir::io(&path))?;
+    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
     serde_json::from_str(&text).map_err(|e| Error::Format {
         path,
         detail: format!("not a run summary ({e})"),

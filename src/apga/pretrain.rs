@@ -5,11 +5,11 @@
 use std::path::Path;
 
 use crate::apga::eval::Metrics;
-use crate::apga::run_dir::{check_finite, io, Log};
+use crate::apga::run_dir::{check_finite, Log};
 use crate::apga::trainer::{adam, Ctx};
 use crate::apga::{classifier_config, step, TrainConfig};
 use crate::data::foreground::foreground_targets;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::models::{unet, DenseNet, UNet11};
 use crate::nn::state::{self, LoadOptions};
 use crate::nn::Module;
@@ -110,7 +110,7 @@ fn lock_cache_entry(
     })?;
     crate::fsio::remove_stale_tmp(cache, key);
     if partial.exists() {
-        std::fs::remove_file(partial).map_err(io(partial))?;
+        std::fs::remove_file(partial).map_err(Error::io(partial))?;
     }
     remove_abandoned(cache, key);
     Ok(lock)
@@ -229,7 +229,7 @@ pub(crate) fn starting_policy(ctx: &Ctx, log: &mut Log, cache: &Path) -> Result<
         .map(|(a, b)| (b, a))
         .collect();
     state::save(&policy, &tmp, &dup)?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
+    std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
     ctx.say(format!(
         "policy warm start: {done} steps on the training images' Otsu foreground, loss {last:.4} (saved {})",
         path.display()
@@ -323,7 +323,7 @@ pub(crate) fn pretrained_classifier(
         }
     }
     let saved = if tmp.is_file() {
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
+        std::fs::rename(&tmp, &path).map_err(Error::io(&path))?;
         state::load(&clf, &path, &LoadOptions::default())?;
         format!("saved {}", path.display())
     } else {

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::apga::eval::Metrics;
 use crate::apga::policy::PolicyState;
-use crate::apga::run_dir::{io, read_config};
+use crate::apga::run_dir::read_config;
 use crate::apga::{trainer, RunOptions, Summary};
 use crate::error::{Error, Result};
 use crate::models::{DenseNet, UNet11};
@@ -97,10 +97,10 @@ pub(crate) fn commit(run_dir: &Path, s: &Snapshot, dup: &[(String, String)]) -> 
         if d.exists() {
             // Left by a killed process: never the one the manifest names (its name is
             // always newer than the manifest's, see `remove_uncommitted`).
-            std::fs::remove_dir_all(d).map_err(io(d))?;
+            std::fs::remove_dir_all(d).map_err(Error::io(d))?;
         }
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    std::fs::create_dir_all(&tmp).map_err(Error::io(&tmp))?;
     state::save(s.clf, &tmp.join("classifier.safetensors"), &[])?;
     if let Some(p) = s.policy {
         state::save(p, &tmp.join("policy.safetensors"), dup)?;
@@ -127,7 +127,7 @@ pub(crate) fn commit(run_dir: &Path, s: &Snapshot, dup: &[(String, String)]) -> 
         safetensors::serialize(views, &None).map_err(|e| Error::Incomplete(e.to_string()))?;
     crate::fsio::write_atomic(&tmp.join("optimizer.safetensors"), &bytes)?;
     crate::fsio::crash_point("commit:files");
-    std::fs::rename(&tmp, &dir).map_err(io(&dir))?;
+    std::fs::rename(&tmp, &dir).map_err(Error::io(&dir))?;
     crate::fsio::crash_point("commit:renamed");
     let json = |m: &Metrics| serde_json::to_value(m).unwrap_or(serde_json::Value::Null);
     let st = TrainState {
@@ -174,7 +174,7 @@ pub(crate) fn remove_uncommitted(run_dir: &Path, st: &TrainState) -> Result<()> 
                 } else {
                     std::fs::remove_file(&p)
                 };
-                r.map_err(io(&p))?;
+                r.map_err(Error::io(&p))?;
             }
         }
     }

@@ -27,13 +27,6 @@ impl Log {
     }
 }
 
-pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.into(),
-        source,
-    }
-}
-
 /// Reads the named GPU scalars of a step back in one transfer.
 pub(crate) fn read_scalars(values: &[(&'static str, Tensor)]) -> Result<Vec<(&'static str, f64)>> {
     if values.is_empty() {
@@ -69,7 +62,7 @@ pub(crate) fn save_masks(ctx: &Ctx, policy: &UNet11, dir: &Path, tag: &str) -> R
     if n == 0 {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     let cfg = LoaderConfig {
         batch_size: n,
         shuffle: false,
@@ -138,7 +131,7 @@ pub(crate) fn read_config(run_dir: &Path) -> Result<crate::apga::TrainConfig> {
                     .into(),
             }
         } else {
-            io(&path)(source)
+            Error::io(&path)(source)
         }
     })?;
     toml::from_str(&text).map_err(|e| Error::Format {
@@ -169,7 +162,7 @@ const LOCK: &str = ".lock";
 
 /// Takes the run directory's lock (creating the directory), or says who holds it.
 pub(crate) fn lock_run_dir(dir: &Path) -> Result<crate::fsio::Lock> {
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    std::fs::create_dir_all(dir).map_err(Error::io(dir))?;
     crate::fsio::Lock::try_acquire(&dir.join(LOCK))?.ok_or_else(|| {
         Error::Incomplete(format!(
             "{}: another apga-gpu process is writing this run directory; wait for it to \
@@ -184,7 +177,7 @@ pub(crate) fn lock_run_dir(dir: &Path) -> Result<crate::fsio::Lock> {
 pub(crate) fn prepare_new_run_dir(dir: &Path, overwrite: bool) -> Result<crate::fsio::Lock> {
     let lock = lock_run_dir(dir)?;
     let existing: Vec<String> = std::fs::read_dir(dir)
-        .map_err(io(dir))?
+        .map_err(Error::io(dir))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| RUN_ENTRIES.contains(&n.as_str()) || crate::fsio::is_tmp_name(n))
@@ -213,7 +206,7 @@ pub(crate) fn prepare_new_run_dir(dir: &Path, overwrite: bool) -> Result<crate::
         } else {
             std::fs::remove_file(&p)
         };
-        r.map_err(io(&p))?;
+        r.map_err(Error::io(&p))?;
     }
     Ok(lock)
 }
@@ -224,9 +217,9 @@ pub(crate) fn reopen_log(path: &Path, committed_len: Option<u64>) -> Result<Log>
     let file = std::fs::OpenOptions::new()
         .append(true)
         .open(path)
-        .map_err(io(path))?;
+        .map_err(Error::io(path))?;
     if let Some(len) = committed_len {
-        let now = file.metadata().map_err(io(path))?.len();
+        let now = file.metadata().map_err(Error::io(path))?.len();
         if now < len {
             return Err(Error::Format {
                 path: path.into(),
@@ -236,7 +229,7 @@ pub(crate) fn reopen_log(path: &Path, committed_len: Option<u64>) -> Result<Log>
                 ),
             });
         }
-        file.set_len(len).map_err(io(path))?;
+        file.set_len(len).map_err(Error::io(path))?;
     }
     Ok(Log {
         file,
@@ -247,6 +240,6 @@ pub(crate) fn reopen_log(path: &Path, committed_len: Option<u64>) -> Result<Log>
 impl Log {
     /// The log's length in bytes (every line is written straight to the file).
     pub(crate) fn len(&self) -> Result<u64> {
-        Ok(self.file.metadata().map_err(io(&self.path))?.len())
+        Ok(self.file.metadata().map_err(Error::io(&self.path))?.len())
     }
 }

@@ -16,7 +16,7 @@ use crate::apga::resume::{
     commit, latest_files, remove_uncommitted, restore_adam, Snapshot, TrainState,
 };
 use crate::apga::run_dir::{
-    check_finite, io, lock_run_dir, prepare_new_run_dir, read_scalars, reopen_log, save_masks, Log,
+    check_finite, lock_run_dir, prepare_new_run_dir, read_scalars, reopen_log, save_masks, Log,
 };
 use crate::apga::step::{self, Masking, PolicyState, StepValues};
 use crate::apga::{classifier_config, data_options, interrupted, plots, pretrain};
@@ -317,7 +317,7 @@ pub(crate) fn train_inner(
             let toml = toml::to_string_pretty(&cfg)
                 .map_err(|e| Error::Incomplete(format!("config: {e}")))?;
             crate::fsio::write_atomic(&run_dir.join("config.toml"), toml.as_bytes())?;
-            let file = std::fs::File::create(&log_path).map_err(io(&log_path))?;
+            let file = std::fs::File::create(&log_path).map_err(Error::io(&log_path))?;
             (
                 lock,
                 Log {
@@ -349,7 +349,7 @@ pub(crate) fn train_inner(
         .pretrained_cache
         .clone()
         .unwrap_or_else(default_pretrained_cache);
-    std::fs::create_dir_all(&cache).map_err(io(&cache))?;
+    std::fs::create_dir_all(&cache).map_err(Error::io(&cache))?;
     let (clf, pretrained) = pretrained_classifier(&ctx, &mut log, &cache)?;
     if resumed.is_none() {
         // The reference every method is measured against (plots draw it as a line).

@@ -229,13 +229,6 @@ pub(super) struct Plan {
     pub(super) config: TrainConfig,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.into(),
-        source,
-    }
-}
-
 pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<()> {
     if !args.body_parts.is_empty() && (args.emit_jobs.is_some() || !args.merge.is_empty()) {
         return Err(Error::usage(
@@ -351,7 +344,7 @@ fn compare_one(
     let resuming = args.train.resume.is_some();
     let plan_path = dir.join("compare.toml");
     let plan = if resuming {
-        let text = std::fs::read_to_string(&plan_path).map_err(io(&plan_path))?;
+        let text = std::fs::read_to_string(&plan_path).map_err(Error::io(&plan_path))?;
         toml::from_str::<Plan>(&text).map_err(|e| Error::Format {
             path: plan_path.clone(),
             detail: format!("not a comparison's plan ({e})"),

@@ -12,20 +12,13 @@ use crate::cli::compare::{write_tables, CompareArgs, Plan, Row};
 use crate::error::{Error, Result};
 use crate::gpu::GpuOptions;
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.into(),
-        source,
-    }
-}
-
 /// A word for `sh`: single-quoted, with embedded quotes escaped.
 fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
-    std::path::absolute(p).map_err(io(p))
+    std::path::absolute(p).map_err(Error::io(p))
 }
 
 /// Writes the jobs of a comparison (see the module doc).
@@ -41,7 +34,7 @@ pub(super) fn emit(options: &GpuOptions, args: &CompareArgs, dir: &Path) -> Resu
     base.validate()?;
     let dir = absolute(dir)?;
     let configs = dir.join("configs");
-    std::fs::create_dir_all(&configs).map_err(io(&configs))?;
+    std::fs::create_dir_all(&configs).map_err(Error::io(&configs))?;
     let plan = Plan {
         methods: args.methods.clone(),
         seeds: args.seeds,
@@ -85,7 +78,7 @@ pub(super) fn emit(options: &GpuOptions, args: &CompareArgs, dir: &Path) -> Resu
                     )));
                 }
                 // The old run goes, or the new job would resume it under the new plan.
-                std::fs::remove_dir_all(&run).map_err(io(&run))?;
+                std::fs::remove_dir_all(&run).map_err(Error::io(&run))?;
             }
             let cfg_path = configs.join(format!("{name}.toml"));
             let text = toml::to_string_pretty(&cfg)
@@ -122,7 +115,7 @@ pub(super) fn emit(options: &GpuOptions, args: &CompareArgs, dir: &Path) -> Resu
         logs = dir.join("logs").display(),
         qlist = quote(&list.to_string_lossy()),
     );
-    std::fs::create_dir_all(dir.join("logs")).map_err(io(&dir))?;
+    std::fs::create_dir_all(dir.join("logs")).map_err(Error::io(&dir))?;
     crate::fsio::write_atomic(&dir.join("slurm.sh"), slurm.as_bytes())?;
     println!(
         "{n} jobs in {list}\n\
@@ -143,7 +136,7 @@ fn runs_under(path: &Path) -> Result<Vec<PathBuf>> {
         return Ok(vec![path.to_path_buf()]);
     }
     let mut out: Vec<PathBuf> = std::fs::read_dir(path)
-        .map_err(io(path))?
+        .map_err(Error::io(path))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.join("config.toml").is_file())
@@ -165,7 +158,7 @@ pub(super) fn merge(paths: &[PathBuf], out: Option<&Path>) -> Result<()> {
     for path in paths {
         let plan_path = path.join("compare.toml");
         if plan_path.is_file() {
-            let text = std::fs::read_to_string(&plan_path).map_err(io(&plan_path))?;
+            let text = std::fs::read_to_string(&plan_path).map_err(Error::io(&plan_path))?;
             let plan: Plan = toml::from_str(&text).map_err(|e| Error::Format {
                 path: plan_path.clone(),
                 detail: format!("not a comparison's plan ({e})"),
@@ -254,7 +247,7 @@ pub(super) fn merge(paths: &[PathBuf], out: Option<&Path>) -> Result<()> {
     }
     rows.sort_by_key(|r| (r.seed, methods.iter().position(|m| *m == r.method)));
     let dir = out.unwrap_or(&paths[0]).to_path_buf();
-    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    std::fs::create_dir_all(&dir).map_err(Error::io(&dir))?;
     let md = write_tables(&dir, &methods, &rows)?;
     println!("{md}\n(written to {})", dir.display());
     if problems.is_empty() {

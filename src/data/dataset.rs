@@ -132,13 +132,6 @@ impl Default for DataOptions {
     }
 }
 
-pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.into(),
-        source,
-    }
-}
-
 pub(super) fn bad(path: &Path, detail: impl Into<String>) -> Error {
     Error::Format {
         path: path.into(),

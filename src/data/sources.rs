@@ -7,9 +7,7 @@ use crate::data::synthetic::{label_of, SyntheticConfig};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
-use super::dataset::{
-    bad, check_files, io_err, is_image, resolve_within, stratified_split, BODY_PARTS,
-};
+use super::dataset::{bad, check_files, is_image, resolve_within, stratified_split, BODY_PARTS};
 use super::{DataOptions, Dataset, Sample, Source};
 
 impl Dataset {
@@ -105,7 +103,7 @@ impl Dataset {
         let mut skipped = 0;
         let mut read = |split: &str| -> Result<Vec<Sample>> {
             let csv_path = dir.join(format!("{split}_image_paths.csv"));
-            let text = std::fs::read_to_string(&csv_path).map_err(io_err(&csv_path))?;
+            let text = std::fs::read_to_string(&csv_path).map_err(Error::io(&csv_path))?;
             let mut out = Vec::new();
             // No header row: the first line is an image.
             for (i, line) in text.lines().enumerate() {
@@ -147,8 +145,8 @@ impl Dataset {
     pub(super) fn folder(path: &Path, opts: &DataOptions) -> Result<Dataset> {
         let list_classes = |dir: &Path| -> Result<Vec<String>> {
             let mut names = Vec::new();
-            for e in std::fs::read_dir(dir).map_err(io_err(dir))? {
-                let e = e.map_err(io_err(dir))?;
+            for e in std::fs::read_dir(dir).map_err(Error::io(dir))? {
+                let e = e.map_err(Error::io(dir))?;
                 if e.path().is_dir() {
                     names.push(e.file_name().to_string_lossy().into_owned());
                 }
@@ -161,7 +159,7 @@ impl Dataset {
             for (label, class) in classes.iter().enumerate() {
                 let cdir = dir.join(class);
                 let mut files: Vec<PathBuf> = std::fs::read_dir(&cdir)
-                    .map_err(io_err(&cdir))?
+                    .map_err(Error::io(&cdir))?
                     .filter_map(|e| e.ok().map(|e| e.path()))
                     .filter(|p| p.is_file() && is_image(p))
                     .collect();
@@ -211,7 +209,7 @@ impl Dataset {
 
     pub(super) fn csv(path: &Path, opts: &DataOptions) -> Result<Dataset> {
         let root = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let text = std::fs::read(path).map_err(io_err(path))?;
+        let text = std::fs::read(path).map_err(Error::io(path))?;
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
@@ -340,7 +338,7 @@ fn collect_present(dir: &Path, classes: &[String]) -> Result<Vec<Sample>> {
             continue;
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(&cdir)
-            .map_err(io_err(&cdir))?
+            .map_err(Error::io(&cdir))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_file() && is_image(p))
             .collect();
