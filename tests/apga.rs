@@ -485,6 +485,8 @@ fn every_method_trains_end_to_end_and_leaves_a_complete_run() {
         Method::RandomErasing,
         Method::Mixup,
         Method::Cutmix,
+        Method::TrivialAugment,
+        Method::RandAugment,
         Method::Gradcam,
         Method::Apga,
         Method::EndToEnd,

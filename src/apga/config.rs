@@ -21,6 +21,11 @@ pub enum Method {
     Mixup,
     /// CutMix (alpha 1), 1:1 with the original images.
     Cutmix,
+    /// torchvision's TrivialAugmentWide (one operation of 14, magnitude bin uniform over 31),
+    /// applied in-line: the classifier trains on the augmented batch only, the standard use.
+    TrivialAugment,
+    /// torchvision's RandAugment (2 operations, magnitude 9 of 31), applied in-line.
+    RandAugment,
     /// Masks from GradCAM of the frozen baseline classifier, 1:1 with the original images.
     Gradcam,
     /// Adversarial policy gradient augmentation (Algorithm 1).
@@ -40,6 +45,8 @@ impl Method {
             Method::RandomErasing => "random-erasing",
             Method::Mixup => "mixup",
             Method::Cutmix => "cutmix",
+            Method::TrivialAugment => "trivial-augment",
+            Method::RandAugment => "rand-augment",
             Method::Gradcam => "gradcam",
             Method::Apga => "apga",
             Method::EndToEnd => "end-to-end",

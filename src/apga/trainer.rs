@@ -193,6 +193,32 @@ fn method_step(
             let xm = Tensor::from_slice(&ctx.gpu, &imgs, x.shape())?;
             step::mixed_label_step(clf, adam_c, x, &xm, y, &perm, lam)?
         }
+        (Method::TrivialAugment | Method::RandAugment, _, _) => {
+            use crate::data::auto_augment::{augment_batch, AutoAugment};
+            let policy = if cfg.method == Method::TrivialAugment {
+                AutoAugment::TrivialWide
+            } else {
+                AutoAugment::Rand {
+                    ops: 2,
+                    magnitude: 9,
+                }
+            };
+            // Seeded per step, so a resumed run draws the same operations.
+            let mut rng = rand::rngs::StdRng::seed_from_u64(
+                cfg.seed ^ 0x7a17 ^ (steps as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            let mut imgs = batch.images.clone();
+            augment_batch(
+                &mut imgs,
+                batch.len(),
+                cfg.image_size,
+                cfg.normalize,
+                policy,
+                &mut rng,
+            );
+            let xa = Tensor::from_slice(&ctx.gpu, &imgs, x.shape())?;
+            vec![("l_aug", step::classifier_step(clf, adam_c, &xa, y)?)]
+        }
         (Method::Gradcam, _, _) => {
             let f = frozen
                 .as_ref()

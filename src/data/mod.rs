@@ -1,10 +1,11 @@
 //! Layer 8: data. Dataset sources behind one `--data` option (`dataset.rs`), the synthetic
 //! radiograph generator (`synthetic.rs`), the one preprocessing definition every entry point
 //! shares (`preprocess.rs`), batching on worker threads (`loader.rs`) and the baselines'
-//! augmentations (`augment.rs`), and the label-free foreground targets of the policy's warm
+//! augmentations (`augment.rs`, TrivialAugmentWide and RandAugment in `auto_augment.rs`), and the label-free foreground targets of the policy's warm
 //! start (`foreground.rs`).
 
 pub mod augment;
+pub mod auto_augment;
 pub mod dataset;
 pub mod foreground;
 pub mod loader;
