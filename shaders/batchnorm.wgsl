@@ -5,11 +5,15 @@
 // saving it). The input may be a channel slice of a larger buffer (x_c_total, x_c_off).
 //
 // stats layout [3, C]: mean, invstd, biased variance.
+//
+// Where hw is a multiple of 4 (`quad`), the per-element kernels have vec4 twins (`*4`) that
+// read and write four pixels per invocation: a quarter of the index arithmetic (integer
+// divisions are slow on CPU drivers) and vector loads. Their lanes then count quads.
 
 struct Params {
     n: u32, c: u32, hw: u32, x_c_total: u32,
     x_c_off: u32, train: u32, relu: u32, lanes: u32,
-    eps: f32, momentum: f32, _p1: f32, _p2: f32,
+    eps: f32, momentum: f32, quad: u32, _p2: f32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -57,6 +61,14 @@ fn stats_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     part_out[total + g] = q;
 }
 
+// Values lane j of a plane covers: every lanes-th pixel, or every lanes-th quad of 4.
+fn lane_count(j: u32) -> u32 {
+    if (P.quad != 0u) {
+        return 4u * ((P.hw / 4u - j + P.lanes - 1u) / P.lanes);
+    }
+    return (P.hw - j + P.lanes - 1u) / P.lanes;
+}
+
 // ---- statistics, pass 2: combine a channel's partials (Chan et al.'s parallel variance) ----
 @group(0) @binding(1) var<storage, read_write> stats_out: array<f32>;
 @group(0) @binding(2) var<storage, read> part_in: array<f32>;
@@ -75,7 +87,7 @@ fn stats_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var n = 0u; n < P.n; n = n + 1u) {
         let base = (c * P.n + n) * lanes;
         for (var j = 0u; j < lanes; j = j + 1u) {
-            let nb = f32((P.hw - j + lanes - 1u) / lanes);
+            let nb = f32(lane_count(j));
             let mb = part_in[base + j];
             let both = cnt + nb;
             let delta = mb - mean;
@@ -269,4 +281,129 @@ fn affine(@builtin(global_invocation_id) gid: vec3<u32>) {
     let scale = gamma_d[c] * stats_d[P.c + c];
     affine_out[c] = scale;
     affine_out[P.c + c] = beta_d[c] - stats_d[c] * scale;
+}
+
+// ---- vec4 twins (hw a multiple of 4; lanes count quads) ----
+@group(0) @binding(2) var<storage, read> x4_in: array<vec4<f32>>;
+
+fn hsum(v: vec4<f32>) -> f32 {
+    return v.x + v.y + v.z + v.w;
+}
+
+@compute @workgroup_size(64)
+fn stats_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = (wid.x + wid.y * nwg.x) * 64u + lid.x;
+    let lanes = P.lanes;
+    let total = P.c * P.n * lanes;
+    if (g >= total) {
+        return;
+    }
+    let j = g % lanes;
+    let cn = g / lanes;
+    let base = x_index(cn % P.n, cn / P.n, 0u) / 4u;
+    let q4 = P.hw / 4u;
+    var s = vec4<f32>(0.0);
+    var cnt = 0u;
+    for (var p = j; p < q4; p = p + lanes) {
+        s = s + x4_in[base + p];
+        cnt = cnt + 4u;
+    }
+    let mean = hsum(s) / f32(max(cnt, 1u));
+    var q = vec4<f32>(0.0);
+    for (var p = j; p < q4; p = p + lanes) {
+        let d = x4_in[base + p] - vec4<f32>(mean);
+        q = q + d * d;
+    }
+    part_out[g] = mean;
+    part_out[total + g] = hsum(q);
+}
+
+@group(0) @binding(1) var<storage, read_write> y4_out: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> xa4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid.x;
+    let q4 = P.hw / 4u;
+    if (i >= P.n * P.c * q4) {
+        return;
+    }
+    let plane = i / q4;
+    let n = plane / P.c;
+    let c = plane % P.c;
+    var y = (xa4[x_index(n, c, 0u) / 4u + i % q4] - vec4<f32>(stats_a[c])) * stats_a[P.c + c]
+        * gamma_a[c] + vec4<f32>(beta_a[c]);
+    if (P.relu != 0u) {
+        y = max(y, vec4<f32>(0.0));
+    }
+    y4_out[i] = y;
+}
+
+@group(0) @binding(2) var<storage, read> xb4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> dyb4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn bwd_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = (wid.x + wid.y * nwg.x) * 64u + lid.x;
+    let lanes = P.lanes;
+    let total = P.c * P.n * lanes;
+    if (g >= total) {
+        return;
+    }
+    let j = g % lanes;
+    let cn = g / lanes;
+    let n = cn % P.n;
+    let c = cn / P.n;
+    let mean = vec4<f32>(stats_b[c]);
+    let invstd = stats_b[P.c + c];
+    let gm = gamma_b[c];
+    let bt = vec4<f32>(beta_b[c]);
+    let xbase = x_index(n, c, 0u) / 4u;
+    let q4 = P.hw / 4u;
+    let dbase = (n * P.c + c) * q4;
+    var sdy = vec4<f32>(0.0);
+    var sdyx = vec4<f32>(0.0);
+    for (var p = j; p < q4; p = p + lanes) {
+        let xhat = (xb4[xbase + p] - mean) * invstd;
+        var d = dyb4[dbase + p];
+        if (P.relu != 0u) {
+            d = select(d, vec4<f32>(0.0), xhat * gm + bt <= vec4<f32>(0.0));
+        }
+        sdy = sdy + d;
+        sdyx = sdyx + d * xhat;
+    }
+    bpart_out[g] = hsum(sdy);
+    bpart_out[total + g] = hsum(sdyx);
+}
+
+@group(0) @binding(1) var<storage, read_write> dx4_out: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> xc4: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> dyc4: array<vec4<f32>>;
+
+@compute @workgroup_size(256)
+fn bwd_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + lid.x;
+    let q4 = P.hw / 4u;
+    if (i >= P.n * P.c * q4) {
+        return;
+    }
+    let plane = i / q4;
+    let n = plane / P.c;
+    let c = plane % P.c;
+    let invstd = stats_c[P.c + c];
+    let g = gamma_c[c];
+    let xhat = (xc4[x_index(n, c, 0u) / 4u + i % q4] - vec4<f32>(stats_c[c])) * invstd;
+    var d = dyc4[i];
+    if (P.relu != 0u) {
+        d = select(d, vec4<f32>(0.0), xhat * g + vec4<f32>(beta_c[c]) <= vec4<f32>(0.0));
+    }
+    if (P.train != 0u) {
+        let m = f32(P.n * P.hw);
+        d = d - (vec4<f32>(dbeta_c[c]) + xhat * dgamma_c[c]) / m;
+    }
+    dx4_out[i] = g * invstd * d;
 }

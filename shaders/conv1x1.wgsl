@@ -6,13 +6,18 @@
 // gradient [co, hw]. Barrier-free, 8 rows x 8 columns per invocation over vec4 loads, as
 // matmul_vec4.wgsl's main_8x8 (the fastest matmul on CPU drivers). Requires K and N to be
 // multiples of 4 and the batch strides and offsets to be multiples of 4; the host checks.
+//
+// Split-K (`k_split` > 0, for adapters with far more lanes than the product has 8x8 blocks):
+// z = image + imgs * split; split s sums K rows [s k_split, (s + 1) k_split) into its own
+// partial product at c + s * split_stride (bias in split 0 only), and `splitk_sum` adds the
+// `splits` partials into the output.
 
 //#include gemm8x8
 
 struct Params {
     m: u32, n: u32, k: u32, lda: u32,           // lda: row length of A (elements)
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,   // element strides / offsets
-    _p0: u32, _p1: u32, _p2: u32, _p3: u32,
+    k_split: u32, imgs: u32, split_stride: u32, splits: u32,  // split-K (conv1x1.wgsl)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -41,9 +46,16 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (row0 >= P.m || cq0 >= n4) {
         return;
     }
-    let img = gid.z;
+    let img = gid.z % P.imgs;
+    let split = gid.z / P.imgs;
     let bb = (img * P.b_batch + P.b_off) / 4u;
-    let cb = (img * P.c_batch + P.c_off) / 4u;
+    let cb = (img * P.c_batch + P.c_off + split * P.split_stride) / 4u;
+    var kq_begin = 0u;
+    var kq_end = k4;
+    if (P.k_split > 0u) {
+        kq_begin = split * (P.k_split / 4u);
+        kq_end = min(k4, kq_begin + P.k_split / 4u);
+    }
     let cq1 = min(cq0 + 1u, n4 - 1u);
     var arow: array<u32, 8>;
     for (var i = 0u; i < 8u; i = i + 1u) {
@@ -55,7 +67,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc0[i] = vec4<f32>(0.0);
         acc1[i] = vec4<f32>(0.0);
     }
-    for (var kq = 0u; kq < k4; kq = kq + 1u) {
+    for (var kq = kq_begin; kq < kq_end; kq = kq + 1u) {
         let k0 = kq * 4u;
         let kb = bb + k0 * n4;
         let b00 = load_b(kb + cq0, k0);
@@ -76,11 +88,32 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = 0u; i < 8u; i = i + 1u) {
         let r = row0 + i;
         if (r < P.m) {
-            let bv = vec4<f32>(bias[r]);
+            let bv = vec4<f32>(select(0.0, bias[r], split == 0u));
             c[cb + r * n4 + cq0] = acc0[i] + bv;
             if (has1) {
                 c[cb + r * n4 + cq0 + 1u] = acc1[i] + bv;
             }
         }
     }
+}
+
+// Split-K reduction: out[img][r, q] = sum over s of partial[s][img][r, q] (vec4 q), the output
+// placed by c_batch / c_off as `main` places it; the partials (bound as `a`) are contiguous
+// [splits, imgs, m, n].
+@compute @workgroup_size(64)
+fn splitk_sum(@builtin(global_invocation_id) gid: vec3<u32>,
+              @builtin(num_workgroups) nwg: vec3<u32>) {
+    let n4 = P.n / 4u;
+    let per_img = P.m * n4;
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if (i >= P.imgs * per_img) {
+        return;
+    }
+    let img = i / per_img;
+    let rq = i % per_img;
+    var acc = vec4<f32>(0.0);
+    for (var s = 0u; s < P.splits; s = s + 1u) {
+        acc = acc + a[s * (P.split_stride / 4u) + i];
+    }
+    c[(img * P.c_batch + P.c_off) / 4u + rq] = acc;
 }

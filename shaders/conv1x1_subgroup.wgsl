@@ -15,7 +15,7 @@
 struct Params {
     m: u32, n: u32, k: u32, lda: u32,
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
-    _p0: u32, _p1: u32, _p2: u32, _p3: u32,
+    k_split: u32, imgs: u32, split_stride: u32, splits: u32,  // split-K (conv1x1.wgsl)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;

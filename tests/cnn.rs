@@ -143,6 +143,9 @@ fn batch_norm_matches_cpu_in_train_and_eval() {
         (2, 13, 1, 1),
         // More pixels than reduction lanes (64), not a multiple of them.
         (3, 4, 11, 13),
+        // Planes of whole quads (the vec4 kernels): 80 quads over 64 lanes, and one quad.
+        (2, 3, 16, 20),
+        (3, 2, 2, 2),
     ] {
         let x = uniform(&mut r, n * c * h * w, -2.0, 3.0);
         let gamma = uniform(&mut r, c, 0.5, 1.5);

@@ -12,9 +12,14 @@ use common::*;
 fn conv1x1_gemm_path_matches_cpu() {
     // With autotuning off the 1x1 GEMM kernel is the default wherever it applies (hw and the
     // reduced channels multiples of 4), so this context exercises it deterministically; the
-    // second context forces the subgroup variant of the GEMM where the adapter has subgroups.
-    for overrides in [vec![], vec![("gemm-batched".into(), "subgroup".into())]] {
-        let forced = !overrides.is_empty();
+    // second context forces the subgroup variant of the GEMM where the adapter has subgroups,
+    // the third split-K (partial products along K, then `splitk_sum`).
+    for overrides in [
+        vec![],
+        vec![("gemm-batched".into(), "subgroup".into())],
+        vec![("gemm-batched".into(), "splitk".into())],
+    ] {
+        let forced = overrides.first().map(|(_, v): &(String, String)| v.clone());
         let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
             autotune: false,
             kernel_overrides: overrides,
@@ -25,10 +30,10 @@ fn conv1x1_gemm_path_matches_cpu() {
         conv1x1_gemm_matches_cpu_on(&g);
         // The profiler saw the kernel the context was meant to run.
         let ran = g.profile_report().unwrap().unwrap().table(100);
-        let want = if forced && g.has_subgroups() {
-            "conv1x1_subgroup::main"
-        } else {
-            "conv1x1::main"
+        let want = match forced.as_deref() {
+            Some("subgroup") if g.has_subgroups() => "conv1x1_subgroup::main",
+            Some("splitk") => "conv1x1::splitk_sum",
+            _ => "conv1x1::main",
         };
         assert!(ran.contains(want), "{want} did not run:\n{ran}");
     }
@@ -43,6 +48,9 @@ fn conv1x1_gemm_matches_cpu_on(g: &apga_gpu::Gpu) {
         (1, 12, 2, 2, 9),
         (3, 4, 7, 4, 12),
         (2, 32, 8, 8, 16),
+        // Long enough along K to split (2-4 splits; 52 splits unevenly as 20 + 20 + 12).
+        (2, 64, 4, 4, 8),
+        (1, 52, 4, 2, 6),
     ] {
         let hw = h * w;
         let x = uniform(&mut r, n * ci * hw, -1.0, 1.0);

@@ -478,6 +478,8 @@ fn grad_batch_norm2d() {
         (1, 2, 5, 3),
         (3, 5, 1, 1),
         (2, 2, 9, 9),
+        // Planes of whole quads (the vec4 kernels), 36 quads per plane.
+        (2, 2, 12, 12),
     ]
     .iter()
     .enumerate()

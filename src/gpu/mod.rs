@@ -197,6 +197,17 @@ impl Gpu {
         (self.inner.limits.max_storage_buffer_binding_size / 4) as usize
     }
 
+    /// Invocations a kernel should offer to keep this adapter busy: a CPU driver (lavapipe,
+    /// llvmpipe, SwiftShader) runs a few thousand at a time across its cores, a GPU a hundred
+    /// thousand or more (an H100 holds 132 x 2048 resident). Kernels that can split their
+    /// reduction (weight gradients, split-K GEMM) size the split by it.
+    pub fn parallelism(&self) -> usize {
+        match self.inner.info.device_type {
+            wgpu::DeviceType::Cpu => 4096,
+            _ => 1 << 17,
+        }
+    }
+
     /// See [`GpuOptions::workspace_bytes`].
     pub fn workspace_bytes(&self) -> usize {
         self.inner.workspace_bytes

@@ -36,7 +36,7 @@ crate::kernel_params! {
     pub struct BnParams {
         n: u32, c: u32, hw: u32, x_c_total: u32,
         x_c_off: u32, train: u32, relu: u32, lanes: u32,
-        eps: f32, momentum: f32, _p1: f32, _p2: f32,
+        eps: f32, momentum: f32, quad: u32, _p2: f32,
     }
 }
 
@@ -56,6 +56,7 @@ pub(crate) fn params(
         train: cfg.training as u32,
         relu: cfg.relu as u32,
         lanes: reduction_lanes(hw) as u32,
+        quad: hw.is_multiple_of(4) as u32,
         eps: cfg.eps,
         momentum: cfg.momentum,
         ..Default::default()
@@ -63,9 +64,25 @@ pub(crate) fn params(
 }
 
 /// Lanes per (image, channel) plane of the barrier-free per-channel reductions: each lane
-/// sums every `lanes`-th pixel, and a second pass combines the `n * lanes` partials.
+/// sums every `lanes`-th pixel (every `lanes`-th quad of 4 where hw is a multiple of 4), and a
+/// second pass combines the `n * lanes` partials.
 fn reduction_lanes(hw: usize) -> usize {
-    hw.clamp(1, 64)
+    if hw.is_multiple_of(4) {
+        (hw / 4).clamp(1, 64)
+    } else {
+        hw.clamp(1, 64)
+    }
+}
+
+/// The kernel `entry`, or its vec4 twin (`entry4`) where the planes are whole quads.
+fn entry(p: &BnParams, scalar: &'static str, quad: &'static str) -> Kernel<'static> {
+    Kernel::new(&BATCHNORM, if p.quad != 0 { quad } else { scalar })
+}
+
+/// Workgroups of 256 for the per-element kernels (one invocation per value or quad).
+fn element_grid(gpu: &Gpu, p: &BnParams) -> [u32; 3] {
+    let per = if p.quad != 0 { 4 } else { 1 };
+    gpu.grid(((p.n * p.c * p.hw) as usize / per).div_ceil(256))
 }
 
 /// Workgroups of 64 for one invocation per (channel, image, lane), and the partial count.
@@ -113,11 +130,11 @@ pub fn batch_norm2d(
     let stats = batch_stats(gpu, x.storage(), &p, running, &cfg)?;
     let out = gpu.alloc(x.numel(), x.shape())?;
     gpu.dispatch(
-        &Kernel::new(&BATCHNORM, "apply"),
+        &entry(&p, "apply", "apply4"),
         p.as_words(),
         &[&out],
         &[x.storage(), &stats, gamma.storage(), beta.storage()],
-        gpu.grid(x.numel().div_ceil(256)),
+        element_grid(gpu, &p),
     )?;
     let stats = Tensor::from_storage(std::sync::Arc::new(stats), &[3, c], false);
     Ok(autodiff::track(out, x.shape(), &[x, gamma, beta], || {
@@ -146,7 +163,7 @@ pub(crate) fn batch_stats(
         let (grid, parts) = partial_grid(gpu, p);
         let part = gpu.alloc(2 * parts, &[2, parts])?;
         gpu.dispatch(
-            &Kernel::new(&BATCHNORM, "stats_partial"),
+            &entry(p, "stats_partial", "stats_partial4"),
             p.as_words(),
             &[&part],
             &[x],
@@ -225,7 +242,7 @@ pub(crate) fn backward_raw(
     let (grid, parts) = partial_grid(gpu, p);
     let part = gpu.alloc(2 * parts, &[2, parts])?;
     gpu.dispatch(
-        &Kernel::new(&BATCHNORM, "bwd_partial"),
+        &entry(p, "bwd_partial", "bwd_partial4"),
         p.as_words(),
         &[&part],
         &[x, dy, stats, gamma.storage(), beta.storage()],
@@ -242,7 +259,7 @@ pub(crate) fn backward_raw(
         let len = n * c * hw;
         let dx = gpu.alloc(len, &[n, c, hw])?;
         gpu.dispatch(
-            &Kernel::new(&BATCHNORM, "bwd_apply"),
+            &entry(p, "bwd_apply", "bwd_apply4"),
             p.as_words(),
             &[&dx],
             &[
@@ -254,7 +271,7 @@ pub(crate) fn backward_raw(
                 &dgamma,
                 &dbeta,
             ],
-            gpu.grid(len.div_ceil(256)),
+            element_grid(gpu, p),
         )?;
         Some(dx)
     } else {

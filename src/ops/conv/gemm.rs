@@ -54,7 +54,10 @@ pub(super) fn batched_gemm(
         b_off: u(d.b_off),
         c_batch: u(d.c_batch),
         c_off: u(d.c_off),
-        ..Default::default()
+        k_split: 0,
+        imgs: u(d.imgs),
+        split_stride: 0,
+        splits: 1,
     };
     let wg = [
         (d.n / 4).div_ceil(2).div_ceil(8) as u32,
@@ -63,17 +66,34 @@ pub(super) fn batched_gemm(
     ];
     check_groups(gpu, "conv (batched GEMM)", g, wg)?;
     let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
-    let run = |shader: &'static crate::gpu::Shader| {
-        gpu.dispatch(
+    let run = |kernel: Variant| match kernel {
+        Variant::Plain(shader) => gpu.dispatch(
             &Kernel::new(shader, "main").with(&constants),
             params.as_words(),
             &[out],
             &[a, b, bias, prologue.unwrap_or(bias)],
             wg,
-        )
+        ),
+        Variant::SplitK(k_split) => split_k(
+            gpu,
+            d,
+            params,
+            k_split,
+            (a, b, bias, out),
+            &constants,
+            prologue,
+        ),
     };
-    if !gpu.has_subgroups() {
-        return run(&CONV1X1);
+    let k_split = split_k_rows(gpu, d);
+    let mut cands = vec![("vec4", Variant::Plain(&CONV1X1))];
+    if gpu.has_subgroups() {
+        cands.push(("subgroup", Variant::Plain(&CONV1X1_SUBGROUP)));
+    }
+    if let Some(ks) = k_split {
+        cands.push(("splitk", Variant::SplitK(ks)));
+    }
+    if cands.len() == 1 {
+        return run(cands[0].1);
     }
     let key = format!(
         "gemm-batched/m{}/n{}/k{}/i{}",
@@ -82,9 +102,84 @@ pub(super) fn batched_gemm(
         autotune::bucket(d.k),
         autotune::bucket(d.imgs)
     );
-    let cands = [("vec4", &CONV1X1), ("subgroup", &CONV1X1_SUBGROUP)];
-    let shader = autotune::choose(gpu, &key, &["vec4", "subgroup"], &cands, 0, run)?;
-    run(shader)
+    let kernel = autotune::choose(gpu, &key, &["vec4", "subgroup", "splitk"], &cands, 0, run)?;
+    run(kernel)
+}
+
+/// A batched-GEMM kernel: the whole reduction per invocation, or split along K.
+#[derive(Clone, Copy)]
+enum Variant {
+    Plain(&'static crate::gpu::Shader),
+    /// K rows per split (a multiple of 4).
+    SplitK(usize),
+}
+
+/// K rows per split when splitting pays: the product has fewer 8x8 blocks than the adapter
+/// has lanes to run (`Gpu::parallelism`) and K is long enough to split into slices of at
+/// least 16 rows; the partial products stay under 64 MiB. `None` otherwise.
+fn split_k_rows(gpu: &Gpu, d: &BatchedGemm) -> Option<usize> {
+    let blocks = (d.n / 4).div_ceil(2) * d.m.div_ceil(8) * d.imgs;
+    let per_split = d.imgs * d.m * d.n * 4;
+    let by_memory = (64 << 20) / per_split.max(1);
+    let splits = (gpu.parallelism() / blocks.max(1))
+        .min(d.k / 16)
+        .min(by_memory)
+        .min(64);
+    if splits < 2 {
+        return None;
+    }
+    // Rows per split rounded up to 4; the last split may be shorter.
+    let rows = d.k.div_ceil(splits).div_ceil(4) * 4;
+    (d.k.div_ceil(rows) >= 2).then_some(rows)
+}
+
+/// Split-K: each split's partial product into a scratch buffer, then `splitk_sum` adds them
+/// into the output where the plain kernel would have written it.
+fn split_k(
+    gpu: &Gpu,
+    d: &BatchedGemm,
+    params: BatchedGemmParams,
+    k_split: usize,
+    (a, b, bias, out): (&Storage, &Storage, &Storage, &Storage),
+    constants: &[(&'static str, f64)],
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let splits = d.k.div_ceil(k_split);
+    let stride = d.imgs * d.m * d.n;
+    let partial = gpu.alloc(splits * stride, &[splits, stride])?;
+    let u = |v: usize| v as u32;
+    let p = BatchedGemmParams {
+        c_batch: u(d.m * d.n),
+        c_off: 0,
+        k_split: u(k_split),
+        split_stride: u(stride),
+        splits: u(splits),
+        ..params
+    };
+    let wg = [
+        (d.n / 4).div_ceil(2).div_ceil(8) as u32,
+        d.m.div_ceil(8).div_ceil(8) as u32,
+        (d.imgs * splits) as u32,
+    ];
+    gpu.dispatch(
+        &Kernel::new(&CONV1X1, "main").with(constants),
+        p.as_words(),
+        &[&partial],
+        &[a, b, bias, prologue.unwrap_or(bias)],
+        wg,
+    )?;
+    let sum = BatchedGemmParams {
+        splits: u(splits),
+        split_stride: u(stride),
+        ..params
+    };
+    gpu.dispatch(
+        &Kernel::new(&CONV1X1, "splitk_sum"),
+        sum.as_words(),
+        &[out],
+        &[&partial],
+        gpu.grid((stride / 4).div_ceil(64)),
+    )
 }
 
 /// The batched-GEMM kernel for a 1x1 convolution: out[n][:, dst] = a (m x k, rows of `lda`) *
@@ -189,7 +284,7 @@ crate::kernel_params! {
     pub struct BatchedGemmParams {
         m: u32, n: u32, k: u32, lda: u32,
         b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
-        _p0: u32, _p1: u32, _p2: u32, _p3: u32,
+        k_split: u32, imgs: u32, split_stride: u32, splits: u32,
     }
 }
 

@@ -56,9 +56,9 @@ pub(super) fn wgrad_blocked(
     let ktot = g.ci * g.kh * g.kw;
     let rows = g.n * g.oh;
     let blocks = ktot.div_ceil(block) * g.co.div_ceil(block);
-    // Enough chunks to give ~4096 invocations, each chunk at least one row, partial sums at
-    // most 32 MiB, and at most 1024 chunks.
-    let by_parallelism = 4096usize.div_ceil(blocks);
+    // Enough chunks to keep the adapter busy (`Gpu::parallelism`), each chunk at least one
+    // row, partial sums at most 32 MiB, and at most 1024 chunks.
+    let by_parallelism = gpu.parallelism().div_ceil(blocks);
     let by_memory = ((32 << 20) / (4 * g.co * ktot)).max(1);
     let chunks = by_parallelism.min(by_memory).min(rows).clamp(1, 1024);
     let rows_per_chunk = rows.div_ceil(chunks);
@@ -106,8 +106,8 @@ pub(super) fn wgrad_gemm(
     let q_img = g.oh * g.ow / 4;
     let group = im2col_group(gpu, g);
     let blocks = (kpad / 4).div_ceil(2) * g.co.div_ceil(8);
-    // Chunks per image group: ~4096 invocations in all, partial sums at most 32 MiB.
-    let by_parallelism = 4096usize.div_ceil(blocks);
+    // Chunks per image group: enough invocations for the adapter, partial sums at most 32 MiB.
+    let by_parallelism = gpu.parallelism().div_ceil(blocks);
     let by_memory = ((32 << 20) / (4 * g.co * kpad) / g.n.div_ceil(group)).max(1);
     let plan: Vec<(usize, usize, usize)> = (0..g.n)
         .step_by(group)
