@@ -89,6 +89,67 @@ fn emitted_jobs_merged_equal_a_plain_comparison() {
 }
 
 #[test]
+fn compare_runs_jobs_on_several_adapters_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let run = |device: Option<&str>, out: &str| {
+        let mut cmd = bin();
+        if let Some(d) = device {
+            cmd.args(["--device", d]);
+        }
+        let o = cmd
+            .args(["--no-autotune", "compare", "--methods", "baseline,cutout"])
+            .args(["--seeds", "2", "--quiet", "--config"])
+            .arg(&cfg)
+            .arg("--pretrained-cache")
+            .arg(p("cache"))
+            .arg("--out")
+            .arg(p(out))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "{err}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let table = |d: &str| std::fs::read_to_string(dir.path().join(d).join("per_seed.csv")).unwrap();
+    run(None, "plain");
+    // The same adapter twice: two workers at once, and the table as the sequential one's.
+    let stdout = run(Some("0,0"), "twice");
+    assert_eq!(table("twice"), table("plain"), "{stdout}");
+    // Two adapters where the machine has them (CI: lavapipe on Vulkan, llvmpipe on GL).
+    let listing = bin().arg("devices").output().unwrap();
+    let adapters = String::from_utf8_lossy(&listing.stdout)
+        .lines()
+        .filter(|l| {
+            l.trim_start()
+                .trim_start_matches('*')
+                .trim()
+                .starts_with(char::is_numeric)
+        })
+        .count();
+    if adapters >= 2 {
+        run(Some("0,1"), "both");
+        let mut used = std::collections::HashSet::new();
+        for m in ["baseline", "cutout"] {
+            for seed in 0..2 {
+                let s: serde_json::Value = serde_json::from_slice(
+                    &std::fs::read(dir.path().join(format!("both/{m}-seed{seed}/summary.json")))
+                        .unwrap(),
+                )
+                .unwrap();
+                used.insert(s["adapter"].as_str().unwrap().to_string());
+            }
+        }
+        assert_eq!(used.len(), 2, "runs used {used:?}");
+    }
+    // A list is for compare only.
+    let out = bin().args(["--device", "0,1", "train"]).output().unwrap();
+    common::assert_refused(&out, &["--device", "compare"]);
+}
+
+#[test]
 fn body_parts_give_the_papers_table_two() {
     // A fake MURA tree with two body parts (a few 32x32 images per class and split).
     let dir = tempfile::tempdir().unwrap();

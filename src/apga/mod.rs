@@ -93,6 +93,9 @@ pub struct Summary {
     pub final_metrics: Metrics,
     pub steps: usize,
     pub seconds: f64,
+    /// The adapter the run trained on ("name (backend)"); absent in older summaries.
+    #[serde(default)]
+    pub adapter: Option<String>,
 }
 
 /// Options outside the configuration: where and how verbosely.

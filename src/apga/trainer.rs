@@ -613,6 +613,11 @@ pub(crate) fn train_inner(
         final_metrics: last,
         steps,
         seconds: start.elapsed().as_secs_f64(),
+        adapter: Some(format!(
+            "{} ({:?})",
+            ctx.gpu.info().name,
+            ctx.gpu.info().backend
+        )),
     };
     let text = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Incomplete(e.to_string()))?;
     crate::fsio::write_atomic(&run_dir.join("summary.json"), &text)?;

@@ -42,6 +42,7 @@ pub struct CompareArgs {
 }
 
 /// One run of a comparison: its best evaluation (plain accuracy, the same rule for all).
+#[derive(Clone)]
 pub(super) struct Row {
     pub(super) method: Method,
     pub(super) seed: u64,
@@ -229,7 +230,11 @@ pub(super) struct Plan {
     pub(super) config: TrainConfig,
 }
 
-pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<()> {
+pub fn compare(
+    options: &crate::gpu::GpuOptions,
+    devices: &[String],
+    args: &CompareArgs,
+) -> Result<()> {
     if !args.body_parts.is_empty() && (args.emit_jobs.is_some() || !args.merge.is_empty()) {
         return Err(Error::usage(
             "--body-parts",
@@ -261,7 +266,7 @@ pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<(
             ))
         });
     if args.body_parts.is_empty() {
-        compare_one(options, args, &dir, None)?;
+        compare_one(options, devices, args, &dir, None)?;
         return Ok(());
     }
     if !args.train.resolve()?.data.starts_with("mura:") {
@@ -282,7 +287,7 @@ pub fn compare(options: &crate::gpu::GpuOptions, args: &CompareArgs) -> Result<(
     let mut table = Vec::new();
     for part in &parts {
         println!("== body part {part}");
-        let (methods, rows) = compare_one(options, args, &dir.join(part), Some(part))?;
+        let (methods, rows) = compare_one(options, devices, args, &dir.join(part), Some(part))?;
         table.push((part.clone(), methods, rows));
         write_table2(&dir, &table)?;
     }
@@ -337,6 +342,7 @@ fn write_table2(dir: &Path, table: &[(String, Vec<Method>, Vec<Row>)]) -> Result
 /// part; returns its methods and rows.
 fn compare_one(
     options: &crate::gpu::GpuOptions,
+    devices: &[String],
     args: &CompareArgs,
     dir: &Path,
     body_part: Option<&str>,
@@ -374,43 +380,100 @@ fn compare_one(
     };
     apga::install_interrupt_handler();
     let base = plan.config.clone();
+    let jobs: Vec<(u64, Method)> = (0..plan.seeds)
+        .flat_map(|i| plan.methods.iter().map(move |&m| (base.seed + i, m)))
+        .collect();
+    // One run of the plan on the adapter `device` (None: the caller's choice).
+    let run_job = |(seed, method): (u64, Method), device: Option<&String>| -> Result<Row> {
+        let cfg = TrainConfig {
+            method,
+            seed,
+            ..base.clone()
+        };
+        let run = dir.join(format!("{}-seed{seed}", method.name()));
+        let mut gpu = options.clone();
+        if let Some(d) = device {
+            gpu.device = Some(d.clone());
+        }
+        let opts = RunOptions {
+            out: Some(run.clone()),
+            quiet: args.train.quiet,
+            gpu,
+            pretrained_cache: args.train.pretrained_cache.clone(),
+            stop_after_steps: None,
+            // Resuming: a run that never committed a state starts again.
+            overwrite: args.train.overwrite || resuming,
+        };
+        let s = if resuming && run.join("summary.json").is_file() {
+            println!("{} seed {seed}: finished earlier", method.name());
+            apga::read_summary(&run)?
+        } else if resuming && run.join("train_state.json").is_file() {
+            apga::resume(&run, &opts)?
+        } else {
+            apga::train(cfg, &opts)?
+        };
+        println!(
+            "{} seed {seed}: accuracy {:.3} (converged baseline {:.3}){}",
+            method.name(),
+            s.best.accuracy,
+            s.pretrained.accuracy,
+            device
+                .map(|_| format!(" on {}", s.adapter.as_deref().unwrap_or("?")))
+                .unwrap_or_default()
+        );
+        Ok(Row::of(method, seed, &s))
+    };
     let mut rows: Vec<Row> = Vec::new();
     let mut md = String::new();
-    for i in 0..plan.seeds {
-        let seed = base.seed + i;
-        for &method in &plan.methods {
-            let cfg = TrainConfig {
-                method,
-                seed,
-                ..base.clone()
-            };
-            let run = dir.join(format!("{}-seed{seed}", method.name()));
-            let opts = RunOptions {
-                out: Some(run.clone()),
-                quiet: args.train.quiet,
-                gpu: options.clone(),
-                pretrained_cache: args.train.pretrained_cache.clone(),
-                stop_after_steps: None,
-                // Resuming: a run that never committed a state starts again.
-                overwrite: args.train.overwrite || resuming,
-            };
-            let s = if resuming && run.join("summary.json").is_file() {
-                println!("{} seed {seed}: finished earlier", method.name());
-                apga::read_summary(&run)?
-            } else if resuming && run.join("train_state.json").is_file() {
-                apga::resume(&run, &opts)?
-            } else {
-                apga::train(cfg, &opts)?
-            };
-            println!(
-                "{} seed {seed}: accuracy {:.3} (converged baseline {:.3})",
-                method.name(),
-                s.best.accuracy,
-                s.pretrained.accuracy
-            );
-            rows.push(Row::of(method, seed, &s));
+    if devices.len() <= 1 {
+        for &job in &jobs {
+            rows.push(run_job(job, None)?);
             md = write_tables(dir, &plan.methods, &rows)?;
         }
+    } else {
+        // One worker per adapter, each taking the next job of the plan; rows are tabled in
+        // the plan's order as they finish. The converged baseline of a seed is trained by
+        // whichever job needs it first; the cache's lock makes the other wait and load it.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Row>)>();
+        std::thread::scope(|scope| -> Result<()> {
+            for device in devices {
+                let (tx, next, failed, jobs, run_job) =
+                    (tx.clone(), &next, &failed, &jobs, &run_job);
+                scope.spawn(move || loop {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    let i = next.fetch_add(1, SeqCst);
+                    if i >= jobs.len() || failed.load(SeqCst) || apga::interrupted() {
+                        return;
+                    }
+                    let r = run_job(jobs[i], Some(device));
+                    if r.is_err() {
+                        failed.store(true, SeqCst);
+                    }
+                    if tx.send((i, r)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(tx);
+            let mut done: Vec<(usize, Row)> = Vec::new();
+            let mut first_error = None;
+            for (i, r) in rx {
+                match r {
+                    Ok(row) => {
+                        done.push((i, row));
+                        done.sort_by_key(|(i, _)| *i);
+                        rows = done.iter().map(|(_, r)| r.clone()).collect();
+                        md = write_tables(dir, &plan.methods, &rows)?;
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            first_error.map_or(Ok(()), Err)
+        })?;
     }
     println!("\n{md}\n(written to {})", dir.display());
     Ok((plan.methods, rows))

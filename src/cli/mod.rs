@@ -22,7 +22,8 @@ use crate::gpu::adapter::{self, Request};
 #[command(name = "apga-gpu", version, about)]
 pub struct Cli {
     /// Adapter to use: a name substring or an index from `apga-gpu devices`
-    /// (default: WGPU_ADAPTER_NAME, else the most capable adapter).
+    /// (default: WGPU_ADAPTER_NAME, else the most capable adapter). `compare` takes a
+    /// comma-separated list and runs its jobs on those adapters at once.
     #[arg(long, global = true, env = "APGA_DEVICE")]
     pub device: Option<String>,
 
@@ -224,7 +225,21 @@ pub fn run(cli: Cli) -> Result<()> {
         return devices(cli.device.as_deref());
     }
     let mut gpu = crate::gpu::GpuOptions::from_env()?;
-    gpu.device = cli.device.clone();
+    // `--device A,B`: several adapters, for `compare` only.
+    let adapters: Vec<String> = cli
+        .device
+        .iter()
+        .flat_map(|d| d.split(','))
+        .map(|d| d.trim().to_string())
+        .filter(|d| !d.is_empty())
+        .collect();
+    if adapters.len() > 1 && !matches!(cli.command, Command::Compare(_)) {
+        return Err(Error::usage(
+            "--device",
+            "names one adapter; a list (A,B) is for `compare`, which runs its jobs on each",
+        ));
+    }
+    gpu.device = adapters.first().cloned();
     if cli.no_autotune {
         gpu.autotune = false;
     }
@@ -235,7 +250,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Data(args) => data::run(&args),
         Command::Train(args) => train::run(&gpu, &args),
         Command::Eval(args) => eval::eval(&gpu, &args),
-        Command::Compare(args) => compare::compare(&gpu, &args),
+        Command::Compare(args) => compare::compare(&gpu, &adapters, &args),
         Command::Bench(args) => bench::bench(&gpu, &args),
     }
 }
