@@ -407,3 +407,84 @@ fn bwd_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     dx4_out[i] = g * invstd * d;
 }
+
+// ---- workgroup twins of the combine passes (one workgroup of 64 per channel) ----
+// The serial combines above loop over all n * lanes partials of a channel in one invocation:
+// right for CPU drivers, where barriers are costly, but a long dependent chain on a GPU. Here
+// each of 64 invocations merges every 64th partial, then a tree merges the 64 results.
+var<workgroup> wg_cnt: array<f32, 64>;
+var<workgroup> wg_a: array<f32, 64>;
+var<workgroup> wg_b: array<f32, 64>;
+
+@compute @workgroup_size(64)
+fn stats_combine_wg(@builtin(workgroup_id) wid: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let c = wid.x;
+    let t = lid.x;
+    let lanes = P.lanes;
+    let k = P.n * lanes;
+    let total = P.c * k;
+    var cnt = 0.0;
+    var mean = 0.0;
+    var m2 = 0.0;
+    for (var i = t; i < k; i = i + 64u) {
+        let nb = f32(lane_count(i % lanes));
+        let mb = part_in[c * k + i];
+        let both = cnt + nb;
+        let delta = mb - mean;
+        mean = mean + delta * nb / max(both, 1.0);
+        m2 = m2 + part_in[total + c * k + i] + delta * delta * cnt * nb / max(both, 1.0);
+        cnt = both;
+    }
+    wg_cnt[t] = cnt;
+    wg_a[t] = mean;
+    wg_b[t] = m2;
+    for (var s = 32u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if (t < s) {
+            let na = wg_cnt[t];
+            let nb = wg_cnt[t + s];
+            let both = na + nb;
+            if (both > 0.0) {
+                let delta = wg_a[t + s] - wg_a[t];
+                wg_a[t] = wg_a[t] + delta * nb / both;
+                wg_b[t] = wg_b[t] + wg_b[t + s] + delta * delta * na * nb / both;
+                wg_cnt[t] = both;
+            }
+        }
+    }
+    if (t == 0u && c < P.c) {
+        let var_b = wg_b[0] / wg_cnt[0];
+        stats_out[c] = wg_a[0];
+        stats_out[P.c + c] = 1.0 / sqrt(var_b + P.eps);
+        stats_out[2u * P.c + c] = var_b;
+    }
+}
+
+@compute @workgroup_size(64)
+fn bwd_combine_wg(@builtin(workgroup_id) wid: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let c = wid.x;
+    let t = lid.x;
+    let k = P.n * P.lanes;
+    let total = P.c * k;
+    var sdy = 0.0;
+    var sdyx = 0.0;
+    for (var i = t; i < k; i = i + 64u) {
+        sdy = sdy + bpart_in[c * k + i];
+        sdyx = sdyx + bpart_in[total + c * k + i];
+    }
+    wg_a[t] = sdy;
+    wg_b[t] = sdyx;
+    for (var s = 32u; s > 0u; s = s / 2u) {
+        workgroupBarrier();
+        if (t < s) {
+            wg_a[t] = wg_a[t] + wg_a[t + s];
+            wg_b[t] = wg_b[t] + wg_b[t + s];
+        }
+    }
+    if (t == 0u && c < P.c) {
+        dbeta_out[c] = wg_a[0];
+        dgamma_out[c] = wg_b[0];
+    }
+}

@@ -401,6 +401,78 @@ fn linear_matches_cpu() {
     assert_close("linear", &got.to_vec().unwrap(), &want, 1e-5, 1e-5);
 }
 
+/// Batch norm's forward (output, running statistics) and backward (dx, dgamma, dbeta) on `g`.
+fn bn_values(g: &apga_gpu::Gpu, shape: [usize; 4], relu: bool) -> Vec<Vec<f32>> {
+    let [n, c, h, w] = shape;
+    let mut r = rng(23);
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(g, v, s).unwrap();
+    let x = t(&uniform(&mut r, n * c * h * w, -2.0, 3.0), &shape).with_grad();
+    let gamma = t(&uniform(&mut r, c, 0.5, 1.5), &[c]).with_grad();
+    let beta = t(&uniform(&mut r, c, -0.5, 0.5), &[c]).with_grad();
+    let (rm, rv) = (t(&vec![0.1; c], &[c]), t(&vec![1.2; c], &[c]));
+    let gy = t(&uniform(&mut r, n * c * h * w, -1.0, 1.0), &shape);
+    let tape = apga_gpu::Tape::new();
+    let cfg = ops::BatchNormConfig {
+        relu,
+        ..Default::default()
+    };
+    let y = ops::batch_norm2d(&x, &gamma, &beta, Some((&rm, &rv)), cfg).unwrap();
+    let loss = ops::sum_all(&ops::mul(&y, &gy).unwrap()).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let mut out = vec![
+        y.to_vec().unwrap(),
+        rm.to_vec().unwrap(),
+        rv.to_vec().unwrap(),
+    ];
+    for p in [&x, &gamma, &beta] {
+        out.push(grads.get(p).unwrap().to_vec().unwrap());
+    }
+    out
+}
+
+#[test]
+fn batch_norm_workgroup_combine_matches_the_serial_one() {
+    // The per-channel combine of the partial sums: serial (CPU drivers' default) and one
+    // workgroup per channel with a tree (GPUs' default), each forced here.
+    let ctx = |variant: &str| {
+        apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+            kernel_overrides: vec![("bn-combine".into(), variant.into())],
+            profile: true,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let (serial, tree) = (ctx("serial"), ctx("workgroup"));
+    // Quads and not; more partials than 64 (n * lanes = 3 * 36) and fewer (2 * 3).
+    for (shape, relu) in [
+        ([3, 5, 12, 12], false),
+        ([2, 4, 3, 5], true),
+        ([3, 2, 9, 11], true),
+    ] {
+        let (a, b) = (
+            bn_values(&serial, shape, relu),
+            bn_values(&tree, shape, relu),
+        );
+        for (i, what) in ["y", "running mean", "running var", "dx", "dgamma", "dbeta"]
+            .iter()
+            .enumerate()
+        {
+            assert_close(&format!("{shape:?} {what}"), &b[i], &a[i], 1e-5, 1e-4);
+        }
+    }
+    for (g, kernels) in [
+        (&serial, ["stats_combine", "bwd_combine"]),
+        (&tree, ["stats_combine_wg", "bwd_combine_wg"]),
+    ] {
+        let ran = g.profile_report().unwrap().unwrap().table(100);
+        for k in kernels {
+            let name = format!("batchnorm::{k}");
+            let seen = ran.lines().any(|l| l.trim_end().ends_with(&name));
+            assert!(seen, "{k} did not run:\n{ran}");
+        }
+    }
+}
+
 #[test]
 fn fused_bn_relu_conv_matches_the_unfused_ops() {
     let mut r = rng(19);

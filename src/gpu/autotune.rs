@@ -246,6 +246,41 @@ impl Drop for Nesting {
     }
 }
 
+/// The variant `APGA_KERNELS` forces for `key`, if it forces one: that candidate, or the
+/// `default` one when the forced variant is one of the op's (`family`) that this shape cannot
+/// take (e.g. im2col beyond the workspace, strip on a strided convolution; logged). An error
+/// when the forced name is no variant of the op at all.
+pub fn forced<V: Copy>(
+    gpu: &Gpu,
+    key: &str,
+    family: &[&str],
+    candidates: &[(&'static str, V)],
+    default: usize,
+) -> Result<Option<V>> {
+    let tuner = gpu
+        .inner()
+        .autotuner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let Some(name) = tuner.forced(key) else {
+        return Ok(None);
+    };
+    if let Some((_, v)) = candidates.iter().find(|(n, _)| *n == name) {
+        return Ok(Some(*v));
+    }
+    if !family.contains(&name) {
+        return Err(Error::Gpu(format!(
+            "APGA_KERNELS forces {key} to {name:?}, which is not a variant of this op \
+             ({}); fix or unset APGA_KERNELS",
+            family.join(", ")
+        )));
+    }
+    log::info!("autotune {key}: forced {name} does not apply to this shape; default used");
+    Ok(candidates
+        .get(default.min(candidates.len().saturating_sub(1)))
+        .map(|c| c.1))
+}
+
 /// Wall time after which `choose` stops measuring further candidates for one shape class.
 const TUNING_BUDGET: Duration = Duration::from_secs(2);
 
@@ -266,28 +301,15 @@ pub fn choose<V: Copy>(
         return Err(Error::Gpu(format!("autotune {key}: no candidate variant")));
     }
     let default = default.min(candidates.len() - 1);
+    if let Some(v) = forced(gpu, key, family, candidates, default)? {
+        return Ok(v);
+    }
     {
         let tuner = gpu
             .inner()
             .autotuner
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(name) = tuner.forced(key) {
-            if let Some((_, v)) = candidates.iter().find(|(n, _)| *n == name) {
-                return Ok(*v);
-            }
-            if !family.contains(&name) {
-                return Err(Error::Gpu(format!(
-                    "APGA_KERNELS forces {key} to {name:?}, which is not a variant of this op \
-                     ({}); fix or unset APGA_KERNELS",
-                    family.join(", ")
-                )));
-            }
-            // A variant of the op that this shape cannot take (e.g. im2col beyond the
-            // workspace, strip on a strided convolution): the op's default runs, and says so.
-            log::info!("autotune {key}: forced {name} does not apply to this shape; default used");
-            return Ok(candidates[default.min(candidates.len() - 1)].1);
-        }
         // Autotuning off means the defaults, not choices measured earlier and cached on disk
         // (which would make a run depend on what ran before it on this machine).
         if !tuner.enabled() || candidates.len() == 1 {

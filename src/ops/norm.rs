@@ -79,6 +79,37 @@ fn entry(p: &BnParams, scalar: &'static str, quad: &'static str) -> Kernel<'stat
     Kernel::new(&BATCHNORM, if p.quad != 0 { quad } else { scalar })
 }
 
+/// The per-channel combine of the partials: `serial` (one invocation loops over a channel's
+/// n * lanes partials; CPU drivers, where barriers are costly) or `workgroup` (64
+/// invocations and a tree; GPUs). Forced with `APGA_KERNELS=bn-combine=serial|workgroup`.
+fn combine(
+    gpu: &Gpu,
+    p: &BnParams,
+    serial: &'static str,
+    wg: &'static str,
+) -> Result<(Kernel<'static>, [u32; 3])> {
+    let key = format!(
+        "bn-combine/c{}/k{}",
+        crate::gpu::autotune::bucket(p.c as usize),
+        crate::gpu::autotune::bucket((p.n * p.lanes) as usize)
+    );
+    let default = usize::from(gpu.parallelism() > 4096);
+    let cands = [("serial", false), ("workgroup", true)];
+    // Not measured: the choice follows the adapter kind unless forced.
+    let workgroup =
+        crate::gpu::autotune::forced(gpu, &key, &["serial", "workgroup"], &cands, default)?
+            .unwrap_or(cands[default].1);
+    let c = p.c as usize;
+    Ok(if workgroup {
+        (Kernel::new(&BATCHNORM, wg), [c as u32, 1, 1])
+    } else {
+        (
+            Kernel::new(&BATCHNORM, serial),
+            [c.div_ceil(64) as u32, 1, 1],
+        )
+    })
+}
+
 /// Workgroups of 256 for the per-element kernels (one invocation per value or quad).
 fn element_grid(gpu: &Gpu, p: &BnParams) -> [u32; 3] {
     let per = if p.quad != 0 { 4 } else { 1 };
@@ -169,13 +200,8 @@ pub(crate) fn batch_stats(
             &[x],
             grid,
         )?;
-        gpu.dispatch(
-            &Kernel::new(&BATCHNORM, "stats_combine"),
-            p.as_words(),
-            &[&stats],
-            &[&part],
-            [c.div_ceil(64) as u32, 1, 1],
-        )?;
+        let (kernel, groups) = combine(gpu, p, "stats_combine", "stats_combine_wg")?;
+        gpu.dispatch(&kernel, p.as_words(), &[&stats], &[&part], groups)?;
         if let Some((rm, rv)) = running {
             gpu.dispatch(
                 &Kernel::new(&BATCHNORM, "update_running"),
@@ -248,13 +274,8 @@ pub(crate) fn backward_raw(
         &[x, dy, stats, gamma.storage(), beta.storage()],
         grid,
     )?;
-    gpu.dispatch(
-        &Kernel::new(&BATCHNORM, "bwd_combine"),
-        p.as_words(),
-        &[&dgamma, &dbeta],
-        &[&part],
-        [c.div_ceil(64) as u32, 1, 1],
-    )?;
+    let (kernel, groups) = combine(gpu, p, "bwd_combine", "bwd_combine_wg")?;
+    gpu.dispatch(&kernel, p.as_words(), &[&dgamma, &dbeta], &[&part], groups)?;
     let dx = if want_x {
         let len = n * c * hw;
         let dx = gpu.alloc(len, &[n, c, hw])?;
