@@ -8,6 +8,7 @@ usage: apga_step_torch.py --arch densenet169 --filters 32 --batch 4 --size 64 --
        [--lambda-zeros 0.01] [--cuda]
 """
 import argparse
+import os
 import json
 import statistics
 import time
@@ -117,6 +118,12 @@ def main():
     args = ap.parse_args()
     dev = "cuda" if args.cuda else "cpu"
     sync = torch.cuda.synchronize if args.cuda else (lambda: None)
+    # PyTorch's CUDA default runs convolutions in TF32 on tensor cores (cudnn.allow_tf32);
+    # APGA_TORCH_TF32=0 makes it plain float32, as ours, for a like-for-like ratio.
+    if os.environ.get("APGA_TORCH_TF32") == "0":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    precision = "tf32 conv" if args.cuda and torch.backends.cudnn.allow_tf32 else "fp32"
     torch.manual_seed(0)
     clf = classifier(args.arch).to(dev).train()
     policy = UNet11(args.filters).to(dev).train()
@@ -178,7 +185,7 @@ def main():
     med = [statistics.median(v) for v in times]
     print(json.dumps({
         "torch": torch.__version__,
-        "device": dev if not args.cuda else torch.cuda.get_device_name(0),
+        "device": dev if not args.cuda else f"{torch.cuda.get_device_name(0)}, {precision}",
         "threads": torch.get_num_threads(),
         "phases_ms": dict(zip(names, med[:-1])),
         "step_ms": med[-1],

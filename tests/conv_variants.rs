@@ -36,6 +36,10 @@ fn conv1x1_gemm_path_matches_cpu() {
             _ => "conv1x1::main",
         };
         assert!(ran.contains(want), "{want} did not run:\n{ran}");
+        // Forcing one variant runs no other's kernels (split-K's reduction in particular).
+        if forced.as_deref() != Some("splitk") {
+            assert!(!ran.contains("splitk_sum"), "split-K ran unasked:\n{ran}");
+        }
     }
 }
 

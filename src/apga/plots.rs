@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::error::{Error, Result};
 
@@ -137,7 +138,7 @@ pub fn bar_plot(path: &Path, title: &str, bars: &[(String, f64, f64)]) -> Result
         .map(|b| b.1 + b.2)
         .fold(0.0f64, f64::max)
         .max(1e-6)
-        * 1.1;
+        * 1.2;
     let text = font_available();
     let root = BitMapBackend::new(path, (160 + 120 * bars.len() as u32, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
@@ -157,14 +158,19 @@ pub fn bar_plot(path: &Path, title: &str, bars: &[(String, f64, f64)]) -> Result
     for (i, (name, mean, std)) in bars.iter().enumerate() {
         let x = i as f64;
         if text {
-            // The method's name above its error bar.
-            chart
-                .draw_series([Text::new(
-                    format!("{name} {:.1}", 100.0 * mean),
-                    (x + 0.2, (mean + std + 0.02 * top).min(top)),
-                    ("sans-serif", 16),
-                )])
-                .map_err(|e| plot_err(path, e))?;
+            // The method's name and its mean ± std, centred above its error bar.
+            let style = ("sans-serif", 14)
+                .into_text_style(&root)
+                .pos(Pos::new(HPos::Center, VPos::Bottom));
+            let above = (mean + std + 0.01 * top).min(top);
+            for (label, y) in [
+                (name.clone(), above + 0.05 * top),
+                (format!("{:.1} ± {:.1}", 100.0 * mean, 100.0 * std), above),
+            ] {
+                chart
+                    .draw_series([Text::new(label, (x + 0.5, y.min(top)), style.clone())])
+                    .map_err(|e| plot_err(path, e))?;
+            }
         }
         chart
             .draw_series([Rectangle::new(

@@ -84,16 +84,9 @@ pub(super) fn batched_gemm(
             prologue,
         ),
     };
-    let k_split = split_k_rows(gpu, d);
     let mut cands = vec![("vec4", Variant::Plain(&CONV1X1))];
     if gpu.has_subgroups() {
         cands.push(("subgroup", Variant::Plain(&CONV1X1_SUBGROUP)));
-    }
-    if let Some(ks) = k_split {
-        cands.push(("splitk", Variant::SplitK(ks)));
-    }
-    if cands.len() == 1 {
-        return run(cands[0].1);
     }
     let key = format!(
         "gemm-batched/m{}/n{}/k{}/i{}",
@@ -102,7 +95,26 @@ pub(super) fn batched_gemm(
         autotune::bucket(d.k),
         autotune::bucket(d.imgs)
     );
-    let kernel = autotune::choose(gpu, &key, &["vec4", "subgroup", "splitk"], &cands, 0, run)?;
+    let family = ["vec4", "subgroup", "splitk"];
+    if let Some(ks) = split_k_rows(gpu, d) {
+        let split = ("splitk", Variant::SplitK(ks));
+        // CPU drivers run a few thousand invocations at a time, so splitting the reduction
+        // never paid there (measured: it only lengthened the cold start's autotuning); it is
+        // offered to the autotuner on GPUs, and anywhere when forced.
+        if gpu.parallelism() > 4096 {
+            cands.push(split);
+        } else {
+            let mut all = cands.clone();
+            all.push(split);
+            if let Some(v) = autotune::forced(gpu, &key, &family, &all, 0)? {
+                return run(v);
+            }
+        }
+    }
+    if cands.len() == 1 {
+        return run(cands[0].1);
+    }
+    let kernel = autotune::choose(gpu, &key, &family, &cands, 0, run)?;
     run(kernel)
 }
 
