@@ -30,9 +30,34 @@ impl AdapterSummary {
     }
 }
 
-/// A new instance honouring `WGPU_BACKEND` (and wgpu's other environment switches).
-pub fn instance() -> wgpu::Instance {
-    wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+/// The lock held while adapters are discovered, a device is opened and a context is torn down
+/// (`Gpu::new`, `list`, the last `Gpu` handle's drop): the discovery instance's GL back end has
+/// one EGL context, which two threads may not make current at once (NVIDIA's driver answers
+/// `BadAccess`), and NVIDIA's Vulkan and EGL share one core library in which concurrent setup
+/// and teardown of several contexts hung (the engine tests, 14 in parallel, each with its own
+/// context, on an H100 with driver 580.159).
+pub(crate) fn lifecycle() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The process's instance for finding adapters (`devices`, the choice of `--device`),
+/// honouring `WGPU_BACKEND` (and wgpu's other environment switches) as they were when it was
+/// first asked for; used under [`lifecycle`]. Never dropped: see [`select`].
+fn discovery() -> wgpu::Instance {
+    static INSTANCE: std::sync::OnceLock<wgpu::Instance> = std::sync::OnceLock::new();
+    INSTANCE
+        .get_or_init(|| {
+            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env())
+        })
+        .clone()
+}
+
+/// A new instance of one back end only (with wgpu's other environment switches).
+fn instance_of(backend: wgpu::Backend) -> wgpu::Instance {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+    desc.backends = wgpu::Backends::from(backend);
+    wgpu::Instance::new(desc)
 }
 
 /// All adapters the instance sees, in a stable order.
@@ -164,8 +189,8 @@ pub fn choose(summaries: &[AdapterSummary], request: &Request) -> Result<usize> 
 /// Summaries of every adapter and the index `request` would pick (`None` when there is none or
 /// the request matches nothing).
 pub fn list(request: &Request) -> (Vec<AdapterSummary>, Result<usize>) {
-    let instance = instance();
-    let adapters = enumerate(&instance);
+    let _lifecycle = lifecycle();
+    let adapters = enumerate(&discovery());
     let summaries: Vec<_> = adapters
         .iter()
         .enumerate()
@@ -176,9 +201,18 @@ pub fn list(request: &Request) -> (Vec<AdapterSummary>, Result<usize>) {
 }
 
 /// The adapter `request` selects, with its summary.
+///
+/// The choice is made on the shared [`discovery`] instance; the adapter returned comes from a
+/// new instance of the chosen back end alone, which the GPU context owns. So a context never
+/// holds (and, closing, never tears down) the back ends it does not use: with every back end
+/// in each context's instance, two contexts closing at once on NVIDIA's driver deadlocked in
+/// libEGL (seen on an H100, driver 580.159: one thread in the GL back end's `eglTerminate`,
+/// another in `vkDestroyDevice`), and one shared instance for all contexts makes GL contexts
+/// fight over one EGL context (`BadAccess`).
+///
+/// The caller holds [`lifecycle`].
 pub fn select(request: &Request) -> Result<(wgpu::Adapter, AdapterSummary)> {
-    let instance = instance();
-    let mut adapters = enumerate(&instance);
+    let adapters = enumerate(&discovery());
     let summaries: Vec<_> = adapters
         .iter()
         .enumerate()
@@ -186,7 +220,41 @@ pub fn select(request: &Request) -> Result<(wgpu::Adapter, AdapterSummary)> {
         .collect();
     let i = choose(&summaries, request)?;
     let summary = summaries[i].clone();
-    Ok((adapters.swap_remove(i), summary))
+    let want = adapters[i].get_info();
+    // The same adapter in the private instance: same identity, else the same position among
+    // the back end's adapters.
+    let rank = adapters[..i]
+        .iter()
+        .filter(|a| a.get_info().backend == want.backend)
+        .count();
+    let mut own = enumerate(&instance_of(want.backend));
+    let same = |a: &wgpu::Adapter| {
+        let g = a.get_info();
+        (
+            g.name.as_str(),
+            g.vendor,
+            g.device,
+            g.device_type,
+            g.driver.as_str(),
+        ) == (
+            want.name.as_str(),
+            want.vendor,
+            want.device,
+            want.device_type,
+            want.driver.as_str(),
+        )
+    };
+    let j = own
+        .iter()
+        .position(same)
+        .or_else(|| (rank < own.len()).then_some(rank))
+        .ok_or_else(|| {
+            crate::error::Error::Gpu(format!(
+                "adapter {} ({:?}) disappeared between discovery and opening",
+                want.name, want.backend
+            ))
+        })?;
+    Ok((own.swap_remove(j), summary))
 }
 
 #[cfg(test)]

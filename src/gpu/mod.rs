@@ -59,7 +59,20 @@ pub(crate) struct GpuInner {
 /// Handle to a GPU context; cheap to clone, shared by every tensor made on it.
 #[derive(Clone)]
 pub struct Gpu {
-    inner: Arc<GpuInner>,
+    // Dropped by hand: the last handle tears the context down under `adapter::lifecycle`.
+    inner: std::mem::ManuallyDrop<Arc<GpuInner>>,
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        // SAFETY: `inner` is taken exactly once, here, and never used afterwards.
+        let inner = unsafe { std::mem::ManuallyDrop::take(&mut self.inner) };
+        // Exactly one of several handles dropped at once gets the context back.
+        if let Some(last) = Arc::into_inner(inner) {
+            let _lifecycle = adapter::lifecycle();
+            drop(last);
+        }
+    }
 }
 
 impl std::fmt::Debug for Gpu {
@@ -81,6 +94,7 @@ impl Gpu {
     /// Opens the adapter chosen by `options` with the adapter's own limits.
     pub fn new(options: GpuOptions) -> Result<Gpu> {
         let request = Request::resolve(options.device.as_deref());
+        let lifecycle = adapter::lifecycle();
         let (adapter, summary) = adapter::select(&request)?;
         let info = adapter.get_info();
         let limits = adapter.limits();
@@ -98,6 +112,7 @@ impl Gpu {
             adapter: info.name.clone(),
             detail: e.to_string(),
         })?;
+        drop(lifecycle);
         // wgpu's default handler panics; errors are collected and returned at the next sync.
         let errors: Arc<Mutex<Vec<String>>> = Arc::default();
         let sink = errors.clone();
@@ -130,7 +145,7 @@ impl Gpu {
             info.driver_info
         );
         Ok(Gpu {
-            inner: Arc::new(GpuInner {
+            inner: std::mem::ManuallyDrop::new(Arc::new(GpuInner {
                 summary,
                 info,
                 limits,
@@ -150,7 +165,7 @@ impl Gpu {
                 profiler,
                 compiled: Mutex::default(),
                 workspace_bytes: options.workspace_bytes.max(1),
-            }),
+            })),
         })
     }
 
