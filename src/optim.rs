@@ -1,11 +1,13 @@
-//! Layer 5: optimisers. Adam with PyTorch's semantics and defaults, as one GPU kernel per
-//! parameter that updates the parameter and its moment estimates in place
-//! (`shaders/optim.wgsl`).
+//! Layer 5: optimisers. Adam with PyTorch's semantics and defaults, as GPU kernels that
+//! update parameters and their moment estimates in place: one parameter per dispatch
+//! (`shaders/optim.wgsl`), or, forced with `APGA_KERNELS=adam=multi` where the adapter binds 16
+//! storage buffers, four per dispatch (`shaders/optim_multi.wgsl`, PyTorch's multi-tensor
+//! "foreach" form; not the default: see `benches/NOTES.md`).
 
 use crate::autodiff::Grads;
 use crate::error::{Error, Result};
 use crate::gpu::{Kernel, KernelParams};
-use crate::shaders::OPTIM;
+use crate::shaders::{OPTIM, OPTIM_MULTI};
 use crate::tensor::Tensor;
 
 crate::kernel_params! {
@@ -17,6 +19,21 @@ crate::kernel_params! {
         weight_decay: f32, bc2_sqrt: f32, _p3: f32, _p4: f32,
     }
 }
+
+crate::kernel_params! {
+    /// The parameter block of `optim_multi.wgsl`: one Adam step over four parameters, each
+    /// with its length, first index in the dispatch, step size and bias correction.
+    pub struct AdamMultiParams {
+        n0: u32, n1: u32, n2: u32, n3: u32,
+        start1: u32, start2: u32, start3: u32, total: u32,
+        step_size0: f32, step_size1: f32, step_size2: f32, step_size3: f32,
+        bc2_sqrt0: f32, bc2_sqrt1: f32, bc2_sqrt2: f32, bc2_sqrt3: f32,
+        beta1: f32, beta2: f32, eps: f32, weight_decay: f32,
+    }
+}
+
+/// Parameters per multi-tensor dispatch (each takes 4 storage bindings).
+const GROUP: usize = 4;
 
 /// Adam hyper-parameters (`torch.optim.Adam` defaults except the learning rate, which the
 /// paper sets to 1e-4).
@@ -81,7 +98,10 @@ impl Adam {
     /// their step count, as PyTorch skips parameters whose `.grad` is None).
     pub fn step(&mut self, grads: &Grads) -> Result<()> {
         let c = self.config;
-        for slot in &mut self.slots {
+        // (slot, gradient, step size, sqrt of the second bias correction) of every parameter
+        // that received a gradient, its step counted.
+        let mut todo = Vec::with_capacity(self.slots.len());
+        for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(g) = grads.get(&slot.param) else {
                 continue;
             };
@@ -99,18 +119,39 @@ impl Adam {
             let t = slot.step as i32;
             let bc1 = 1.0 - c.beta1.powi(t);
             let bc2 = 1.0 - c.beta2.powi(t);
+            todo.push((i, g, (c.lr / bc1) as f32, bc2.sqrt() as f32));
+        }
+        let Some(gpu) = self.slots.first().map(|s| s.param.gpu().clone()) else {
+            return Ok(());
+        };
+        // The multi-tensor kernel runs only where forced (`APGA_KERNELS=adam=multi`): on
+        // lavapipe it measured 2.3x slower than one dispatch per parameter (benches/NOTES.md),
+        // and it has not been measured on a GPU yet.
+        let cands = [("single", false), ("multi", true)];
+        let multi = gpu.limits().max_storage_buffers_per_shader_stage as usize >= 4 * GROUP
+            && crate::gpu::autotune::forced(&gpu, "adam", &["single", "multi"], &cands, 0)?
+                .unwrap_or(false);
+        let mut rest = &todo[..];
+        if multi {
+            let mut groups = todo.chunks_exact(GROUP);
+            for group in &mut groups {
+                self.step_group(&gpu, group)?;
+            }
+            rest = groups.remainder();
+        }
+        for &(i, g, step_size, bc2_sqrt) in rest {
+            let slot = &self.slots[i];
             let n = slot.param.numel();
             let params = AdamParams {
                 n: n as u32,
-                step_size: (c.lr / bc1) as f32,
+                step_size,
                 beta1: c.beta1 as f32,
                 beta2: c.beta2 as f32,
                 eps: c.eps as f32,
                 weight_decay: c.weight_decay as f32,
-                bc2_sqrt: bc2.sqrt() as f32,
+                bc2_sqrt,
                 ..Default::default()
             };
-            let gpu = slot.param.gpu();
             gpu.dispatch(
                 &Kernel::new(&OPTIM, "adam"),
                 params.as_words(),
@@ -120,6 +161,67 @@ impl Adam {
             )?;
         }
         Ok(())
+    }
+
+    /// One dispatch of `optim_multi.wgsl` over four parameters.
+    fn step_group(
+        &self,
+        gpu: &crate::gpu::Gpu,
+        group: &[(usize, &Tensor, f32, f32)],
+    ) -> Result<()> {
+        let c = self.config;
+        let n: Vec<usize> = group
+            .iter()
+            .map(|&(i, ..)| self.slots[i].param.numel())
+            .collect();
+        // Each parameter's range starts at a multiple of 256 (one workgroup, one parameter).
+        let span = |k: usize| n[k].div_ceil(256) * 256;
+        let total: usize = span(0) + span(1) + span(2) + n[3];
+        if total > u32::MAX as usize {
+            return Err(Error::shape(
+                "Adam",
+                format!("{total} values in one dispatch"),
+            ));
+        }
+        let u = |v: usize| v as u32;
+        let params = AdamMultiParams {
+            n0: u(n[0]),
+            n1: u(n[1]),
+            n2: u(n[2]),
+            n3: u(n[3]),
+            start1: u(span(0)),
+            start2: u(span(0) + span(1)),
+            start3: u(span(0) + span(1) + span(2)),
+            total: u(total),
+            step_size0: group[0].2,
+            step_size1: group[1].2,
+            step_size2: group[2].2,
+            step_size3: group[3].2,
+            bc2_sqrt0: group[0].3,
+            bc2_sqrt1: group[1].3,
+            bc2_sqrt2: group[2].3,
+            bc2_sqrt3: group[3].3,
+            beta1: c.beta1 as f32,
+            beta2: c.beta2 as f32,
+            eps: c.eps as f32,
+            weight_decay: c.weight_decay as f32,
+        };
+        let outputs: Vec<&crate::gpu::Storage> = group
+            .iter()
+            .flat_map(|&(i, ..)| {
+                let s = &self.slots[i];
+                [s.param.storage(), s.m.storage(), s.v.storage()]
+            })
+            .collect();
+        let inputs: Vec<&crate::gpu::Storage> =
+            group.iter().map(|&(_, g, ..)| g.storage()).collect();
+        gpu.dispatch(
+            &Kernel::new(&OPTIM_MULTI, "adam4"),
+            params.as_words(),
+            &outputs,
+            &inputs,
+            gpu.grid(total.div_ceil(256)),
+        )
     }
 
     /// The parameters, in the order given.

@@ -40,6 +40,7 @@ shader!(POOL, "pool", trusted = false);
 shader!(RESAMPLE, "resample", trusted = false);
 shader!(LOSS, "loss", trusted = false);
 shader!(OPTIM, "optim", trusted = false);
+shader!(OPTIM_MULTI, "optim_multi", trusted = false);
 
 /// Every shader the engine uses.
 pub static ALL: &[&Shader] = &[
@@ -61,4 +62,5 @@ pub static ALL: &[&Shader] = &[
     &RESAMPLE,
     &LOSS,
     &OPTIM,
+    &OPTIM_MULTI,
 ];

@@ -321,3 +321,19 @@ fn relu_keeps_only_a_bit_mask_for_backward() {
         .collect();
     assert_eq!(gx.get(&x).unwrap().to_vec().unwrap(), want);
 }
+
+#[test]
+fn a_context_is_freed_once_its_last_handle_goes() {
+    // A convolution without bias reads the context's shared zeros; the context keeps that
+    // buffer bare, so once every tensor is gone only the caller's handle is left (a cached
+    // storage holding the context would keep every compare job's device alive).
+    let g = private_gpu();
+    {
+        let x = Tensor::from_slice(&g, &[1.0; 2 * 3 * 4 * 4], &[2, 3, 4, 4]).unwrap();
+        let w = Tensor::from_slice(&g, &[0.5; 5 * 3], &[5, 3, 1, 1]).unwrap();
+        let y = ops::conv2d(&x, &w, None, 1, 0).unwrap();
+        assert!(y.to_vec().unwrap().iter().all(|&v| v == 1.5));
+    }
+    g.sync().unwrap();
+    assert_eq!(g.handle_count(), 1, "something still holds the context");
+}

@@ -251,13 +251,27 @@ fn linear_and_losses_match_pytorch() {
 
 #[test]
 fn adam_matches_torch_optim_adam() {
+    // Five copies of the fixture's parameter, each given the fixture's gradient, and one that
+    // never gets a gradient, with the multi-tensor kernel forced: the first four take it
+    // (optim_multi.wgsl, where the adapter binds 16 storage buffers), the fifth the
+    // one-parameter kernel (the default everywhere); each must follow PyTorch's trajectory,
+    // and the sixth must not move.
+    let gpu = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        profile: true,
+        kernel_overrides: vec![("adam".into(), "multi".into())],
+        ..Default::default()
+    })
+    .unwrap();
+    let t = |v: &[f32], shape: &[usize]| apga_gpu::Tensor::from_slice(&gpu, v, shape).unwrap();
     for name in ["adam_default", "adam_paper_wd"] {
         let f = Fixture::load(name);
         let lr: f64 = f.meta["lr"].parse().unwrap();
         let weight_decay: f64 = f.meta["weight_decay"].parse().unwrap();
-        let w = f.t("w0").with_grad();
+        let shape = f.t("w0").shape().to_vec();
+        let w0 = f.values("w0");
+        let ws: Vec<_> = (0..6).map(|_| t(&w0, &shape).with_grad()).collect();
         let mut adam = optim::Adam::new(
-            std::slice::from_ref(&w),
+            &ws,
             optim::AdamConfig {
                 lr,
                 weight_decay,
@@ -267,22 +281,46 @@ fn adam_matches_torch_optim_adam() {
         .unwrap();
         for step in 1..=f.usize("steps") {
             // The fixture's gradient for this step, routed through the tape: loss = sum(w * g).
-            let g = f.t(&format!("grad{step}"));
+            let g = t(&f.values(&format!("grad{step}")), &shape);
             let tape = Tape::new();
-            let loss = ops::sum_all(&ops::mul(&w, &g).unwrap()).unwrap();
+            let mut loss = ops::sum_all(&ops::mul(&ws[0], &g).unwrap()).unwrap();
+            for w in &ws[1..5] {
+                let term = ops::sum_all(&ops::mul(w, &g).unwrap()).unwrap();
+                loss = ops::add(&loss, &term).unwrap();
+            }
             let grads = tape.backward(&loss).unwrap();
             adam.step(&grads).unwrap();
-            let got = w.to_vec().unwrap();
             let want = f.values(&format!("w{step}"));
-            assert_eq!(got.len(), want.len(), "{name} step {step}: element count");
-            for (i, (a, b)) in got.iter().zip(want).enumerate() {
-                let rel = ((a - b) / b.abs().max(1e-6)).abs();
-                assert!(
-                    rel <= 1e-6,
-                    "{name} step {step} element {i}: ours {a}, torch {b}, relative {rel:e}"
-                );
+            for (k, w) in ws[..5].iter().enumerate() {
+                let got = w.to_vec().unwrap();
+                assert_eq!(got.len(), want.len(), "{name} step {step}: element count");
+                for (i, (a, b)) in got.iter().zip(want.iter()).enumerate() {
+                    let rel = ((a - b) / b.abs().max(1e-6)).abs();
+                    assert!(
+                        rel <= 1e-6,
+                        "{name} step {step} parameter {k} element {i}: ours {a}, torch {b}, \
+                         relative {rel:e}"
+                    );
+                }
             }
+            assert_eq!(
+                ws[5].to_vec().unwrap(),
+                w0,
+                "a parameter without a gradient moved"
+            );
         }
         println!("parity ok: {name} (5 steps within 1e-6 relative)");
+    }
+    let ran = gpu.profile_report().unwrap().unwrap().table(100);
+    let ran_kernel = |k: &str| ran.lines().any(|l| l.trim_end().ends_with(k));
+    assert!(
+        ran_kernel("optim::adam"),
+        "one-parameter kernel did not run:\n{ran}"
+    );
+    if gpu.limits().max_storage_buffers_per_shader_stage >= 16 {
+        assert!(
+            ran_kernel("optim_multi::adam4"),
+            "multi-tensor kernel did not run:\n{ran}"
+        );
     }
 }

@@ -259,6 +259,10 @@ fn kernel_parameter_structs_match_their_shaders() {
     check(check_params::<loss::LossParams>, &[&LOSS]);
     check(check_params::<apga_gpu::optim::AdamParams>, &[&OPTIM]);
     check(
+        check_params::<apga_gpu::optim::AdamMultiParams>,
+        &[&OPTIM_MULTI],
+    );
+    check(
         check_params::<apga_gpu::tensor::AccumulateParams>,
         &[&ACCUMULATE],
     );

@@ -434,46 +434,74 @@ fn compare_one(
         // One worker per adapter, each taking the next job of the plan; rows are tabled in
         // the plan's order as they finish. The converged baseline of a seed is trained by
         // whichever job needs it first; the cache's lock makes the other wait and load it.
+        // Every listed adapter must exist before any job starts.
+        for d in devices {
+            crate::gpu::adapter::list(&crate::gpu::adapter::Request::resolve(Some(d))).1?;
+        }
         let next = std::sync::atomic::AtomicUsize::new(0);
         let failed = std::sync::atomic::AtomicBool::new(false);
+        // Sets `failed` when a worker leaves by panicking, so the others take no new job.
+        struct StopOthers<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for StopOthers<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
         let (tx, rx) = std::sync::mpsc::channel::<(usize, Result<Row>)>();
-        std::thread::scope(|scope| -> Result<()> {
+        let mut first_error = None;
+        std::thread::scope(|scope| {
             for device in devices {
                 let (tx, next, failed, jobs, run_job) =
                     (tx.clone(), &next, &failed, &jobs, &run_job);
-                scope.spawn(move || loop {
-                    use std::sync::atomic::Ordering::SeqCst;
-                    let i = next.fetch_add(1, SeqCst);
-                    if i >= jobs.len() || failed.load(SeqCst) || apga::interrupted() {
-                        return;
-                    }
-                    let r = run_job(jobs[i], Some(device));
-                    if r.is_err() {
-                        failed.store(true, SeqCst);
-                    }
-                    if tx.send((i, r)).is_err() {
-                        return;
+                scope.spawn(move || {
+                    let _guard = StopOthers(failed);
+                    loop {
+                        use std::sync::atomic::Ordering::SeqCst;
+                        let i = next.fetch_add(1, SeqCst);
+                        if i >= jobs.len() || failed.load(SeqCst) || apga::interrupted() {
+                            return;
+                        }
+                        let r = run_job(jobs[i], Some(device));
+                        if r.is_err() {
+                            failed.store(true, SeqCst);
+                        }
+                        if tx.send((i, r)).is_err() {
+                            return;
+                        }
                     }
                 });
             }
             drop(tx);
             let mut done: Vec<(usize, Row)> = Vec::new();
-            let mut first_error = None;
             for (i, r) in rx {
-                match r {
-                    Ok(row) => {
-                        done.push((i, row));
-                        done.sort_by_key(|(i, _)| *i);
-                        rows = done.iter().map(|(_, r)| r.clone()).collect();
-                        md = write_tables(dir, &plan.methods, &rows)?;
-                    }
+                let written = r.and_then(|row| {
+                    done.push((i, row));
+                    done.sort_by_key(|(i, _)| *i);
+                    rows = done.iter().map(|(_, r)| r.clone()).collect();
+                    write_tables(dir, &plan.methods, &rows)
+                });
+                match written {
+                    Ok(text) => md = text,
                     Err(e) => {
+                        failed.store(true, std::sync::atomic::Ordering::SeqCst);
                         first_error.get_or_insert(e);
                     }
                 }
             }
-            first_error.map_or(Ok(()), Err)
-        })?;
+        });
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if rows.len() < jobs.len() {
+            return Err(Error::Incomplete(format!(
+                "{} of {} runs finished (interrupted); continue with `compare --resume {}`",
+                rows.len(),
+                jobs.len(),
+                dir.display()
+            )));
+        }
     }
     println!("\n{md}\n(written to {})", dir.display());
     Ok((plan.methods, rows))

@@ -221,32 +221,33 @@ pub fn select(request: &Request) -> Result<(wgpu::Adapter, AdapterSummary)> {
     let i = choose(&summaries, request)?;
     let summary = summaries[i].clone();
     let want = adapters[i].get_info();
-    // The same adapter in the private instance: same identity, else the same position among
-    // the back end's adapters.
+    // The same adapter in the private instance: same identity (PCI bus included), the n-th of
+    // identical ones as in discovery (two identical cards without bus ids), else the same
+    // position among the back end's adapters.
+    let key = |g: &wgpu::AdapterInfo| {
+        (
+            g.backend,
+            g.name.clone(),
+            g.vendor,
+            g.device,
+            g.device_type,
+            g.device_pci_bus_id.clone(),
+            g.driver.clone(),
+        )
+    };
+    let same = |a: &wgpu::Adapter| key(&a.get_info()) == key(&want);
+    let twins_before = adapters[..i].iter().filter(|a| same(a)).count();
     let rank = adapters[..i]
         .iter()
         .filter(|a| a.get_info().backend == want.backend)
         .count();
     let mut own = enumerate(&instance_of(want.backend));
-    let same = |a: &wgpu::Adapter| {
-        let g = a.get_info();
-        (
-            g.name.as_str(),
-            g.vendor,
-            g.device,
-            g.device_type,
-            g.driver.as_str(),
-        ) == (
-            want.name.as_str(),
-            want.vendor,
-            want.device,
-            want.device_type,
-            want.driver.as_str(),
-        )
-    };
     let j = own
         .iter()
-        .position(same)
+        .enumerate()
+        .filter(|(_, a)| same(a))
+        .nth(twins_before)
+        .map(|(j, _)| j)
         .or_else(|| (rank < own.len()).then_some(rank))
         .ok_or_else(|| {
             crate::error::Error::Gpu(format!(

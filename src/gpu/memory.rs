@@ -9,11 +9,13 @@ use crate::error::{Error, Result};
 
 use super::{lock, pool, Gpu, PoolStats};
 
-/// A pooled GPU buffer of f32 values; returns to the pool when dropped.
+/// A pooled GPU buffer of f32 values; returns to the pool when dropped (except the context's
+/// shared zeros, which the context keeps).
 pub struct Storage {
     pub(super) buffer: Option<wgpu::Buffer>,
     pub(super) len: usize,
     pub(super) gpu: Gpu,
+    pub(super) pooled: bool,
 }
 
 impl Storage {
@@ -37,7 +39,7 @@ impl Storage {
 
 impl Drop for Storage {
     fn drop(&mut self) {
-        if let Some(b) = self.buffer.take() {
+        if let Some(b) = self.buffer.take().filter(|_| self.pooled) {
             lock(&self.gpu.inner.pool).give(b);
         }
     }
@@ -57,6 +59,7 @@ impl Gpu {
         }
         let buffer = lock(&self.inner.pool).take(&self.inner.device, bytes);
         Ok(Storage {
+            pooled: true,
             buffer: Some(buffer),
             len,
             gpu: self.clone(),
@@ -93,15 +96,27 @@ impl Gpu {
     }
 
     /// A shared buffer of at least `len` zeros that kernels only read (a missing bias). It is
-    /// cleared once, not per call, so recording it does not break the open compute pass.
+    /// cleared once, not per call, so recording it does not break the open compute pass. The
+    /// context keeps the bare buffer (a `Storage` there would hold the context and keep it
+    /// alive forever); each call wraps it in a handle that does not return it to the pool.
     pub fn shared_zeros(&self, len: usize) -> Result<Arc<Storage>> {
         let mut z = lock(&self.inner.zero_buffer);
-        if let Some(b) = z.as_ref().filter(|b| b.len() >= len) {
-            return Ok(b.clone());
-        }
-        let b = Arc::new(self.zeros(len.max(1024), &[len])?);
-        *z = Some(b.clone());
-        Ok(b)
+        let (buffer, n) = match z.as_ref().filter(|(_, n)| *n >= len) {
+            Some((b, n)) => (b.clone(), *n),
+            None => {
+                let n = len.max(1024);
+                let mut fresh = self.zeros(n, &[n])?;
+                let b = fresh.buffer.take().expect("a fresh storage has its buffer");
+                *z = Some((b.clone(), n));
+                (b, n)
+            }
+        };
+        Ok(Arc::new(Storage {
+            buffer: Some(buffer),
+            len: n,
+            gpu: self.clone(),
+            pooled: false,
+        }))
     }
 
     /// Copies `len` values from `src` to `dst` (both starting at element offsets).

@@ -47,7 +47,7 @@ pub(crate) struct GpuInner {
     errors: Arc<Mutex<Vec<String>>>,
     runtime_checks: bool,
     /// A read-only buffer of zeros shared by kernels that need "no bias" (grown on demand).
-    zero_buffer: Mutex<Option<Arc<Storage>>>,
+    zero_buffer: Mutex<Option<(wgpu::Buffer, usize)>>,
     pub(crate) autotuner: Mutex<Autotuner>,
     /// Per-kernel timing when profiling is on; locked after `batch`, never before it.
     profiler: Option<Mutex<profile::Profiler>>,
@@ -210,6 +210,12 @@ impl Gpu {
     /// Largest storage binding, in f32 elements.
     pub fn max_binding_elems(&self) -> usize {
         (self.inner.limits.max_storage_buffer_binding_size / 4) as usize
+    }
+
+    /// Live handles to this context (each tensor and storage holds one). 1 means this is the
+    /// last: dropping it closes the context and frees its device and memory.
+    pub fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
     }
 
     /// Invocations a kernel should offer to keep this adapter busy: a CPU driver (lavapipe,

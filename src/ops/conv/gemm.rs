@@ -133,9 +133,12 @@ fn split_k_rows(gpu: &Gpu, d: &BatchedGemm) -> Option<usize> {
     let blocks = (d.n / 4).div_ceil(2) * d.m.div_ceil(8) * d.imgs;
     let per_split = d.imgs * d.m * d.n * 4;
     let by_memory = (64 << 20) / per_split.max(1);
+    // The split dispatch's z is images x splits, within the adapter's per-dimension limit.
+    let by_grid = gpu.limits().max_compute_workgroups_per_dimension as usize / d.imgs.max(1);
     let splits = (gpu.parallelism() / blocks.max(1))
         .min(d.k / 16)
         .min(by_memory)
+        .min(by_grid)
         .min(64);
     if splits < 2 {
         return None;
