@@ -269,7 +269,7 @@ fn adam_matches_torch_optim_adam() {
         let weight_decay: f64 = f.meta["weight_decay"].parse().unwrap();
         let shape = f.t("w0").shape().to_vec();
         let w0 = f.values("w0");
-        let ws: Vec<_> = (0..6).map(|_| t(&w0, &shape).with_grad()).collect();
+        let ws: Vec<_> = (0..6).map(|_| t(w0, &shape).with_grad()).collect();
         let mut adam = optim::Adam::new(
             &ws,
             optim::AdamConfig {
@@ -281,7 +281,7 @@ fn adam_matches_torch_optim_adam() {
         .unwrap();
         for step in 1..=f.usize("steps") {
             // The fixture's gradient for this step, routed through the tape: loss = sum(w * g).
-            let g = t(&f.values(&format!("grad{step}")), &shape);
+            let g = t(f.values(&format!("grad{step}")), &shape);
             let tape = Tape::new();
             let mut loss = ops::sum_all(&ops::mul(&ws[0], &g).unwrap()).unwrap();
             for w in &ws[1..5] {
