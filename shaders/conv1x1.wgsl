@@ -18,6 +18,7 @@ struct Params {
     m: u32, n: u32, k: u32, lda: u32,           // lda: row length of A (elements)
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,   // element strides / offsets
     k_split: u32, imgs: u32, split_stride: u32, splits: u32,  // split-K (conv1x1.wgsl)
+    a_batch: u32, _p0: u32, _p1: u32, _p2: u32,  // A of image i at i * a_batch (Winograd)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -57,9 +58,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         kq_end = min(k4, kq_begin + P.k_split / 4u);
     }
     let cq1 = min(cq0 + 1u, n4 - 1u);
+    let ab = img * (P.a_batch / 4u);
     var arow: array<u32, 8>;
     for (var i = 0u; i < 8u; i = i + 1u) {
-        arow[i] = min(row0 + i, P.m - 1u) * lda4;
+        arow[i] = ab + min(row0 + i, P.m - 1u) * lda4;
     }
     var acc0: array<vec4<f32>, 8>;
     var acc1: array<vec4<f32>, 8>;

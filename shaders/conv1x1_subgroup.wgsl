@@ -16,6 +16,7 @@ struct Params {
     m: u32, n: u32, k: u32, lda: u32,
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
     k_split: u32, imgs: u32, split_stride: u32, splits: u32,  // split-K (conv1x1.wgsl)
+    a_batch: u32, _p0: u32, _p1: u32, _p2: u32,  // A of image i at i * a_batch (Winograd)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -61,10 +62,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let lane = li % max(sgs, 1u);
     let base = lane - lx;
     let shared_rows = subgroupAll(sgs % 8u == 0u && sid == lane);
-    let my_row = min(row0 + lx, P.m - 1u) * lda4;
+    let ab = img * (P.a_batch / 4u);
+    let my_row = ab + min(row0 + lx, P.m - 1u) * lda4;
     var arow: array<u32, 8>;
     for (var i = 0u; i < 8u; i = i + 1u) {
-        arow[i] = min(row0 + i, P.m - 1u) * lda4;
+        arow[i] = ab + min(row0 + i, P.m - 1u) * lda4;
     }
     var acc0: array<vec4<f32>, 8>;
     var acc1: array<vec4<f32>, 8>;

@@ -34,6 +34,7 @@ shader!(CONV1X1, "conv1x1", trusted = true);
 shader!(CONV1X1_SUBGROUP, "conv1x1_subgroup", trusted = true);
 shader!(CONV_GEMM, "conv_gemm", trusted = true);
 shader!(CONV_GEMM_SUBGROUP, "conv_gemm_subgroup", trusted = true);
+shader!(CONV_WINOGRAD, "conv_winograd", trusted = false);
 shader!(LAYOUT, "layout", trusted = false);
 shader!(BATCHNORM, "batchnorm", trusted = false);
 shader!(POOL, "pool", trusted = false);
@@ -56,6 +57,7 @@ pub static ALL: &[&Shader] = &[
     &CONV1X1_SUBGROUP,
     &CONV_GEMM,
     &CONV_GEMM_SUBGROUP,
+    &CONV_WINOGRAD,
     &LAYOUT,
     &BATCHNORM,
     &POOL,

@@ -156,6 +156,132 @@ fn conv_forward_strip_variant_matches_cpu() {
 }
 
 #[test]
+fn conv_forward_winograd_variant_matches_cpu() {
+    // Winograd F(2x2, 3x3), forced for every 3x3 stride-1 padding-1 convolution of this
+    // context (others fall back to the default): odd sizes (partial 2x2 tiles), one image and
+    // several, tiles no multiple of 4, a workspace small enough to split the batch into image
+    // groups, the batch-norm prologue on a channel prefix, and a DenseNet whose layers write
+    // their channels into a block buffer, against the default kernels.
+    let ctx = |overrides: Vec<(String, String)>| {
+        apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+            autotune: false,
+            kernel_overrides: overrides,
+            profile: true,
+            workspace_bytes: 48 << 10,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let g = ctx(vec![
+        ("conv-fwd".into(), "winograd".into()),
+        ("conv-dgrad".into(), "winograd".into()),
+    ]);
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+    let mut r = rng(24);
+    for &(n, ci, h, w, co) in &[
+        (1usize, 4usize, 5usize, 7usize, 3usize),
+        (3, 8, 9, 6, 5),
+        (2, 12, 8, 8, 16),
+        (1, 4, 1, 1, 2),
+        (5, 16, 11, 13, 7),
+        (2, 8, 7, 5, 12),
+    ] {
+        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+        let wt = uniform(&mut r, co * ci * 9, -1.0, 1.0);
+        let b = uniform(&mut r, co, -1.0, 1.0);
+        let (want, _) = cpu_conv2d(&x, [n, ci, h, w], &wt, [co, ci, 3, 3], Some(&b), 1, 1);
+        let xt = t(&x, &[n, ci, h, w]).with_grad();
+        let tape = apga_gpu::Tape::new();
+        let got = ops::conv2d(&xt, &t(&wt, &[co, ci, 3, 3]), Some(&t(&b, &[co])), 1, 1).unwrap();
+        let what = format!("conv2d winograd {:?}", (n, ci, h, w, co));
+        assert_close(&what, &got.to_vec().unwrap(), &want, 1e-4, 1e-4);
+        // The input gradient (Winograd too where co is a multiple of 4).
+        let gy = uniform(&mut r, n * co * h * w, -1.0, 1.0);
+        let loss = ops::sum_all(&ops::mul(&got, &t(&gy, got.shape())).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let (dx, _) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, 3, 3], &gy, 1, 1);
+        let gx = grads.get(&xt).unwrap().to_vec().unwrap();
+        assert_close(&format!("{what} input grad"), &gx, &dx, 1e-4, 1e-4);
+    }
+    // PyTorch's conv2d on channel counts Winograd takes (tests/fixtures/make_fixtures.py).
+    let bytes = std::fs::read(fixture("conv2d_3x3_c8.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let get = |k: &str| {
+        let v = st.tensor(k).unwrap();
+        let vals: Vec<f32> = bytemuck::pod_collect_to_vec(v.data());
+        (vals, v.shape().to_vec())
+    };
+    let leaf = |k: &str| {
+        let (v, s) = get(k);
+        t(&v, &s).with_grad()
+    };
+    let (x, wt, b) = (leaf("x"), leaf("weight"), leaf("bias"));
+    let tape = apga_gpu::Tape::new();
+    let out = ops::conv2d(&x, &wt, Some(&b), 1, 1).unwrap();
+    assert_close(
+        "winograd vs torch: out",
+        &out.to_vec().unwrap(),
+        &get("out").0,
+        1e-4,
+        1e-4,
+    );
+    let (gy, gs) = get("grad_out");
+    let loss = ops::sum_all(&ops::mul(&out, &t(&gy, &gs)).unwrap()).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    for (name, p) in [("x", &x), ("weight", &wt), ("bias", &b)] {
+        let got = grads.get(p).unwrap().to_vec().unwrap();
+        let want = get(&format!("grad_{name}")).0;
+        assert_close(
+            &format!("winograd vs torch: grad_{name}"),
+            &got,
+            &want,
+            1e-4,
+            1e-4,
+        );
+    }
+    check_prologue(
+        &g,
+        "conv2d winograd with prologue",
+        &mut r,
+        (2, 10, 8, 7, 9, 3),
+        3,
+        1,
+    );
+    let ran = g.profile_report().unwrap().unwrap().table(100);
+    for k in [
+        "wino_weights",
+        "wino_input",
+        "wino_output",
+        "layout::flip_transpose",
+    ] {
+        assert!(ran.contains(k), "{k} did not run:\n{ran}");
+    }
+    // A tiny DenseNet (growth convolutions write into the block buffer's channel slices)
+    // gives the default kernels' logits.
+    let plain = ctx(vec![]);
+    let logits = |gpu: &apga_gpu::Gpu| {
+        let cfg = apga_gpu::models::DenseNetConfig {
+            growth_rate: 4,
+            block_config: vec![2, 3],
+            num_init_features: 8,
+            bn_size: 2,
+            num_classes: 3,
+        };
+        let net = apga_gpu::models::DenseNet::new(gpu, cfg, 1).unwrap();
+        let x = uniform(&mut rng(25), 2 * 3 * 32 * 32, -1.0, 1.0);
+        let x = apga_gpu::Tensor::from_slice(gpu, &x, &[2, 3, 32, 32]).unwrap();
+        net.forward(&x, true).unwrap().to_vec().unwrap()
+    };
+    assert_close(
+        "densenet logits, winograd",
+        &logits(&g),
+        &logits(&plain),
+        1e-4,
+        1e-4,
+    );
+}
+
+#[test]
 fn conv_input_gradient_strip_variant_matches_cpu() {
     // The stride-1 row-strip input-gradient kernel, forced for every convolution of this
     // context; checked against the scatter definition of the input gradient, and through

@@ -232,7 +232,7 @@ fn check_params<P: apga_gpu::gpu::KernelParams>(shaders: &[&apga_gpu::gpu::Shade
 
 #[test]
 fn kernel_parameter_structs_match_their_shaders() {
-    use apga_gpu::ops::conv::{BatchedGemmParams, ConvParams, GemmConvParams};
+    use apga_gpu::ops::conv::{BatchedGemmParams, ConvParams, GemmConvParams, WinogradParams};
     use apga_gpu::ops::{elementwise, layout, loss, matmul, norm, pool, reduce, resample};
     use apga_gpu::shaders::*;
     let mut covered = Vec::new();
@@ -253,6 +253,7 @@ fn kernel_parameter_structs_match_their_shaders() {
         check_params::<matmul::MatmulParams>,
         &[&MATMUL_TILED, &MATMUL_BLOCKED, &MATMUL_VEC4],
     );
+    check(check_params::<WinogradParams>, &[&CONV_WINOGRAD]);
     check(check_params::<norm::BnParams>, &[&BATCHNORM]);
     check(check_params::<pool::PoolParams>, &[&POOL]);
     check(check_params::<resample::ResampleParams>, &[&RESAMPLE]);

@@ -22,6 +22,7 @@ mod gemm;
 mod variant;
 mod weights;
 mod wgrad;
+mod winograd;
 
 pub use backward::{conv2d_backward, conv_transpose2d_backward};
 pub use direct::ConvParams;
@@ -29,6 +30,7 @@ pub use gemm::{BatchedGemmParams, GemmConvParams};
 pub(crate) use variant::{dgrad_into, fwd_into};
 pub use variant::{kernel_name, Dir};
 pub(crate) use wgrad::wgrad;
+pub use winograd::WinogradParams;
 
 /// Geometry of a convolution: input [n, ci, h, w], output [n, co, oh, ow], kernel kh x kw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -13,6 +13,7 @@ use super::gemm::{
     im2col_fits,
 };
 use super::weights::relayout_weight;
+use super::winograd::{dgrad_winograd, dgrad_winograd_fits, fwd_winograd, winograd_fits};
 use super::{round8, ConvGeom, Slice};
 
 /// A convolution direction: the three kernels every convolution op is made of.
@@ -67,15 +68,17 @@ pub(super) enum ConvKernel {
     Gemm1x1,
     Im2col,
     Col2im,
+    Winograd,
 }
 
 impl ConvKernel {
-    const ALL: [ConvKernel; 5] = [
+    const ALL: [ConvKernel; 6] = [
         ConvKernel::Direct,
         ConvKernel::Strip,
         ConvKernel::Gemm1x1,
         ConvKernel::Im2col,
         ConvKernel::Col2im,
+        ConvKernel::Winograd,
     ];
 
     /// The name in the autotune cache and in `APGA_KERNELS`.
@@ -86,6 +89,7 @@ impl ConvKernel {
             ConvKernel::Gemm1x1 => "gemm1x1",
             ConvKernel::Im2col => "im2col",
             ConvKernel::Col2im => "col2im",
+            ConvKernel::Winograd => "winograd",
         }
     }
 
@@ -99,6 +103,7 @@ impl ConvKernel {
             (ConvKernel::Gemm1x1, _) => "conv1x1 (batched GEMM)",
             (ConvKernel::Im2col, _) => "conv_gemm.im2col + batched GEMM",
             (ConvKernel::Col2im, _) => "batched GEMM + conv_gemm.col2im",
+            (ConvKernel::Winograd, _) => "conv_winograd F(2x2,3x3) + 16 batched GEMMs",
         }
     }
 }
@@ -153,7 +158,8 @@ pub(super) fn family(dir: Dir) -> Vec<&'static str> {
 }
 
 /// The forward's candidates for `g`: direct, the row strip where its register window
-/// (7 * stride + kw values) fits its 24 slots, and the 1x1 GEMM or else im2col + GEMM.
+/// (7 * stride + kw values) fits its 24 slots, the 1x1 GEMM or else im2col + GEMM, and
+/// Winograd F(2x2, 3x3) for 3x3 stride-1 padding-1 convolutions.
 pub(super) fn fwd_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, ConvKernel)> {
     let mut v = vec![ConvKernel::Direct];
     if 7 * g.stride + g.kw <= 24 {
@@ -164,11 +170,15 @@ pub(super) fn fwd_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Conv
     } else if im2col_fits(gpu, g) {
         v.push(ConvKernel::Im2col);
     }
+    if winograd_fits(gpu, g) {
+        v.push(ConvKernel::Winograd);
+    }
     v.into_iter().map(|k| (k.name(), k)).collect()
 }
 
 /// The input gradient's candidates: direct, the row strip (stride 1 only), and the 1x1 GEMM,
-/// or else the stride-1 im2col + GEMM and GEMM + col2im where they fit.
+/// or else the stride-1 im2col + GEMM and GEMM + col2im where they fit, and Winograd for 3x3
+/// stride-1 padding-1 convolutions.
 pub(super) fn dgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, ConvKernel)> {
     let mut v = vec![ConvKernel::Direct];
     if g.stride == 1 && 7 + g.kw <= 24 {
@@ -183,6 +193,9 @@ pub(super) fn dgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Co
         if col2im_fits(gpu, g) {
             v.push(ConvKernel::Col2im);
         }
+    }
+    if dgrad_winograd_fits(gpu, g) {
+        v.push(ConvKernel::Winograd);
     }
     v.into_iter().map(|k| (k.name(), k)).collect()
 }
@@ -231,6 +244,7 @@ pub(crate) fn fwd_into(
             prologue,
         ),
         ConvKernel::Im2col => fwd_gemm(g, x, src, w, bias, out, dst, prologue),
+        ConvKernel::Winograd => fwd_winograd(g, x, src, w, bias, out, dst, prologue),
         // col2im is an input-gradient variant; the forward never offers it.
         ConvKernel::Col2im => fwd_direct(g, x, src, w, bias, out, dst, prologue, false),
     };
@@ -239,7 +253,14 @@ pub(crate) fn fwd_into(
         return run(ConvKernel::Direct);
     }
     // Without measurements: the GEMM where it applies, else the direct kernel.
-    let default = if gemm { cands.len() - 1 } else { 0 };
+    let default = if gemm {
+        cands
+            .iter()
+            .position(|(_, k)| *k == ConvKernel::Gemm1x1)
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let k = autotune::choose(
         gpu,
         &class_key(Dir::Fwd, g, prologue.is_some()),
@@ -275,6 +296,7 @@ pub(crate) fn dgrad_into(
         ConvKernel::Col2im => dgrad_col2im(g, dy, src, &relayout_weight(w, false)?, bias, out, dst),
         ConvKernel::Direct => dgrad_direct(g, dy, src, w, bias, out, dst, false),
         ConvKernel::Strip => dgrad_direct(g, dy, src, w, bias, out, dst, true),
+        ConvKernel::Winograd => dgrad_winograd(g, dy, src, w, bias, out, dst),
         ConvKernel::Gemm1x1 => gemm_1x1_run(
             gpu,
             (g.ci, g.co, round8(g.co)),
@@ -288,7 +310,14 @@ pub(crate) fn dgrad_into(
             None,
         ),
     };
-    let default = if gemm { cands.len() - 1 } else { 0 };
+    let default = if gemm {
+        cands
+            .iter()
+            .position(|(_, k)| *k == ConvKernel::Gemm1x1)
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let k = autotune::choose(
         gpu,
         &class_key(Dir::Dgrad, g, false),

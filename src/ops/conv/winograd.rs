@@ -1,0 +1,191 @@
+//! Winograd F(2x2, 3x3) forward for 3x3 convolutions of stride 1 and padding 1
+//! (`shaders/conv_winograd.wgsl`): weight, input and output transforms around 16 batched GEMMs
+//! (conv1x1.wgsl's, each of the 16 with its own A), over image groups that fit the workspace.
+
+use crate::error::Result;
+use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
+use crate::shaders::CONV_WINOGRAD;
+use crate::tensor::Tensor;
+
+use super::gemm::{batched_gemm, BatchedGemm};
+use super::weights::weight_copy;
+use super::{check_groups, ConvGeom, Slice};
+
+crate::kernel_params! {
+    /// The parameter block of `conv_winograd.wgsl`.
+    pub struct WinogradParams {
+        n: u32, img0: u32, ci: u32, co: u32,
+        h: u32, w: u32, th: u32, tw: u32,
+        t4: u32, src_c_total: u32, src_c_off: u32, dst_c_total: u32,
+        dst_c_off: u32, _p0: u32, _p1: u32, _p2: u32,
+    }
+}
+
+/// Tiles (2x2 output blocks) of one image.
+fn tiles(g: &ConvGeom) -> usize {
+    g.oh.div_ceil(2) * g.ow.div_ceil(2)
+}
+
+/// Images per group: the transformed input (16 ci x T) and the GEMMs' output (16 co x T)
+/// within the workspace and a binding; 0 when not even one image fits.
+fn group(gpu: &Gpu, g: &ConvGeom) -> usize {
+    let per_img = tiles(g);
+    let fits = |imgs: usize| {
+        let t4 = (imgs * per_img).div_ceil(4) * 4;
+        let (v, m) = (16 * g.ci * t4, 16 * g.co * t4);
+        4 * (v + m) <= gpu.workspace_bytes() && v.max(m) <= gpu.max_binding_elems()
+    };
+    let mut imgs = (gpu.workspace_bytes() / (4 * 16 * (g.ci + g.co) * per_img).max(1)).min(g.n);
+    while imgs > 0 && !fits(imgs) {
+        imgs -= 1;
+    }
+    imgs
+}
+
+/// Whether the Winograd forward applies: a 3x3 kernel, stride 1, padding 1, input channels a
+/// multiple of 4 (the GEMM's vec4 loads along K), one image's transforms within the workspace.
+pub(super) fn winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+    g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.pad == 1
+        && g.oh == g.h
+        && g.ow == g.w
+        && g.ci.is_multiple_of(4)
+        && group(gpu, g) >= 1
+}
+
+/// `out[:, dst] = conv(x[:, src], w) + bias` by Winograd F(2x2, 3x3); with a `prologue`
+/// ([scale; shift] per input channel) the input is read as relu(x * scale + shift).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fwd_winograd(
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let gpu = w.gpu();
+    let u = |v: usize| v as u32;
+    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let mut p = WinogradParams {
+        ci: u(g.ci),
+        co: u(g.co),
+        h: u(g.h),
+        w: u(g.w),
+        th: u(th),
+        tw: u(tw),
+        src_c_total: u(src.total),
+        src_c_off: u(src.off),
+        dst_c_total: u(dst.total),
+        dst_c_off: u(dst.off),
+        ..Default::default()
+    };
+    let grid = |count: usize| -> Result<[u32; 3]> {
+        let wg = gpu.grid(count.div_ceil(64));
+        check_groups(gpu, "conv2d (Winograd)", g, wg)?;
+        Ok(wg)
+    };
+    let transformed = gpu.alloc(16 * g.co * g.ci, &[16, g.co, g.ci])?;
+    gpu.dispatch(
+        &Kernel::new(&CONV_WINOGRAD, "wino_weights"),
+        p.as_words(),
+        &[&transformed],
+        &[w.storage()],
+        grid(g.co * g.ci)?,
+    )?;
+    let zeros = gpu.shared_zeros(g.co)?;
+    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
+    let group = group(gpu, g).max(1);
+    for img0 in (0..g.n).step_by(group) {
+        let imgs = group.min(g.n - img0);
+        let t = imgs * th * tw;
+        let t4 = t.div_ceil(4) * 4;
+        p.n = u(imgs);
+        p.img0 = u(img0);
+        p.t4 = u(t4);
+        let v = gpu.alloc(16 * g.ci * t4, &[16, g.ci, t4])?;
+        gpu.dispatch(
+            &Kernel::new(&CONV_WINOGRAD, "wino_input").with(&constants),
+            p.as_words(),
+            &[&v],
+            &[x, prologue.unwrap_or(bias)],
+            grid(g.ci * t4)?,
+        )?;
+        let m = gpu.alloc(16 * g.co * t4, &[16, g.co, t4])?;
+        let d = BatchedGemm {
+            m: g.co,
+            n: t4,
+            k: g.ci,
+            lda: g.ci,
+            a_batch: g.co * g.ci,
+            b_batch: g.ci * t4,
+            b_off: 0,
+            c_batch: g.co * t4,
+            c_off: 0,
+            imgs: 16,
+        };
+        batched_gemm(gpu, &d, (&transformed, &v, &zeros, &m), g, None)?;
+        gpu.dispatch(
+            &Kernel::new(&CONV_WINOGRAD, "wino_output"),
+            p.as_words(),
+            &[out],
+            &[&m, bias],
+            grid(g.co * t)?,
+        )?;
+    }
+    Ok(())
+}
+
+/// The input gradient's geometry as a forward convolution: for stride 1, conv2d's input
+/// gradient is conv(dy, flip(w)^T) with padding k - 1 - pad (1 for a 3x3 of padding 1).
+fn dgrad_geom(g: &ConvGeom) -> ConvGeom {
+    ConvGeom {
+        n: g.n,
+        ci: g.co,
+        h: g.oh,
+        w: g.ow,
+        co: g.ci,
+        oh: g.h,
+        ow: g.w,
+        kh: g.kh,
+        kw: g.kw,
+        stride: 1,
+        pad: g.kh.saturating_sub(1 + g.pad),
+    }
+}
+
+/// Whether the input gradient of `g` can run as a Winograd forward (see [`winograd_fits`]).
+pub(super) fn dgrad_winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+    g.stride == 1 && g.pad == 1 && winograd_fits(gpu, &dgrad_geom(g))
+}
+
+/// Input gradient `out[:, dst] = conv_transpose(dy[:, src], w) + bias` of a 3x3 stride-1
+/// padding-1 convolution, as the Winograd forward with the flipped, transposed weights.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dgrad_winograd(
+    g: &ConvGeom,
+    dy: &Storage,
+    src: Slice,
+    w: &Tensor,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+) -> Result<()> {
+    let g2 = dgrad_geom(g);
+    let kk = g.kh * g.kw;
+    let flipped = weight_copy(
+        w,
+        "flip_transpose",
+        [g.ci, g.co, g.co * kk, kk, 0, 0, 0, g.ci],
+    )?;
+    let flipped = Tensor::from_storage(
+        std::sync::Arc::new(flipped),
+        &[g.ci, g.co, g.kh, g.kw],
+        false,
+    );
+    fwd_winograd(&g2, dy, src, &flipped, bias, out, dst, None)
+}
