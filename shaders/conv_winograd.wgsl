@@ -13,8 +13,9 @@
 // + ReLU prologue (relu(x * affine[c] + affine[ci + c]); padding stays 0), and the output is
 // written into a channel slice, as the other convolution kernels do.
 
+// Tiles are numbered over the batch (image-major); a dispatch covers tiles [t0, t0 + tiles).
 struct Params {
-    n: u32, img0: u32, ci: u32, co: u32,
+    tiles: u32, t0: u32, ci: u32, co: u32,
     h: u32, w: u32, th: u32, tw: u32,
     t4: u32, src_c_total: u32, src_c_off: u32, dst_c_total: u32,
     dst_c_off: u32, _p0: u32, _p1: u32, _p2: u32,
@@ -81,10 +82,11 @@ fn wino_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let t = i % P.t4;
     let per_img = P.th * P.tw;
     var d: array<f32, 16>;
-    if (t < P.n * per_img) {
-        let img = P.img0 + t / per_img;
-        let ty = (t % per_img) / P.tw;
-        let tx = t % P.tw;
+    if (t < P.tiles) {
+        let tg = P.t0 + t;
+        let img = tg / per_img;
+        let ty = (tg % per_img) / P.tw;
+        let tx = tg % P.tw;
         let base = (img * P.src_c_total + P.src_c_off + c) * P.h * P.w;
         for (var r = 0u; r < 4u; r = r + 1u) {
             for (var q = 0u; q < 4u; q = q + 1u) {
@@ -136,11 +138,11 @@ fn wino_output(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
           @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = flat(wid, nwg, lid);
     let per_img = P.th * P.tw;
-    if (i >= P.co * P.n * per_img) {
+    if (i >= P.co * P.tiles) {
         return;
     }
-    let co = i / (P.n * per_img);
-    let t = i % (P.n * per_img);
+    let co = i / P.tiles;
+    let t = i % P.tiles;
     let plane = P.co * P.t4;
     var m: array<f32, 16>;
     for (var e = 0u; e < 16u; e = e + 1u) {
@@ -152,9 +154,10 @@ fn wino_output(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         s[q] = m[q] + m[4u + q] + m[8u + q];
         s[4u + q] = m[4u + q] - m[8u + q] - m[12u + q];
     }
-    let img = P.img0 + t / per_img;
-    let ty = (t % per_img) / P.tw;
-    let tx = t % P.tw;
+    let tg = P.t0 + t;
+    let img = tg / per_img;
+    let ty = (tg % per_img) / P.tw;
+    let tx = tg % P.tw;
     let base = (img * P.dst_c_total + P.dst_c_off + co) * P.h * P.w;
     let b = bias[co];
     for (var r = 0u; r < 2u; r = r + 1u) {

@@ -159,8 +159,8 @@ fn conv_forward_strip_variant_matches_cpu() {
 fn conv_forward_winograd_variant_matches_cpu() {
     // Winograd F(2x2, 3x3), forced for every 3x3 stride-1 padding-1 convolution of this
     // context (others fall back to the default): odd sizes (partial 2x2 tiles), one image and
-    // several, tiles no multiple of 4, a workspace small enough to split the batch into image
-    // groups, the batch-norm prologue on a channel prefix, and a DenseNet whose layers write
+    // several, tiles no multiple of 4, a workspace small enough to split the batch into groups
+    // of tiles that cross image boundaries or end inside an image, the batch-norm prologue on a channel prefix, and a DenseNet whose layers write
     // their channels into a block buffer, against the default kernels.
     let ctx = |overrides: Vec<(String, String)>| {
         apga_gpu::Gpu::new(apga_gpu::GpuOptions {
@@ -185,6 +185,8 @@ fn conv_forward_winograd_variant_matches_cpu() {
         (1, 4, 1, 1, 2),
         (5, 16, 11, 13, 7),
         (2, 8, 7, 5, 12),
+        // 440 tiles per image, groups of 96: groups end inside images.
+        (1, 4, 40, 44, 4),
     ] {
         let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
         let wt = uniform(&mut r, co * ci * 9, -1.0, 1.0);

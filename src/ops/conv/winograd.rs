@@ -1,6 +1,7 @@
 //! Winograd F(2x2, 3x3) forward for 3x3 convolutions of stride 1 and padding 1
 //! (`shaders/conv_winograd.wgsl`): weight, input and output transforms around 16 batched GEMMs
-//! (conv1x1.wgsl's, each of the 16 with its own A), over image groups that fit the workspace.
+//! (conv1x1.wgsl's, each of the 16 with its own A), over groups of tiles that fit the
+//! workspace (a group may end inside an image, so large images fit too).
 
 use crate::error::Result;
 use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
@@ -14,7 +15,7 @@ use super::{check_groups, ConvGeom, Slice};
 crate::kernel_params! {
     /// The parameter block of `conv_winograd.wgsl`.
     pub struct WinogradParams {
-        n: u32, img0: u32, ci: u32, co: u32,
+        tiles: u32, t0: u32, ci: u32, co: u32,
         h: u32, w: u32, th: u32, tw: u32,
         t4: u32, src_c_total: u32, src_c_off: u32, dst_c_total: u32,
         dst_c_off: u32, _p0: u32, _p1: u32, _p2: u32,
@@ -26,24 +27,22 @@ fn tiles(g: &ConvGeom) -> usize {
     g.oh.div_ceil(2) * g.ow.div_ceil(2)
 }
 
-/// Images per group: the transformed input (16 ci x T) and the GEMMs' output (16 co x T)
-/// within the workspace and a binding; 0 when not even one image fits.
+/// Tiles per group: the transformed input (16 ci x T4) and the GEMMs' output (16 co x T4)
+/// within the workspace and a binding, T4 a multiple of 4, at most the batch's tiles.
 fn group(gpu: &Gpu, g: &ConvGeom) -> usize {
-    let per_img = tiles(g);
-    let fits = |imgs: usize| {
-        let t4 = (imgs * per_img).div_ceil(4) * 4;
-        let (v, m) = (16 * g.ci * t4, 16 * g.co * t4);
-        4 * (v + m) <= gpu.workspace_bytes() && v.max(m) <= gpu.max_binding_elems()
-    };
-    let mut imgs = (gpu.workspace_bytes() / (4 * 16 * (g.ci + g.co) * per_img).max(1)).min(g.n);
-    while imgs > 0 && !fits(imgs) {
-        imgs -= 1;
-    }
-    imgs
+    let per_tile = 16 * (g.ci + g.co);
+    let by_workspace = gpu.workspace_bytes() / (4 * per_tile);
+    let by_binding = gpu.max_binding_elems() / (16 * g.ci.max(g.co));
+    let t4 = by_workspace.min(by_binding) / 4 * 4;
+    t4.min((g.n * tiles(g)).div_ceil(4) * 4)
 }
 
+/// Fewest tiles per group worth the three extra dispatches.
+const MIN_GROUP: usize = 16;
+
 /// Whether the Winograd forward applies: a 3x3 kernel, stride 1, padding 1, input channels a
-/// multiple of 4 (the GEMM's vec4 loads along K), one image's transforms within the workspace.
+/// multiple of 4 (the GEMM's vec4 loads along K), and at least 16 tiles' transforms (or the
+/// whole batch's) within the workspace.
 pub(super) fn winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
     g.kh == 3
         && g.kw == 3
@@ -52,7 +51,7 @@ pub(super) fn winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
         && g.oh == g.h
         && g.ow == g.w
         && g.ci.is_multiple_of(4)
-        && group(gpu, g) >= 1
+        && group(gpu, g) >= MIN_GROUP.min(g.n * tiles(g))
 }
 
 /// `out[:, dst] = conv(x[:, src], w) + bias` by Winograd F(2x2, 3x3); with a `prologue`
@@ -99,13 +98,13 @@ pub(super) fn fwd_winograd(
     )?;
     let zeros = gpu.shared_zeros(g.co)?;
     let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
-    let group = group(gpu, g).max(1);
-    for img0 in (0..g.n).step_by(group) {
-        let imgs = group.min(g.n - img0);
-        let t = imgs * th * tw;
+    let group = group(gpu, g).max(4);
+    let total = g.n * th * tw;
+    for t0 in (0..total).step_by(group) {
+        let t = group.min(total - t0);
         let t4 = t.div_ceil(4) * 4;
-        p.n = u(imgs);
-        p.img0 = u(img0);
+        p.tiles = u(t);
+        p.t0 = u(t0);
         p.t4 = u(t4);
         let v = gpu.alloc(16 * g.ci * t4, &[16, g.ci, t4])?;
         gpu.dispatch(
