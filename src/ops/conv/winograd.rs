@@ -33,7 +33,9 @@ fn group(gpu: &Gpu, g: &ConvGeom) -> usize {
     let per_tile = 16 * (g.ci + g.co);
     let by_workspace = gpu.workspace_bytes() / (4 * per_tile);
     let by_binding = gpu.max_binding_elems() / (16 * g.ci.max(g.co));
-    let t4 = by_workspace.min(by_binding) / 4 * 4;
+    // The GEMM's grid has t4 / 64 workgroups along x.
+    let by_grid = gpu.limits().max_compute_workgroups_per_dimension as usize * 64;
+    let t4 = by_workspace.min(by_binding).min(by_grid) / 4 * 4;
     t4.min((g.n * tiles(g)).div_ceil(4) * 4)
 }
 
@@ -50,7 +52,11 @@ pub(super) fn winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
         && g.pad == 1
         && g.oh == g.h
         && g.ow == g.w
+        && g.ci > 0
+        && g.co > 0
         && g.ci.is_multiple_of(4)
+        // The transformed weights [16, co, ci] in one binding.
+        && 16 * g.co * g.ci <= gpu.max_binding_elems()
         && group(gpu, g) >= MIN_GROUP.min(g.n * tiles(g))
 }
 
