@@ -38,8 +38,10 @@ impl Dir {
 }
 
 /// The autotune key of a direction's shape class (the one format for all three; the cache
-/// file's keys): kernel, stride, bucketed channels, pixels (the output's for `Wgrad`, the
-/// input's otherwise) and batch, and whether a batch-norm prologue is fused in.
+/// file's keys): kernel, stride, padding, bucketed channels, pixels (the output's for `Wgrad`,
+/// the input's otherwise) and batch, and whether a batch-norm prologue is fused in. Padding is
+/// part of it since Winograd takes padding 1 only: a 3x3 layer without padding would otherwise
+/// share, and overwrite, the cached choice of a padded one.
 pub(super) fn class_key(dir: Dir, g: &ConvGeom, prologue: bool) -> String {
     let pixels = if dir == Dir::Wgrad {
         g.oh * g.ow
@@ -47,10 +49,11 @@ pub(super) fn class_key(dir: Dir, g: &ConvGeom, prologue: bool) -> String {
         g.h * g.w
     };
     format!(
-        "conv-{}/k{}s{}/ci{}/co{}/hw{}/n{}/{}",
+        "conv-{}/k{}s{}p{}/ci{}/co{}/hw{}/n{}/{}",
         dir.name(),
         g.kh,
         g.stride,
+        g.pad,
         autotune::bucket(g.ci),
         autotune::bucket(g.co),
         autotune::bucket(pixels),
