@@ -262,14 +262,7 @@ fn conv_forward_winograd_variant_matches_cpu() {
     // gives the default kernels' logits.
     let plain = ctx(vec![]);
     let logits = |gpu: &apga_gpu::Gpu| {
-        let cfg = apga_gpu::models::DenseNetConfig {
-            growth_rate: 4,
-            block_config: vec![2, 3],
-            num_init_features: 8,
-            bn_size: 2,
-            num_classes: 3,
-        };
-        let net = apga_gpu::models::DenseNet::new(gpu, cfg, 1).unwrap();
+        let net = tiny_densenet_on(gpu);
         let x = uniform(&mut rng(25), 2 * 3 * 32 * 32, -1.0, 1.0);
         let x = apga_gpu::Tensor::from_slice(gpu, &x, &[2, 3, 32, 32]).unwrap();
         net.forward(&x, true).unwrap().to_vec().unwrap()

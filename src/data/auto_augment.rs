@@ -259,24 +259,18 @@ pub fn apply(img: &RgbImage, op: AugOp, magnitude: f32) -> RgbImage {
     match op {
         AugOp::Identity => img.clone(),
         // Shears about the top-left corner (centre [0, 0]), angle atan(magnitude).
-        AugOp::ShearX => warp(
-            img,
-            inverse_affine(
-                [-w * 0.5, -h * 0.5],
-                0.0,
-                [0.0, 0.0],
-                [m.atan().to_degrees(), 0.0],
-            ),
-        ),
-        AugOp::ShearY => warp(
-            img,
-            inverse_affine(
-                [-w * 0.5, -h * 0.5],
-                0.0,
-                [0.0, 0.0],
-                [0.0, m.atan().to_degrees()],
-            ),
-        ),
+        AugOp::ShearX | AugOp::ShearY => {
+            let angle = m.atan().to_degrees();
+            let shear = if op == AugOp::ShearX {
+                [angle, 0.0]
+            } else {
+                [0.0, angle]
+            };
+            warp(
+                img,
+                inverse_affine([-w * 0.5, -h * 0.5], 0.0, [0.0, 0.0], shear),
+            )
+        }
         // Whole pixels, truncated toward zero (`int(magnitude)`).
         AugOp::TranslateX => warp(
             img,

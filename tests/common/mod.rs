@@ -612,6 +612,11 @@ pub fn by_key(model: &dyn apga_gpu::nn::Module, key: &str) -> Tensor {
 /// The tiny torchvision DenseNet of the model fixtures (growth 4, blocks 2-3, 8 initial
 /// features, bottleneck 2, 3 classes).
 pub fn tiny_densenet() -> apga_gpu::models::DenseNet {
+    tiny_densenet_on(&gpu())
+}
+
+/// [`tiny_densenet`] on the context `g`.
+pub fn tiny_densenet_on(g: &apga_gpu::Gpu) -> apga_gpu::models::DenseNet {
     let cfg = apga_gpu::models::DenseNetConfig {
         growth_rate: 4,
         block_config: vec![2, 3],
@@ -619,5 +624,5 @@ pub fn tiny_densenet() -> apga_gpu::models::DenseNet {
         bn_size: 2,
         num_classes: 3,
     };
-    apga_gpu::models::DenseNet::new(&gpu(), cfg, 1).expect("densenet")
+    apga_gpu::models::DenseNet::new(g, cfg, 1).expect("densenet")
 }

@@ -436,19 +436,7 @@ pub(super) fn dgrad_gemm(
     dst: Slice,
 ) -> Result<()> {
     let gpu = w.gpu();
-    let g2 = ConvGeom {
-        n: g.n,
-        ci: g.co,
-        h: g.oh,
-        w: g.ow,
-        co: g.ci,
-        oh: g.h,
-        ow: g.w,
-        kh: g.kh,
-        kw: g.kw,
-        stride: 1,
-        pad: g.kh - 1 - g.pad,
-    };
+    let g2 = g.dgrad_as_forward();
     let kk = g.kh * g.kw;
     let cpad = im2col_rows(&g2);
     let wf = weight_copy(w, "flip_transpose", [g.ci, g.co, cpad, kk, 0, 0, 0, g.ci])?;

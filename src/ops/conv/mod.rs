@@ -53,6 +53,25 @@ impl ConvGeom {
     pub fn macs(&self) -> usize {
         self.n * self.co * self.oh * self.ow * self.ci * self.kh * self.kw
     }
+
+    /// The stride-1 input gradient as a forward convolution: conv2d's input gradient is
+    /// conv(dy, flip(w)^T) with padding k - 1 - pad, from [n, co, oh, ow] to [n, ci, h, w]
+    /// (the im2col and Winograd input-gradient paths).
+    pub(crate) fn dgrad_as_forward(&self) -> ConvGeom {
+        ConvGeom {
+            n: self.n,
+            ci: self.co,
+            h: self.oh,
+            w: self.ow,
+            co: self.ci,
+            oh: self.h,
+            ow: self.w,
+            kh: self.kh,
+            kw: self.kw,
+            stride: 1,
+            pad: self.kh.saturating_sub(1 + self.pad),
+        }
+    }
 }
 
 /// A channel slice of an NCHW buffer: channels `off..off + c` of `total`.

@@ -216,6 +216,14 @@ pub(super) fn wgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Wg
     v.into_iter().map(|k| (k.name(), k)).collect()
 }
 
+/// The choice without measurements: the 1x1 GEMM where it applies, else the direct kernel.
+fn default_of(cands: &[(&'static str, ConvKernel)]) -> usize {
+    cands
+        .iter()
+        .position(|(_, k)| *k == ConvKernel::Gemm1x1)
+        .unwrap_or(0)
+}
+
 /// Forward of a convolution: `out[:, dst] = conv(src[:, src], w) + bias`; with a `prologue`
 /// ([scale; shift] per input channel) the input is read as relu(x * scale + shift).
 #[allow(clippy::too_many_arguments)]
@@ -230,7 +238,6 @@ pub(crate) fn fwd_into(
     prologue: Option<&Storage>,
 ) -> Result<()> {
     let gpu = w.gpu();
-    let gemm = gemm_1x1(g, g.ci);
     let run = |k: ConvKernel| match k {
         ConvKernel::Direct => fwd_direct(g, x, src, w, bias, out, dst, prologue, false),
         ConvKernel::Strip => fwd_direct(g, x, src, w, bias, out, dst, prologue, true),
@@ -255,15 +262,7 @@ pub(crate) fn fwd_into(
     if cands.len() == 1 {
         return run(ConvKernel::Direct);
     }
-    // Without measurements: the GEMM where it applies, else the direct kernel.
-    let default = if gemm {
-        cands
-            .iter()
-            .position(|(_, k)| *k == ConvKernel::Gemm1x1)
-            .unwrap_or(0)
-    } else {
-        0
-    };
+    let default = default_of(&cands);
     let k = autotune::choose(
         gpu,
         &class_key(Dir::Fwd, g, prologue.is_some()),
@@ -287,7 +286,6 @@ pub(crate) fn dgrad_into(
     dst: Slice,
 ) -> Result<()> {
     let gpu = w.gpu();
-    let gemm = gemm_1x1(g, g.co);
     let cands = dgrad_candidates(gpu, g);
     if cands.len() == 1 {
         return dgrad_direct(g, dy, src, w, bias, out, dst, false);
@@ -313,14 +311,7 @@ pub(crate) fn dgrad_into(
             None,
         ),
     };
-    let default = if gemm {
-        cands
-            .iter()
-            .position(|(_, k)| *k == ConvKernel::Gemm1x1)
-            .unwrap_or(0)
-    } else {
-        0
-    };
+    let default = default_of(&cands);
     let k = autotune::choose(
         gpu,
         &class_key(Dir::Dgrad, g, false),

@@ -145,27 +145,9 @@ pub(super) fn fwd_winograd(
     Ok(())
 }
 
-/// The input gradient's geometry as a forward convolution: for stride 1, conv2d's input
-/// gradient is conv(dy, flip(w)^T) with padding k - 1 - pad (1 for a 3x3 of padding 1).
-fn dgrad_geom(g: &ConvGeom) -> ConvGeom {
-    ConvGeom {
-        n: g.n,
-        ci: g.co,
-        h: g.oh,
-        w: g.ow,
-        co: g.ci,
-        oh: g.h,
-        ow: g.w,
-        kh: g.kh,
-        kw: g.kw,
-        stride: 1,
-        pad: g.kh.saturating_sub(1 + g.pad),
-    }
-}
-
 /// Whether the input gradient of `g` can run as a Winograd forward (see [`winograd_fits`]).
 pub(super) fn dgrad_winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
-    g.stride == 1 && g.pad == 1 && winograd_fits(gpu, &dgrad_geom(g))
+    g.stride == 1 && g.pad == 1 && winograd_fits(gpu, &g.dgrad_as_forward())
 }
 
 /// Input gradient `out[:, dst] = conv_transpose(dy[:, src], w) + bias` of a 3x3 stride-1
@@ -180,7 +162,7 @@ pub(super) fn dgrad_winograd(
     out: &Storage,
     dst: Slice,
 ) -> Result<()> {
-    let g2 = dgrad_geom(g);
+    let g2 = g.dgrad_as_forward();
     let kk = g.kh * g.kw;
     let flipped = weight_copy(
         w,
