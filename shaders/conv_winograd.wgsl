@@ -9,6 +9,13 @@
 //   wino_input:  V[e, ci, t]  = (B^T d[ci, t] B)[e]         B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]
 //   wino_output: y[n, co, 2ty + i, 2tx + j] = (A^T M[., co, t] A)[i, j] + bias[co]
 //                                                      A^T = [1 1 1 0; 0 1 -1 -1]
+// The weight gradient differentiates the same algebra: with dM = A dY A^T the gradient of M
+// per tile (4x4 from the tile's 2x2 output gradient), dU[e] (ci x co, transposed) = sum over
+// tiles of V[e] (ci x T) * dM[e]^T (T x co), again 16 batched GEMMs, and dg = G^T dU G:
+//
+//   wino_dy:    W[e, t, co] = (A dY[co, t] A^T)[e]      (dY outside the output is 0)
+//   wino_wgrad: dw[co, ci] = G^T (sum over groups of dU[grp, ., ci, co]) G
+//
 // The input may be a channel slice of a larger buffer and read through the fused batch-norm
 // + ReLU prologue (relu(x * affine[c] + affine[ci + c]); padding stays 0), and the output is
 // written into a channel slice, as the other convolution kernels do.
@@ -18,7 +25,7 @@ struct Params {
     tiles: u32, t0: u32, ci: u32, co: u32,
     h: u32, w: u32, th: u32, tw: u32,
     t4: u32, src_c_total: u32, src_c_off: u32, dst_c_total: u32,
-    dst_c_off: u32, _p0: u32, _p1: u32, _p2: u32,
+    dst_c_off: u32, groups: u32, _p1: u32, _p2: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -173,5 +180,104 @@ fn wino_output(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
                 y_out[base + y * P.w + x0 + 1u] = s1 - s2 - s3 + b;
             }
         }
+    }
+}
+
+// ---- weight gradient, output-gradient transform: one invocation per (tile, co) ----
+// dy is read through the dst slice fields (the output gradient may be a channel slice).
+@group(0) @binding(1) var<storage, read_write> w_out: array<f32>;
+@group(0) @binding(2) var<storage, read> dy_in: array<f32>;
+
+@compute @workgroup_size(64)
+fn wino_dy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= P.t4 * P.co) {
+        return;
+    }
+    let t = i / P.co;
+    let co = i % P.co;
+    // The tile's 2x2 output gradient [a b; c d], zero past the output's edge.
+    var a = 0.0;
+    var b = 0.0;
+    var c = 0.0;
+    var d = 0.0;
+    if (t < P.tiles) {
+        let per_img = P.th * P.tw;
+        let tg = P.t0 + t;
+        let img = tg / per_img;
+        let y = 2u * ((tg % per_img) / P.tw);
+        let x = 2u * (tg % P.tw);
+        let base = (img * P.dst_c_total + P.dst_c_off + co) * P.h * P.w + y * P.w + x;
+        a = dy_in[base];
+        if (x + 1u < P.w) {
+            b = dy_in[base + 1u];
+        }
+        if (y + 1u < P.h) {
+            c = dy_in[base + P.w];
+            if (x + 1u < P.w) {
+                d = dy_in[base + P.w + 1u];
+            }
+        }
+    }
+    // A dY: rows [a b], [a+c b+d], [a-c b-d], [-c -d]; then each row [p q] times A^T gives
+    // [p, p+q, p-q, -q].
+    var r: array<vec2<f32>, 4>;
+    r[0] = vec2<f32>(a, b);
+    r[1] = vec2<f32>(a + c, b + d);
+    r[2] = vec2<f32>(a - c, b - d);
+    r[3] = vec2<f32>(-c, -d);
+    let plane = P.t4 * P.co;
+    for (var k = 0u; k < 4u; k = k + 1u) {
+        let p = r[k].x;
+        let q = r[k].y;
+        w_out[(k * 4u) * plane + i] = p;
+        w_out[(k * 4u + 1u) * plane + i] = p + q;
+        w_out[(k * 4u + 2u) * plane + i] = p - q;
+        w_out[(k * 4u + 3u) * plane + i] = -q;
+    }
+}
+
+// ---- weight gradient, inverse weight transform: one invocation per (co, ci) ----
+@group(0) @binding(1) var<storage, read_write> dw_out: array<f32>;
+@group(0) @binding(2) var<storage, read> du_in: array<f32>;
+
+@compute @workgroup_size(64)
+fn wino_wgrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = flat(wid, nwg, lid);
+    if (i >= P.co * P.ci) {
+        return;
+    }
+    let co = i / P.ci;
+    let c = i % P.ci;
+    let plane = P.ci * P.co;
+    var du: array<f32, 16>;
+    for (var e = 0u; e < 16u; e = e + 1u) {
+        var s = 0.0;
+        for (var grp = 0u; grp < P.groups; grp = grp + 1u) {
+            s = s + du_in[(grp * 16u + e) * plane + c * P.co + co];
+        }
+        du[e] = s;
+    }
+    // s = G^T dU (3 x 4), column by column, then dg = s G (3 x 3).
+    var s: array<f32, 12>;
+    for (var q = 0u; q < 4u; q = q + 1u) {
+        let u0 = du[q];
+        let u1 = du[4u + q];
+        let u2 = du[8u + q];
+        let u3 = du[12u + q];
+        s[q] = u0 + 0.5 * (u1 + u2);
+        s[4u + q] = 0.5 * (u1 - u2);
+        s[8u + q] = 0.5 * (u1 + u2) + u3;
+    }
+    for (var r = 0u; r < 3u; r = r + 1u) {
+        let p0 = s[r * 4u];
+        let p1 = s[r * 4u + 1u];
+        let p2 = s[r * 4u + 2u];
+        let p3 = s[r * 4u + 3u];
+        dw_out[i * 9u + r * 3u] = p0 + 0.5 * (p1 + p2);
+        dw_out[i * 9u + r * 3u + 1u] = 0.5 * (p1 - p2);
+        dw_out[i * 9u + r * 3u + 2u] = 0.5 * (p1 + p2) + p3;
     }
 }

@@ -175,6 +175,7 @@ fn conv_forward_winograd_variant_matches_cpu() {
     let g = ctx(vec![
         ("conv-fwd".into(), "winograd".into()),
         ("conv-dgrad".into(), "winograd".into()),
+        ("conv-wgrad".into(), "winograd".into()),
     ]);
     let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
     let mut r = rng(24);
@@ -193,17 +194,21 @@ fn conv_forward_winograd_variant_matches_cpu() {
         let b = uniform(&mut r, co, -1.0, 1.0);
         let (want, _) = cpu_conv2d(&x, [n, ci, h, w], &wt, [co, ci, 3, 3], Some(&b), 1, 1);
         let xt = t(&x, &[n, ci, h, w]).with_grad();
+        let wtt = t(&wt, &[co, ci, 3, 3]).with_grad();
         let tape = apga_gpu::Tape::new();
-        let got = ops::conv2d(&xt, &t(&wt, &[co, ci, 3, 3]), Some(&t(&b, &[co])), 1, 1).unwrap();
+        let got = ops::conv2d(&xt, &wtt, Some(&t(&b, &[co])), 1, 1).unwrap();
         let what = format!("conv2d winograd {:?}", (n, ci, h, w, co));
         assert_close(&what, &got.to_vec().unwrap(), &want, 1e-4, 1e-4);
-        // The input gradient (Winograd too where co is a multiple of 4).
+        // The input gradient (Winograd too where co is a multiple of 4) and the weight
+        // gradient (Winograd where co is).
         let gy = uniform(&mut r, n * co * h * w, -1.0, 1.0);
         let loss = ops::sum_all(&ops::mul(&got, &t(&gy, got.shape())).unwrap()).unwrap();
         let grads = tape.backward(&loss).unwrap();
-        let (dx, _) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, 3, 3], &gy, 1, 1);
+        let (dx, dw) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, 3, 3], &gy, 1, 1);
         let gx = grads.get(&xt).unwrap().to_vec().unwrap();
         assert_close(&format!("{what} input grad"), &gx, &dx, 1e-4, 1e-4);
+        let gw = grads.get(&wtt).unwrap().to_vec().unwrap();
+        assert_close(&format!("{what} weight grad"), &gw, &dw, 1e-3, 1e-4);
     }
     // PyTorch's conv2d on channel counts Winograd takes (tests/fixtures/make_fixtures.py).
     let bytes = std::fs::read(fixture("conv2d_3x3_c8.safetensors")).unwrap();
@@ -249,11 +254,21 @@ fn conv_forward_winograd_variant_matches_cpu() {
         3,
         1,
     );
+    check_prologue(
+        &g,
+        "conv2d winograd with prologue, co 12",
+        &mut r,
+        (3, 12, 8, 6, 5, 12),
+        3,
+        1,
+    );
     let ran = g.profile_report().unwrap().unwrap().table(100);
     for k in [
         "wino_weights",
         "wino_input",
         "wino_output",
+        "wino_dy",
+        "wino_wgrad",
         "layout::flip_transpose",
     ] {
         assert!(ran.contains(k), "{k} did not run:\n{ran}");
@@ -450,8 +465,9 @@ fn check_prologue(
     let x = t(&uniform(r, n * ct * h * w, -2.0, 2.0), &[n, ct, h, w]);
     let gamma = t(&uniform(r, c, 0.5, 1.5), &[c]);
     let beta = t(&uniform(r, c, -0.5, 0.5), &[c]);
-    let wt = t(&uniform(r, co * c * k * k, -0.5, 0.5), &[co, c, k, k]);
+    let wt = t(&uniform(r, co * c * k * k, -0.5, 0.5), &[co, c, k, k]).with_grad();
     let cfg = ops::BatchNormConfig::default();
+    let tape = apga_gpu::Tape::new();
     let fused = ops::bn_relu_conv2d(&x, c, &gamma, &beta, None, cfg, &wt, 1, pad).unwrap();
     let relu_cfg = ops::BatchNormConfig { relu: true, ..cfg };
     let bn = ops::batch_norm2d(
@@ -473,6 +489,20 @@ fn check_prologue(
     )
     .0;
     assert_close(what, &fused.to_vec().unwrap(), &want, 1e-4, 1e-4);
+    // The weight gradient reads the input through the same prologue.
+    let gy = uniform(r, fused.numel(), -1.0, 1.0);
+    let loss = ops::sum_all(&ops::mul(&fused, &t(&gy, fused.shape())).unwrap()).unwrap();
+    let gw = tape.backward(&loss).unwrap().get(&wt).unwrap().to_vec().unwrap();
+    let (_, dw) = cpu_conv2d_grads(
+        &bn.to_vec().unwrap(),
+        [n, c, h, w],
+        &wt.to_vec().unwrap(),
+        [co, c, k, k],
+        &gy,
+        1,
+        pad,
+    );
+    assert_close(&format!("{what}: weight grad"), &gw, &dw, 1e-3, 1e-4);
 }
 
 #[test]

@@ -13,7 +13,9 @@ use super::gemm::{
     im2col_fits,
 };
 use super::weights::relayout_weight;
-use super::winograd::{dgrad_winograd, dgrad_winograd_fits, fwd_winograd, winograd_fits};
+use super::winograd::{
+    dgrad_winograd, dgrad_winograd_fits, fwd_winograd, wgrad_winograd_fits, winograd_fits,
+};
 use super::{round8, ConvGeom, Slice};
 
 /// A convolution direction: the three kernels every convolution op is made of.
@@ -122,14 +124,17 @@ pub(super) enum WgradKernel {
     Gemm,
     /// The same with the subgroup GEMM.
     GemmSubgroup,
+    /// Winograd F(2x2, 3x3): transforms around 16 batched GEMMs over tiles.
+    Winograd,
 }
 
 impl WgradKernel {
-    const ALL: [WgradKernel; 4] = [
+    const ALL: [WgradKernel; 5] = [
         WgradKernel::Blocked4,
         WgradKernel::Blocked8,
         WgradKernel::Gemm,
         WgradKernel::GemmSubgroup,
+        WgradKernel::Winograd,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -138,6 +143,7 @@ impl WgradKernel {
             WgradKernel::Blocked8 => "wgrad8",
             WgradKernel::Gemm => "gemm",
             WgradKernel::GemmSubgroup => "gemm_sg",
+            WgradKernel::Winograd => "winograd",
         }
     }
 
@@ -147,6 +153,7 @@ impl WgradKernel {
             WgradKernel::Blocked8 => "conv2d_wgrad (8x8, split rows)",
             WgradKernel::Gemm => "conv_gemm.wgrad_gemm (im2col^T + GEMM)",
             WgradKernel::GemmSubgroup => "conv_gemm_subgroup.wgrad_gemm (im2col^T + GEMM)",
+            WgradKernel::Winograd => "conv_winograd F(2x2,3x3) wgrad + 16 batched GEMMs",
         }
     }
 }
@@ -203,8 +210,8 @@ pub(super) fn dgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Co
     v.into_iter().map(|k| (k.name(), k)).collect()
 }
 
-/// The weight gradient's candidates: both blockings, and the GEMMs where one image's columns
-/// fit the workspace.
+/// The weight gradient's candidates: both blockings, the GEMMs where one image's columns
+/// fit the workspace, and Winograd for 3x3 stride-1 padding-1 convolutions.
 pub(super) fn wgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, WgradKernel)> {
     let mut v = vec![WgradKernel::Blocked4, WgradKernel::Blocked8];
     if im2col_fits(gpu, g) {
@@ -212,6 +219,9 @@ pub(super) fn wgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Wg
         if gpu.has_subgroups() {
             v.push(WgradKernel::GemmSubgroup);
         }
+    }
+    if wgrad_winograd_fits(gpu, g) {
+        v.push(WgradKernel::Winograd);
     }
     v.into_iter().map(|k| (k.name(), k)).collect()
 }

@@ -1,5 +1,6 @@
-//! Winograd F(2x2, 3x3) forward for 3x3 convolutions of stride 1 and padding 1
-//! (`shaders/conv_winograd.wgsl`): weight, input and output transforms around 16 batched GEMMs
+//! Winograd F(2x2, 3x3) for 3x3 convolutions of stride 1 and padding 1
+//! (`shaders/conv_winograd.wgsl`): the forward, the input gradient (the forward with flipped,
+//! transposed weights) and the weight gradient, each as transforms around 16 batched GEMMs
 //! (conv1x1.wgsl's, each of the 16 with its own A), over groups of tiles that fit the
 //! workspace (a group may end inside an image, so large images fit too).
 
@@ -7,6 +8,7 @@ use crate::error::Result;
 use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
 use crate::shaders::CONV_WINOGRAD;
 use crate::tensor::Tensor;
+use std::sync::Arc;
 
 use super::gemm::{batched_gemm, BatchedGemm};
 use super::weights::weight_copy;
@@ -18,7 +20,7 @@ crate::kernel_params! {
         tiles: u32, t0: u32, ci: u32, co: u32,
         h: u32, w: u32, th: u32, tw: u32,
         t4: u32, src_c_total: u32, src_c_off: u32, dst_c_total: u32,
-        dst_c_off: u32, _p0: u32, _p1: u32, _p2: u32,
+        dst_c_off: u32, groups: u32, _p1: u32, _p2: u32,
     }
 }
 
@@ -170,9 +172,118 @@ pub(super) fn dgrad_winograd(
         [g.ci, g.co, g.co * kk, kk, 0, 0, 0, g.ci],
     )?;
     let flipped = Tensor::from_storage(
-        std::sync::Arc::new(flipped),
+        Arc::new(flipped),
         &[g.ci, g.co, g.kh, g.kw],
         false,
     );
     fwd_winograd(&g2, dy, src, &flipped, bias, out, dst, None)
+}
+
+/// Largest per-group partial sums of the Winograd weight gradient, in bytes.
+const WGRAD_PARTIAL_BYTES: usize = 64 << 20;
+
+/// Whether the Winograd weight gradient applies: the forward's conditions, output channels a
+/// multiple of 4 too (its GEMMs' vec4 loads along co), and the groups' partial sums
+/// [groups, 16, ci, co] within 64 MiB and one binding.
+pub(super) fn wgrad_winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+    if !(g.co.is_multiple_of(4) && winograd_fits(gpu, g)) {
+        return false;
+    }
+    let partial = (g.n * tiles(g)).div_ceil(group(gpu, g).max(4)) * 16 * g.ci * g.co;
+    4 * partial <= WGRAD_PARTIAL_BYTES && partial <= gpu.max_binding_elems()
+}
+
+/// Weight gradient [co, ci, 3, 3] of a 3x3 stride-1 padding-1 convolution by Winograd
+/// F(2x2, 3x3): per group of tiles, the input transform V (as the forward's, `prologue`
+/// included) and the output-gradient transform W = A dY A^T, then
+/// dU[grp, e] (ci x co) = V[e] (ci x T) * W[e] (T x co) by the batched GEMM; `wino_wgrad`
+/// sums the groups and maps dU back to 3x3 (dg = G^T dU G). 16 multiplies per tile and
+/// channel pair where the im2col GEMM does 36.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn wgrad_winograd(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    dy: &Storage,
+    dys: Slice,
+    prologue: Option<&Storage>,
+) -> Result<Tensor> {
+    let u = |v: usize| v as u32;
+    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let group = group(gpu, g).max(4);
+    let total = g.n * th * tw;
+    let groups = total.div_ceil(group);
+    let mut p = WinogradParams {
+        ci: u(g.ci),
+        co: u(g.co),
+        h: u(g.h),
+        w: u(g.w),
+        th: u(th),
+        tw: u(tw),
+        src_c_total: u(src.total),
+        src_c_off: u(src.off),
+        dst_c_total: u(dys.total),
+        dst_c_off: u(dys.off),
+        groups: u(groups),
+        ..Default::default()
+    };
+    let grid = |count: usize| -> Result<[u32; 3]> {
+        let wg = gpu.grid(count.div_ceil(64));
+        check_groups(gpu, "conv2d weight gradient (Winograd)", g, wg)?;
+        Ok(wg)
+    };
+    let plane = g.ci * g.co;
+    let du = gpu.alloc(groups * 16 * plane, &[groups, 16, g.ci, g.co])?;
+    let zeros = gpu.shared_zeros(g.ci)?;
+    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
+    for (i, t0) in (0..total).step_by(group).enumerate() {
+        let t = group.min(total - t0);
+        let t4 = t.div_ceil(4) * 4;
+        p.tiles = u(t);
+        p.t0 = u(t0);
+        p.t4 = u(t4);
+        let v = gpu.alloc(16 * g.ci * t4, &[16, g.ci, t4])?;
+        gpu.dispatch(
+            &Kernel::new(&CONV_WINOGRAD, "wino_input").with(&constants),
+            p.as_words(),
+            &[&v],
+            &[x, prologue.unwrap_or(dy)],
+            grid(g.ci * t4)?,
+        )?;
+        let w = gpu.alloc(16 * t4 * g.co, &[16, t4, g.co])?;
+        gpu.dispatch(
+            &Kernel::new(&CONV_WINOGRAD, "wino_dy"),
+            p.as_words(),
+            &[&w],
+            &[dy],
+            grid(t4 * g.co)?,
+        )?;
+        let d = BatchedGemm {
+            m: g.ci,
+            n: g.co,
+            k: t4,
+            lda: t4,
+            a_batch: g.ci * t4,
+            b_batch: t4 * g.co,
+            b_off: 0,
+            c_batch: plane,
+            c_off: i * 16 * plane,
+            imgs: 16,
+        };
+        batched_gemm(gpu, &d, (&v, &w, &zeros, &du), g, None)?;
+    }
+    let dw = gpu.alloc(g.co * g.ci * 9, &[g.co, g.ci, 3, 3])?;
+    gpu.dispatch(
+        &Kernel::new(&CONV_WINOGRAD, "wino_wgrad"),
+        p.as_words(),
+        &[&dw],
+        &[&du],
+        grid(plane)?,
+    )?;
+    Ok(Tensor::from_storage(
+        Arc::new(dw),
+        &[g.co, g.ci, g.kh, g.kw],
+        false,
+    ))
 }
