@@ -156,12 +156,24 @@ fn conv_forward_strip_variant_matches_cpu() {
 }
 
 #[test]
-fn conv_forward_winograd_variant_matches_cpu() {
-    // Winograd F(2x2, 3x3), forced for every 3x3 stride-1 padding-1 convolution of this
-    // context (others fall back to the default): odd sizes (partial 2x2 tiles), one image and
-    // several, tiles no multiple of 4, a workspace small enough to split the batch into groups
-    // of tiles that cross image boundaries or end inside an image, the batch-norm prologue on a channel prefix, and a DenseNet whose layers write
-    // their channels into a block buffer, against the default kernels.
+fn conv_winograd_variants_match_cpu() {
+    winograd_variants_match_cpu(false);
+}
+
+/// The same with the batched GEMMs split along K (`splitk_sum` adding the partial products
+/// into the weight gradient's per-group slots, as on GPUs).
+#[test]
+fn conv_winograd_variants_match_cpu_with_split_k_gemms() {
+    winograd_variants_match_cpu(true);
+}
+
+fn winograd_variants_match_cpu(split_k: bool) {
+    // Winograd F(2x2, 3x3) forward, input gradient and weight gradient, forced for every 3x3
+    // stride-1 padding-1 convolution of this context (others fall back to the default): odd
+    // sizes (partial 2x2 tiles), one image and several, tiles no multiple of 4, a workspace
+    // small enough to split the batch into groups of tiles that cross image boundaries or end
+    // inside an image, the batch-norm prologue on a channel prefix, and a DenseNet whose
+    // layers write their channels into a block buffer, against the default kernels.
     let ctx = |overrides: Vec<(String, String)>| {
         apga_gpu::Gpu::new(apga_gpu::GpuOptions {
             autotune: false,
@@ -172,11 +184,15 @@ fn conv_forward_winograd_variant_matches_cpu() {
         })
         .unwrap()
     };
-    let g = ctx(vec![
+    let mut overrides = vec![
         ("conv-fwd".into(), "winograd".into()),
         ("conv-dgrad".into(), "winograd".into()),
         ("conv-wgrad".into(), "winograd".into()),
-    ]);
+    ];
+    if split_k {
+        overrides.push(("gemm-batched".into(), "splitk".into()));
+    }
+    let g = ctx(overrides);
     let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
     let mut r = rng(24);
     for &(n, ci, h, w, co) in &[
@@ -273,6 +289,7 @@ fn conv_forward_winograd_variant_matches_cpu() {
     ] {
         assert!(ran.contains(k), "{k} did not run:\n{ran}");
     }
+    assert_eq!(ran.contains("splitk_sum"), split_k, "split-K:\n{ran}");
     // A tiny DenseNet (growth convolutions write into the block buffer's channel slices)
     // gives the default kernels' logits.
     let plain = ctx(vec![]);
@@ -492,7 +509,13 @@ fn check_prologue(
     // The weight gradient reads the input through the same prologue.
     let gy = uniform(r, fused.numel(), -1.0, 1.0);
     let loss = ops::sum_all(&ops::mul(&fused, &t(&gy, fused.shape())).unwrap()).unwrap();
-    let gw = tape.backward(&loss).unwrap().get(&wt).unwrap().to_vec().unwrap();
+    let gw = tape
+        .backward(&loss)
+        .unwrap()
+        .get(&wt)
+        .unwrap()
+        .to_vec()
+        .unwrap();
     let (_, dw) = cpu_conv2d_grads(
         &bn.to_vec().unwrap(),
         [n, c, h, w],

@@ -394,6 +394,50 @@ fn grad_conv2d() {
 }
 
 #[test]
+fn grad_conv2d_winograd() {
+    // Winograd F(2x2, 3x3) forced for all three directions (3x3, stride 1, padding 1): odd
+    // sizes (partial tiles), output channels a multiple of 4 (Winograd weight gradient) and
+    // not (its input gradient), several images.
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        kernel_overrides: ["conv-fwd", "conv-dgrad", "conv-wgrad"]
+            .map(|d| (d.to_string(), "winograd".to_string()))
+            .to_vec(),
+        profile: true,
+        ..Default::default()
+    })
+    .unwrap();
+    for (s, &(n, ci, h, w, co)) in [
+        (2usize, 4usize, 5usize, 7usize, 8usize),
+        (1, 8, 6, 6, 4),
+        (3, 4, 3, 4, 5),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut r = rng(1300 + s as u64);
+        let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+        let wt = uniform(&mut r, co * ci * 9, -0.5, 0.5);
+        let b = uniform(&mut r, co, -0.5, 0.5);
+        GradCheck::default().run_on(
+            &g,
+            &format!("conv2d winograd {:?}", (n, ci, h, w, co)),
+            &[
+                (x, vec![n, ci, h, w]),
+                (wt, vec![co, ci, 3, 3]),
+                (b, vec![co]),
+            ],
+            &[true, true, true],
+            |t| ops::conv2d(&t[0], &t[1], Some(&t[2]), 1, 1),
+        );
+    }
+    let ran = g.profile_report().unwrap().unwrap().table(100);
+    for k in ["wino_output", "wino_dy", "wino_wgrad"] {
+        assert!(ran.contains(k), "{k} did not run:\n{ran}");
+    }
+}
+
+#[test]
 fn grad_conv_transpose2d() {
     // (n, ci, h, w, co, k, stride, pad, output_padding); the first is UNet11's decoder shape.
     for (s, &(n, ci, h, w, co, k, st, p, op)) in [

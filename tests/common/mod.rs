@@ -200,12 +200,23 @@ impl GradCheck {
         wrt: &[bool],
         f: impl Fn(&[Tensor]) -> Result<Tensor>,
     ) {
-        let g = gpu();
+        self.run_on(&gpu(), name, inputs, wrt, f)
+    }
+
+    /// [`GradCheck::run`] on the context `g` (one whose kernel choices are forced, say).
+    pub fn run_on(
+        &self,
+        g: &Gpu,
+        name: &str,
+        inputs: &[(Vec<f32>, Vec<usize>)],
+        wrt: &[bool],
+        f: impl Fn(&[Tensor]) -> Result<Tensor>,
+    ) {
         let make = |vals: &[(Vec<f32>, Vec<usize>)], grad: bool| -> Vec<Tensor> {
             vals.iter()
                 .zip(wrt)
                 .map(|((v, s), w)| {
-                    let t = Tensor::from_slice(&g, v, s).expect("upload");
+                    let t = Tensor::from_slice(g, v, s).expect("upload");
                     if grad && *w {
                         t.with_grad()
                     } else {
@@ -220,7 +231,7 @@ impl GradCheck {
         let y = f(&xs).unwrap_or_else(|e| panic!("{name}: forward failed: {e}"));
         let mut r_rng = rng(0x5eed ^ y.numel() as u64);
         let r = uniform(&mut r_rng, y.numel(), -1.0, 1.0);
-        let rt = Tensor::from_slice(&g, &r, y.shape()).expect("upload r");
+        let rt = Tensor::from_slice(g, &r, y.shape()).expect("upload r");
         let loss = ops::sum_all(&ops::mul(&y, &rt).expect("mul")).expect("sum");
         let grads = tape
             .backward(&loss)

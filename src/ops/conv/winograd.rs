@@ -171,11 +171,7 @@ pub(super) fn dgrad_winograd(
         "flip_transpose",
         [g.ci, g.co, g.co * kk, kk, 0, 0, 0, g.ci],
     )?;
-    let flipped = Tensor::from_storage(
-        Arc::new(flipped),
-        &[g.ci, g.co, g.kh, g.kw],
-        false,
-    );
+    let flipped = Tensor::from_storage(Arc::new(flipped), &[g.ci, g.co, g.kh, g.kw], false);
     fwd_winograd(&g2, dy, src, &flipped, bias, out, dst, None)
 }
 
