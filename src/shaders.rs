@@ -35,6 +35,7 @@ shader!(CONV1X1_SUBGROUP, "conv1x1_subgroup", trusted = true);
 shader!(CONV_GEMM, "conv_gemm", trusted = true);
 shader!(CONV_GEMM_SUBGROUP, "conv_gemm_subgroup", trusted = true);
 shader!(CONV_WINOGRAD, "conv_winograd", trusted = false);
+shader!(CONV_WINOGRAD4, "conv_winograd4", trusted = false);
 shader!(LAYOUT, "layout", trusted = false);
 shader!(BATCHNORM, "batchnorm", trusted = false);
 shader!(POOL, "pool", trusted = false);
@@ -58,6 +59,7 @@ pub static ALL: &[&Shader] = &[
     &CONV_GEMM,
     &CONV_GEMM_SUBGROUP,
     &CONV_WINOGRAD,
+    &CONV_WINOGRAD4,
     &LAYOUT,
     &BATCHNORM,
     &POOL,

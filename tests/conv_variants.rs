@@ -157,17 +157,28 @@ fn conv_forward_strip_variant_matches_cpu() {
 
 #[test]
 fn conv_winograd_variants_match_cpu() {
-    winograd_variants_match_cpu(false);
+    winograd_variants_match_cpu("winograd", false);
 }
 
 /// The same with the batched GEMMs split along K (`splitk_sum` adding the partial products
 /// into the weight gradient's per-group slots, as on GPUs).
 #[test]
 fn conv_winograd_variants_match_cpu_with_split_k_gemms() {
-    winograd_variants_match_cpu(true);
+    winograd_variants_match_cpu("winograd", true);
 }
 
-fn winograd_variants_match_cpu(split_k: bool) {
+/// The same with F(4x4, 3x3) (`conv_winograd4.wgsl`).
+#[test]
+fn conv_winograd4_variants_match_cpu() {
+    winograd_variants_match_cpu("winograd4", false);
+}
+
+#[test]
+fn conv_winograd4_variants_match_cpu_with_split_k_gemms() {
+    winograd_variants_match_cpu("winograd4", true);
+}
+
+fn winograd_variants_match_cpu(variant: &str, split_k: bool) {
     // Winograd F(2x2, 3x3) forward, input gradient and weight gradient, forced for every 3x3
     // stride-1 padding-1 convolution of this context (others fall back to the default): odd
     // sizes (partial 2x2 tiles), one image and several, tiles no multiple of 4, a workspace
@@ -185,9 +196,9 @@ fn winograd_variants_match_cpu(split_k: bool) {
         .unwrap()
     };
     let mut overrides = vec![
-        ("conv-fwd".into(), "winograd".into()),
-        ("conv-dgrad".into(), "winograd".into()),
-        ("conv-wgrad".into(), "winograd".into()),
+        ("conv-fwd".into(), variant.into()),
+        ("conv-dgrad".into(), variant.into()),
+        ("conv-wgrad".into(), variant.into()),
     ];
     if split_k {
         overrides.push(("gemm-batched".into(), "splitk".into()));
@@ -279,16 +290,22 @@ fn winograd_variants_match_cpu(split_k: bool) {
         1,
     );
     let ran = g.profile_report().unwrap().unwrap().table(100);
-    for k in [
+    let shader = if variant == "winograd4" {
+        "conv_winograd4"
+    } else {
+        "conv_winograd"
+    };
+    for entry in [
         "wino_weights",
         "wino_input",
         "wino_output",
         "wino_dy",
         "wino_wgrad",
-        "layout::flip_transpose",
     ] {
-        assert!(ran.contains(k), "{k} did not run:\n{ran}");
+        let k = format!("{shader}::{entry}");
+        assert!(ran.contains(&k), "{k} did not run:\n{ran}");
     }
+    assert!(ran.contains("layout::flip_transpose"), "no flip:\n{ran}");
     assert_eq!(ran.contains("splitk_sum"), split_k, "split-K:\n{ran}");
     // A tiny DenseNet (growth convolutions write into the block buffer's channel slices)
     // gives the default kernels' logits.

@@ -395,13 +395,22 @@ fn grad_conv2d() {
 
 #[test]
 fn grad_conv2d_winograd() {
-    // Winograd F(2x2, 3x3) forced for all three directions (3x3, stride 1, padding 1): odd
-    // sizes (partial tiles), output channels a multiple of 4 (Winograd weight gradient) and
-    // not (its input gradient), several images.
+    winograd_gradcheck("winograd", "conv_winograd::");
+}
+
+#[test]
+fn grad_conv2d_winograd4() {
+    winograd_gradcheck("winograd4", "conv_winograd4::");
+}
+
+fn winograd_gradcheck(variant: &str, shader: &str) {
+    // Winograd F(2x2, 3x3) or F(4x4, 3x3) forced for all three directions (3x3, stride 1,
+    // padding 1): odd sizes (partial tiles), output channels a multiple of 4 (Winograd weight
+    // gradient) and not (its input gradient), several images.
     let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
         autotune: false,
         kernel_overrides: ["conv-fwd", "conv-dgrad", "conv-wgrad"]
-            .map(|d| (d.to_string(), "winograd".to_string()))
+            .map(|d| (d.to_string(), variant.to_string()))
             .to_vec(),
         profile: true,
         ..Default::default()
@@ -421,7 +430,7 @@ fn grad_conv2d_winograd() {
         let b = uniform(&mut r, co, -0.5, 0.5);
         GradCheck::default().run_on(
             &g,
-            &format!("conv2d winograd {:?}", (n, ci, h, w, co)),
+            &format!("conv2d {variant} {:?}", (n, ci, h, w, co)),
             &[
                 (x, vec![n, ci, h, w]),
                 (wt, vec![co, ci, 3, 3]),
@@ -433,7 +442,8 @@ fn grad_conv2d_winograd() {
     }
     let ran = g.profile_report().unwrap().unwrap().table(100);
     for k in ["wino_output", "wino_dy", "wino_wgrad"] {
-        assert!(ran.contains(k), "{k} did not run:\n{ran}");
+        let k = format!("{shader}{k}");
+        assert!(ran.contains(&k), "{k} did not run:\n{ran}");
     }
 }
 

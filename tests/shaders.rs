@@ -253,7 +253,10 @@ fn kernel_parameter_structs_match_their_shaders() {
         check_params::<matmul::MatmulParams>,
         &[&MATMUL_TILED, &MATMUL_BLOCKED, &MATMUL_VEC4],
     );
-    check(check_params::<WinogradParams>, &[&CONV_WINOGRAD]);
+    check(
+        check_params::<WinogradParams>,
+        &[&CONV_WINOGRAD, &CONV_WINOGRAD4],
+    );
     check(check_params::<norm::BnParams>, &[&BATCHNORM]);
     check(check_params::<pool::PoolParams>, &[&POOL]);
     check(check_params::<resample::ResampleParams>, &[&RESAMPLE]);

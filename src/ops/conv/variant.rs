@@ -14,7 +14,7 @@ use super::gemm::{
 };
 use super::weights::relayout_weight;
 use super::winograd::{
-    dgrad_winograd, dgrad_winograd_fits, fwd_winograd, wgrad_winograd_fits, winograd_fits,
+    dgrad_winograd, dgrad_winograd_fits, fwd_winograd, wgrad_winograd_fits, winograd_fits, Tile,
 };
 use super::{round8, ConvGeom, Slice};
 
@@ -73,17 +73,21 @@ pub(super) enum ConvKernel {
     Gemm1x1,
     Im2col,
     Col2im,
+    /// Winograd F(2x2, 3x3).
     Winograd,
+    /// Winograd F(4x4, 3x3).
+    Winograd4,
 }
 
 impl ConvKernel {
-    const ALL: [ConvKernel; 6] = [
+    const ALL: [ConvKernel; 7] = [
         ConvKernel::Direct,
         ConvKernel::Strip,
         ConvKernel::Gemm1x1,
         ConvKernel::Im2col,
         ConvKernel::Col2im,
         ConvKernel::Winograd,
+        ConvKernel::Winograd4,
     ];
 
     /// The name in the autotune cache and in `APGA_KERNELS`.
@@ -95,6 +99,7 @@ impl ConvKernel {
             ConvKernel::Im2col => "im2col",
             ConvKernel::Col2im => "col2im",
             ConvKernel::Winograd => "winograd",
+            ConvKernel::Winograd4 => "winograd4",
         }
     }
 
@@ -109,6 +114,7 @@ impl ConvKernel {
             (ConvKernel::Im2col, _) => "conv_gemm.im2col + batched GEMM",
             (ConvKernel::Col2im, _) => "batched GEMM + conv_gemm.col2im",
             (ConvKernel::Winograd, _) => "conv_winograd F(2x2,3x3) + 16 batched GEMMs",
+            (ConvKernel::Winograd4, _) => "conv_winograd4 F(4x4,3x3) + 36 batched GEMMs",
         }
     }
 }
@@ -126,15 +132,18 @@ pub(super) enum WgradKernel {
     GemmSubgroup,
     /// Winograd F(2x2, 3x3): transforms around 16 batched GEMMs over tiles.
     Winograd,
+    /// Winograd F(4x4, 3x3): 36 batched GEMMs.
+    Winograd4,
 }
 
 impl WgradKernel {
-    const ALL: [WgradKernel; 5] = [
+    const ALL: [WgradKernel; 6] = [
         WgradKernel::Blocked4,
         WgradKernel::Blocked8,
         WgradKernel::Gemm,
         WgradKernel::GemmSubgroup,
         WgradKernel::Winograd,
+        WgradKernel::Winograd4,
     ];
 
     pub(super) fn name(self) -> &'static str {
@@ -144,6 +153,7 @@ impl WgradKernel {
             WgradKernel::Gemm => "gemm",
             WgradKernel::GemmSubgroup => "gemm_sg",
             WgradKernel::Winograd => "winograd",
+            WgradKernel::Winograd4 => "winograd4",
         }
     }
 
@@ -154,6 +164,7 @@ impl WgradKernel {
             WgradKernel::Gemm => "conv_gemm.wgrad_gemm (im2col^T + GEMM)",
             WgradKernel::GemmSubgroup => "conv_gemm_subgroup.wgrad_gemm (im2col^T + GEMM)",
             WgradKernel::Winograd => "conv_winograd F(2x2,3x3) wgrad + 16 batched GEMMs",
+            WgradKernel::Winograd4 => "conv_winograd4 F(4x4,3x3) wgrad + 36 batched GEMMs",
         }
     }
 }
@@ -169,7 +180,7 @@ pub(super) fn family(dir: Dir) -> Vec<&'static str> {
 
 /// The forward's candidates for `g`: direct, the row strip where its register window
 /// (7 * stride + kw values) fits its 24 slots, the 1x1 GEMM or else im2col + GEMM, and
-/// Winograd F(2x2, 3x3) for 3x3 stride-1 padding-1 convolutions.
+/// Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1 padding-1 convolutions.
 pub(super) fn fwd_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, ConvKernel)> {
     let mut v = vec![ConvKernel::Direct];
     if 7 * g.stride + g.kw <= 24 {
@@ -180,8 +191,10 @@ pub(super) fn fwd_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Conv
     } else if im2col_fits(gpu, g) {
         v.push(ConvKernel::Im2col);
     }
-    if winograd_fits(gpu, g) {
-        v.push(ConvKernel::Winograd);
+    for (tile, k) in WINOGRAD {
+        if winograd_fits(gpu, g, tile) {
+            v.push(k);
+        }
     }
     v.into_iter().map(|k| (k.name(), k)).collect()
 }
@@ -204,11 +217,19 @@ pub(super) fn dgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Co
             v.push(ConvKernel::Col2im);
         }
     }
-    if dgrad_winograd_fits(gpu, g) {
-        v.push(ConvKernel::Winograd);
+    for (tile, k) in WINOGRAD {
+        if dgrad_winograd_fits(gpu, g, tile) {
+            v.push(k);
+        }
     }
     v.into_iter().map(|k| (k.name(), k)).collect()
 }
+
+/// The Winograd variants of the forward and input-gradient directions.
+const WINOGRAD: [(Tile, ConvKernel); 2] = [
+    (Tile::F2, ConvKernel::Winograd),
+    (Tile::F4, ConvKernel::Winograd4),
+];
 
 /// The weight gradient's candidates: both blockings, the GEMMs where one image's columns
 /// fit the workspace, and Winograd for 3x3 stride-1 padding-1 convolutions.
@@ -220,8 +241,13 @@ pub(super) fn wgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Wg
             v.push(WgradKernel::GemmSubgroup);
         }
     }
-    if wgrad_winograd_fits(gpu, g) {
-        v.push(WgradKernel::Winograd);
+    for (tile, k) in [
+        (Tile::F2, WgradKernel::Winograd),
+        (Tile::F4, WgradKernel::Winograd4),
+    ] {
+        if wgrad_winograd_fits(gpu, g, tile) {
+            v.push(k);
+        }
     }
     v.into_iter().map(|k| (k.name(), k)).collect()
 }
@@ -264,7 +290,8 @@ pub(crate) fn fwd_into(
             prologue,
         ),
         ConvKernel::Im2col => fwd_gemm(g, x, src, w, bias, out, dst, prologue),
-        ConvKernel::Winograd => fwd_winograd(g, x, src, w, bias, out, dst, prologue),
+        ConvKernel::Winograd => fwd_winograd(Tile::F2, g, x, src, w, bias, out, dst, prologue),
+        ConvKernel::Winograd4 => fwd_winograd(Tile::F4, g, x, src, w, bias, out, dst, prologue),
         // col2im is an input-gradient variant; the forward never offers it.
         ConvKernel::Col2im => fwd_direct(g, x, src, w, bias, out, dst, prologue, false),
     };
@@ -307,7 +334,8 @@ pub(crate) fn dgrad_into(
         ConvKernel::Col2im => dgrad_col2im(g, dy, src, &relayout_weight(w, false)?, bias, out, dst),
         ConvKernel::Direct => dgrad_direct(g, dy, src, w, bias, out, dst, false),
         ConvKernel::Strip => dgrad_direct(g, dy, src, w, bias, out, dst, true),
-        ConvKernel::Winograd => dgrad_winograd(g, dy, src, w, bias, out, dst),
+        ConvKernel::Winograd => dgrad_winograd(Tile::F2, g, dy, src, w, bias, out, dst),
+        ConvKernel::Winograd4 => dgrad_winograd(Tile::F4, g, dy, src, w, bias, out, dst),
         ConvKernel::Gemm1x1 => gemm_1x1_run(
             gpu,
             (g.ci, g.co, round8(g.co)),

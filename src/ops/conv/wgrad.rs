@@ -11,13 +11,13 @@ use crate::tensor::Tensor;
 use super::direct::params;
 use super::gemm::{gemm_params, im2col, im2col_group, im2col_rows};
 use super::variant::{class_key, family, wgrad_candidates, Dir, WgradKernel};
-use super::winograd::wgrad_winograd;
+use super::winograd::{wgrad_winograd, Tile};
 use super::{check_groups, ConvGeom, Slice};
 
 /// Weight gradient [co, ci, kh, kw] of a convolution of geometry `g` from its input `x` and
 /// output gradient `dy`; `prologue` as in `fwd_into`. Chosen by autotuning among two
 /// blockings (4 x 4 and 8 x 8 output channels x columns per invocation), transposed im2col +
-/// GEMM, and Winograd F(2x2, 3x3) for 3x3 stride-1 padding-1 convolutions.
+/// GEMM, and Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1 padding-1 convolutions.
 pub(crate) fn wgrad(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -32,7 +32,8 @@ pub(crate) fn wgrad(
         WgradKernel::GemmSubgroup => wgrad_gemm(gpu, g, x, src, dy, dys, prologue, true),
         WgradKernel::Blocked4 => wgrad_blocked(gpu, g, x, src, dy, dys, prologue, 4),
         WgradKernel::Blocked8 => wgrad_blocked(gpu, g, x, src, dy, dys, prologue, 8),
-        WgradKernel::Winograd => wgrad_winograd(gpu, g, x, src, dy, dys, prologue),
+        WgradKernel::Winograd => wgrad_winograd(Tile::F2, gpu, g, x, src, dy, dys, prologue),
+        WgradKernel::Winograd4 => wgrad_winograd(Tile::F4, gpu, g, x, src, dy, dys, prologue),
     };
     let k = autotune::choose(
         gpu,

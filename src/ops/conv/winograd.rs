@@ -1,12 +1,14 @@
-//! Winograd F(2x2, 3x3) for 3x3 convolutions of stride 1 and padding 1
-//! (`shaders/conv_winograd.wgsl`): the forward, the input gradient (the forward with flipped,
-//! transposed weights) and the weight gradient, each as transforms around 16 batched GEMMs
-//! (conv1x1.wgsl's, each of the 16 with its own A), over groups of tiles that fit the
-//! workspace (a group may end inside an image, so large images fit too).
+//! Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 convolutions of stride 1 and padding 1
+//! (`shaders/conv_winograd.wgsl`, `shaders/conv_winograd4.wgsl`): the forward, the input
+//! gradient (the forward with flipped, transposed weights) and the weight gradient, each as
+//! transforms around 16 (36) batched GEMMs (conv1x1.wgsl's, each with its own A), over groups
+//! of tiles that fit the workspace (a group may end inside an image, so large images fit
+//! too).
 
 use crate::error::Result;
+use crate::gpu::Shader;
 use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
-use crate::shaders::CONV_WINOGRAD;
+use crate::shaders::{CONV_WINOGRAD, CONV_WINOGRAD4};
 use crate::tensor::Tensor;
 use std::sync::Arc;
 
@@ -24,30 +26,63 @@ crate::kernel_params! {
     }
 }
 
-/// Tiles (2x2 output blocks) of one image.
-fn tiles(g: &ConvGeom) -> usize {
-    g.oh.div_ceil(2) * g.ow.div_ceil(2)
+/// The output tile of a Winograd convolution: F(2x2, 3x3) (4x4 input patches, 16 GEMMs) or
+/// F(4x4, 3x3) (6x6 patches, 36 GEMMs: 2.25 and 4 times fewer multiplies than im2col).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tile {
+    F2,
+    F4,
 }
 
-/// Tiles per group: the transformed input (16 ci x T4) and the GEMMs' output (16 co x T4)
-/// within the workspace and a binding, T4 a multiple of 4, at most the batch's tiles.
-fn group(gpu: &Gpu, g: &ConvGeom) -> usize {
-    let per_tile = 16 * (g.ci + g.co);
+impl Tile {
+    /// Output rows and columns per tile.
+    fn m(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+
+    /// Elements of a transformed tile: the number of GEMMs.
+    fn elems(self) -> usize {
+        let a = self.m() + 2;
+        a * a
+    }
+
+    fn shader(self) -> &'static Shader {
+        match self {
+            Tile::F2 => &CONV_WINOGRAD,
+            Tile::F4 => &CONV_WINOGRAD4,
+        }
+    }
+}
+
+/// Tiles (m x m output blocks) of one image.
+fn tiles(g: &ConvGeom, tile: Tile) -> usize {
+    g.oh.div_ceil(tile.m()) * g.ow.div_ceil(tile.m())
+}
+
+/// Tiles per group: the transformed input (E ci x T4) and the GEMMs' output (E co x T4, E
+/// the GEMM count) within the workspace and a binding, T4 a multiple of 4, at most the
+/// batch's tiles.
+fn group(gpu: &Gpu, g: &ConvGeom, tile: Tile) -> usize {
+    let e = tile.elems();
+    let per_tile = e * (g.ci + g.co);
     let by_workspace = gpu.workspace_bytes() / (4 * per_tile);
-    let by_binding = gpu.max_binding_elems() / (16 * g.ci.max(g.co));
+    let by_binding = gpu.max_binding_elems() / (e * g.ci.max(g.co));
     // The GEMM's grid has t4 / 64 workgroups along x.
     let by_grid = gpu.limits().max_compute_workgroups_per_dimension as usize * 64;
     let t4 = by_workspace.min(by_binding).min(by_grid) / 4 * 4;
-    t4.min((g.n * tiles(g)).div_ceil(4) * 4)
+    t4.min((g.n * tiles(g, tile)).div_ceil(4) * 4)
 }
 
 /// Fewest tiles per group worth the three extra dispatches.
 const MIN_GROUP: usize = 16;
 
-/// Whether the Winograd forward applies: a 3x3 kernel, stride 1, padding 1, input channels a
-/// multiple of 4 (the GEMM's vec4 loads along K), and at least 16 tiles' transforms (or the
-/// whole batch's) within the workspace.
-pub(super) fn winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+/// Whether the Winograd forward with `tile` applies: a 3x3 kernel, stride 1, padding 1,
+/// input channels a multiple of 4 (the GEMM's vec4 loads along K), and at least 16 tiles'
+/// transforms (or the whole batch's) within the workspace.
+pub(super) fn winograd_fits(gpu: &Gpu, g: &ConvGeom, tile: Tile) -> bool {
     g.kh == 3
         && g.kw == 3
         && g.stride == 1
@@ -57,15 +92,16 @@ pub(super) fn winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
         && g.ci > 0
         && g.co > 0
         && g.ci.is_multiple_of(4)
-        // The transformed weights [16, co, ci] in one binding.
-        && 16 * g.co * g.ci <= gpu.max_binding_elems()
-        && group(gpu, g) >= MIN_GROUP.min(g.n * tiles(g))
+        // The transformed weights [E, co, ci] in one binding.
+        && tile.elems() * g.co * g.ci <= gpu.max_binding_elems()
+        && group(gpu, g, tile) >= MIN_GROUP.min(g.n * tiles(g, tile))
 }
 
-/// `out[:, dst] = conv(x[:, src], w) + bias` by Winograd F(2x2, 3x3); with a `prologue`
+/// `out[:, dst] = conv(x[:, src], w) + bias` by Winograd F(m x m, 3x3); with a `prologue`
 /// ([scale; shift] per input channel) the input is read as relu(x * scale + shift).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn fwd_winograd(
+    tile: Tile,
     g: &ConvGeom,
     x: &Storage,
     src: Slice,
@@ -77,7 +113,8 @@ pub(super) fn fwd_winograd(
 ) -> Result<()> {
     let gpu = w.gpu();
     let u = |v: usize| v as u32;
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
+    let e = tile.elems();
+    let (th, tw) = (g.oh.div_ceil(tile.m()), g.ow.div_ceil(tile.m()));
     let mut p = WinogradParams {
         ci: u(g.ci),
         co: u(g.co),
@@ -96,9 +133,9 @@ pub(super) fn fwd_winograd(
         check_groups(gpu, "conv2d (Winograd)", g, wg)?;
         Ok(wg)
     };
-    let transformed = gpu.alloc(16 * g.co * g.ci, &[16, g.co, g.ci])?;
+    let transformed = gpu.alloc(e * g.co * g.ci, &[e, g.co, g.ci])?;
     gpu.dispatch(
-        &Kernel::new(&CONV_WINOGRAD, "wino_weights"),
+        &Kernel::new(tile.shader(), "wino_weights"),
         p.as_words(),
         &[&transformed],
         &[w.storage()],
@@ -106,7 +143,7 @@ pub(super) fn fwd_winograd(
     )?;
     let zeros = gpu.shared_zeros(g.co)?;
     let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
-    let group = group(gpu, g).max(4);
+    let group = group(gpu, g, tile).max(4);
     let total = g.n * th * tw;
     for t0 in (0..total).step_by(group) {
         let t = group.min(total - t0);
@@ -114,15 +151,15 @@ pub(super) fn fwd_winograd(
         p.tiles = u(t);
         p.t0 = u(t0);
         p.t4 = u(t4);
-        let v = gpu.alloc(16 * g.ci * t4, &[16, g.ci, t4])?;
+        let v = gpu.alloc(e * g.ci * t4, &[e, g.ci, t4])?;
         gpu.dispatch(
-            &Kernel::new(&CONV_WINOGRAD, "wino_input").with(&constants),
+            &Kernel::new(tile.shader(), "wino_input").with(&constants),
             p.as_words(),
             &[&v],
             &[x, prologue.unwrap_or(bias)],
             grid(g.ci * t4)?,
         )?;
-        let m = gpu.alloc(16 * g.co * t4, &[16, g.co, t4])?;
+        let m = gpu.alloc(e * g.co * t4, &[e, g.co, t4])?;
         let d = BatchedGemm {
             m: g.co,
             n: t4,
@@ -133,11 +170,11 @@ pub(super) fn fwd_winograd(
             b_off: 0,
             c_batch: g.co * t4,
             c_off: 0,
-            imgs: 16,
+            imgs: e,
         };
         batched_gemm(gpu, &d, (&transformed, &v, &zeros, &m), g, None)?;
         gpu.dispatch(
-            &Kernel::new(&CONV_WINOGRAD, "wino_output"),
+            &Kernel::new(tile.shader(), "wino_output"),
             p.as_words(),
             &[out],
             &[&m, bias],
@@ -148,14 +185,15 @@ pub(super) fn fwd_winograd(
 }
 
 /// Whether the input gradient of `g` can run as a Winograd forward (see [`winograd_fits`]).
-pub(super) fn dgrad_winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
-    g.stride == 1 && g.pad == 1 && winograd_fits(gpu, &g.dgrad_as_forward())
+pub(super) fn dgrad_winograd_fits(gpu: &Gpu, g: &ConvGeom, tile: Tile) -> bool {
+    g.stride == 1 && g.pad == 1 && winograd_fits(gpu, &g.dgrad_as_forward(), tile)
 }
 
 /// Input gradient `out[:, dst] = conv_transpose(dy[:, src], w) + bias` of a 3x3 stride-1
 /// padding-1 convolution, as the Winograd forward with the flipped, transposed weights.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn dgrad_winograd(
+    tile: Tile,
     g: &ConvGeom,
     dy: &Storage,
     src: Slice,
@@ -172,7 +210,7 @@ pub(super) fn dgrad_winograd(
         [g.ci, g.co, g.co * kk, kk, 0, 0, 0, g.ci],
     )?;
     let flipped = Tensor::from_storage(Arc::new(flipped), &[g.ci, g.co, g.kh, g.kw], false);
-    fwd_winograd(&g2, dy, src, &flipped, bias, out, dst, None)
+    fwd_winograd(tile, &g2, dy, src, &flipped, bias, out, dst, None)
 }
 
 /// Largest per-group partial sums of the Winograd weight gradient, in bytes.
@@ -180,23 +218,25 @@ const WGRAD_PARTIAL_BYTES: usize = 64 << 20;
 
 /// Whether the Winograd weight gradient applies: the forward's conditions, output channels a
 /// multiple of 4 too (its GEMMs' vec4 loads along co), and the groups' partial sums
-/// [groups, 16, ci, co] within 64 MiB and one binding.
-pub(super) fn wgrad_winograd_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
-    if !(g.co.is_multiple_of(4) && winograd_fits(gpu, g)) {
+/// [groups, E, ci, co] within 64 MiB and one binding.
+pub(super) fn wgrad_winograd_fits(gpu: &Gpu, g: &ConvGeom, tile: Tile) -> bool {
+    if !(g.co.is_multiple_of(4) && winograd_fits(gpu, g, tile)) {
         return false;
     }
-    let partial = (g.n * tiles(g)).div_ceil(group(gpu, g).max(4)) * 16 * g.ci * g.co;
+    let groups = (g.n * tiles(g, tile)).div_ceil(group(gpu, g, tile).max(4));
+    let partial = groups * tile.elems() * g.ci * g.co;
     4 * partial <= WGRAD_PARTIAL_BYTES && partial <= gpu.max_binding_elems()
 }
 
 /// Weight gradient [co, ci, 3, 3] of a 3x3 stride-1 padding-1 convolution by Winograd
-/// F(2x2, 3x3): per group of tiles, the input transform V (as the forward's, `prologue`
+/// F(m x m, 3x3): per group of tiles, the input transform V (as the forward's, `prologue`
 /// included) and the output-gradient transform W = A dY A^T, then
 /// dU[grp, e] (ci x co) = V[e] (ci x T) * W[e] (T x co) by the batched GEMM; `wino_wgrad`
-/// sums the groups and maps dU back to 3x3 (dg = G^T dU G). 16 multiplies per tile and
-/// channel pair where the im2col GEMM does 36.
+/// sums the groups and maps dU back to 3x3 (dg = G^T dU G). 16 (F2) or 36 (F4) multiplies
+/// per tile and channel pair where the im2col GEMM does 36 (144).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn wgrad_winograd(
+    tile: Tile,
     gpu: &Gpu,
     g: &ConvGeom,
     x: &Storage,
@@ -206,8 +246,9 @@ pub(super) fn wgrad_winograd(
     prologue: Option<&Storage>,
 ) -> Result<Tensor> {
     let u = |v: usize| v as u32;
-    let (th, tw) = (g.oh.div_ceil(2), g.ow.div_ceil(2));
-    let group = group(gpu, g).max(4);
+    let e = tile.elems();
+    let (th, tw) = (g.oh.div_ceil(tile.m()), g.ow.div_ceil(tile.m()));
+    let group = group(gpu, g, tile).max(4);
     let total = g.n * th * tw;
     let groups = total.div_ceil(group);
     let mut p = WinogradParams {
@@ -230,7 +271,7 @@ pub(super) fn wgrad_winograd(
         Ok(wg)
     };
     let plane = g.ci * g.co;
-    let du = gpu.alloc(groups * 16 * plane, &[groups, 16, g.ci, g.co])?;
+    let du = gpu.alloc(groups * e * plane, &[groups, e, g.ci, g.co])?;
     let zeros = gpu.shared_zeros(g.ci)?;
     let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
     for (i, t0) in (0..total).step_by(group).enumerate() {
@@ -239,17 +280,17 @@ pub(super) fn wgrad_winograd(
         p.tiles = u(t);
         p.t0 = u(t0);
         p.t4 = u(t4);
-        let v = gpu.alloc(16 * g.ci * t4, &[16, g.ci, t4])?;
+        let v = gpu.alloc(e * g.ci * t4, &[e, g.ci, t4])?;
         gpu.dispatch(
-            &Kernel::new(&CONV_WINOGRAD, "wino_input").with(&constants),
+            &Kernel::new(tile.shader(), "wino_input").with(&constants),
             p.as_words(),
             &[&v],
             &[x, prologue.unwrap_or(dy)],
             grid(g.ci * t4)?,
         )?;
-        let w = gpu.alloc(16 * t4 * g.co, &[16, t4, g.co])?;
+        let w = gpu.alloc(e * t4 * g.co, &[e, t4, g.co])?;
         gpu.dispatch(
-            &Kernel::new(&CONV_WINOGRAD, "wino_dy"),
+            &Kernel::new(tile.shader(), "wino_dy"),
             p.as_words(),
             &[&w],
             &[dy],
@@ -264,14 +305,14 @@ pub(super) fn wgrad_winograd(
             b_batch: t4 * g.co,
             b_off: 0,
             c_batch: plane,
-            c_off: i * 16 * plane,
-            imgs: 16,
+            c_off: i * e * plane,
+            imgs: e,
         };
         batched_gemm(gpu, &d, (&v, &w, &zeros, &du), g, None)?;
     }
     let dw = gpu.alloc(g.co * g.ci * 9, &[g.co, g.ci, 3, 3])?;
     gpu.dispatch(
-        &Kernel::new(&CONV_WINOGRAD, "wino_wgrad"),
+        &Kernel::new(tile.shader(), "wino_wgrad"),
         p.as_words(),
         &[&dw],
         &[&du],
