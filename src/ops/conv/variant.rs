@@ -362,14 +362,22 @@ pub(crate) fn dgrad_into(
 }
 
 /// The kernel a convolution direction of geometry `g` runs with (for the benchmarks'
-/// tables): the autotuner's choice where several apply (after the first call), the default
-/// before, the only one otherwise.
+/// tables): a variant forced by `APGA_KERNELS`, else the autotuner's choice where several
+/// apply (after the first call), the default before, the only one otherwise.
 pub fn kernel_name(gpu: &Gpu, g: &ConvGeom, dir: Dir, prologue: bool) -> String {
+    let key = class_key(dir, g, prologue);
     if dir == Dir::Wgrad {
-        let chosen = autotune::cached_choice(gpu, &class_key(dir, g, prologue));
-        let k = WgradKernel::ALL
-            .into_iter()
-            .find(|k| Some(k.name()) == chosen.as_deref())
+        let cands = wgrad_candidates(gpu, g);
+        let forced = autotune::forced(gpu, &key, &family(dir), &cands, 0)
+            .ok()
+            .flatten();
+        let chosen = autotune::cached_choice(gpu, &key);
+        let k = forced
+            .or_else(|| {
+                WgradKernel::ALL
+                    .into_iter()
+                    .find(|k| Some(k.name()) == chosen.as_deref())
+            })
             .unwrap_or(WgradKernel::Blocked4);
         return k.label().into();
     }
@@ -381,7 +389,11 @@ pub fn kernel_name(gpu: &Gpu, g: &ConvGeom, dir: Dir, prologue: bool) -> String 
     if cands.len() == 1 {
         return ConvKernel::Direct.label(dir).into();
     }
-    let chosen = autotune::cached_choice(gpu, &class_key(dir, g, prologue));
+    let default = default_of(&cands);
+    if let Ok(Some(k)) = autotune::forced(gpu, &key, &family(dir), &cands, default) {
+        return k.label(dir).into();
+    }
+    let chosen = autotune::cached_choice(gpu, &key);
     match cands.iter().find(|(n, _)| Some(*n) == chosen.as_deref()) {
         Some((_, k)) => k.label(dir).into(),
         None if cands.iter().any(|(_, k)| *k == ConvKernel::Gemm1x1) => {
