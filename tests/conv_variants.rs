@@ -717,3 +717,82 @@ fn conv_input_gradient_col2im_variant_matches_cpu() {
         "col2im did not run:\n{ran}"
     );
 }
+
+#[test]
+fn derived_weights_are_reused_until_the_weights_change() {
+    // Winograd's transformed weights and the flipped copy of its input gradient are cached on
+    // the weight's buffer: a second forward and input gradient with the same weights reuse
+    // them (one weight transform per direction in the profile), an in-place change of the
+    // weights (a copy, then an Adam step) makes them anew, and dropping the weights frees them.
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        kernel_overrides: ["conv-fwd", "conv-dgrad"]
+            .map(|d| (d.to_string(), "winograd4".to_string()))
+            .to_vec(),
+        profile: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+    let (n, ci, h, w, co) = (2usize, 8usize, 9usize, 7usize, 12usize);
+    let mut r = rng(40);
+    let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+    let gy = uniform(&mut r, n * co * h * w, -1.0, 1.0);
+    let mut wv = uniform(&mut r, co * ci * 9, -1.0, 1.0);
+    let wt = t(&wv, &[co, ci, 3, 3]).with_grad();
+    let xt = t(&x, &[n, ci, h, w]).with_grad();
+    // Forward and input gradient against the CPU reference for the weights `wv` now.
+    let check = |wv: &[f32], what: &str| {
+        let tape = apga_gpu::Tape::new();
+        let y = ops::conv2d(&xt, &wt, None, 1, 1).unwrap();
+        let (want, _) = cpu_conv2d(&x, [n, ci, h, w], wv, [co, ci, 3, 3], None, 1, 1);
+        assert_close(what, &y.to_vec().unwrap(), &want, 1e-4, 1e-4);
+        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let (dx, _) = cpu_conv2d_grads(&x, [n, ci, h, w], wv, [co, ci, 3, 3], &gy, 1, 1);
+        let gx = grads.get(&xt).unwrap().to_vec().unwrap();
+        assert_close(&format!("{what}: input grad"), &gx, &dx, 1e-4, 1e-4);
+        grads
+    };
+    let transforms = || {
+        let table = g.profile_report().unwrap().unwrap().table(100);
+        table
+            .lines()
+            .find(|l| l.contains("conv_winograd4::wino_weights"))
+            .and_then(|l| l.split_whitespace().nth(2)?.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    check(&wv, "first");
+    assert_eq!(transforms(), 2, "one transform per direction");
+    assert!(g.derived_bytes() > 0);
+    check(&wv, "same weights");
+    assert_eq!(transforms(), 2, "the second pass reuses both transforms");
+    // Overwritten in place.
+    wv.iter_mut().for_each(|v| *v = -0.5 * *v + 0.1);
+    g.copy(
+        t(&wv, &[co, ci, 3, 3]).storage(),
+        0,
+        wt.storage(),
+        0,
+        wv.len(),
+    );
+    let grads = check(&wv, "after a copy into the weights");
+    assert_eq!(transforms(), 4, "changed weights are transformed anew");
+    // Updated by an optimizer step.
+    let mut adam = apga_gpu::optim::Adam::new(
+        std::slice::from_ref(&wt),
+        apga_gpu::optim::AdamConfig::default(),
+    )
+    .unwrap();
+    adam.step(&grads).unwrap();
+    let stepped = wt.to_vec().unwrap();
+    assert_ne!(stepped, wv);
+    check(&stepped, "after an Adam step");
+    assert_eq!(transforms(), 6);
+    drop((wt, adam));
+    assert_eq!(
+        g.derived_bytes(),
+        0,
+        "derived values outlived their weights"
+    );
+}

@@ -224,6 +224,12 @@ thread_local! {
     static DEPTH: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
+/// Whether this thread is measuring candidates for the autotuner now (derived values are then
+/// neither cached nor reused, so that each candidate's time includes them).
+pub(crate) fn measuring() -> bool {
+    DEPTH.with(|d| d.get() > 0)
+}
+
 /// Depth of nested `choose` measurements on this thread, restored on drop (also on errors).
 struct Nesting {
     outermost: bool,

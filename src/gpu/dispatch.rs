@@ -205,6 +205,9 @@ impl Gpu {
             )));
         }
         let pipeline = self.pipeline(kernel, outputs.len(), inputs.len())?;
+        for out in outputs {
+            out.touch();
+        }
         let mut batch = lock(&self.inner.batch);
         if batch.params.len() + self.inner.param_slot > PARAM_ARENA_BYTES as usize
             || batch.dispatches >= MAX_DISPATCHES_PER_SUBMIT

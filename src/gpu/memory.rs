@@ -7,6 +7,7 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 
+use super::derived::DerivedCache;
 use super::{lock, pool, Gpu, PoolStats};
 
 /// A pooled GPU buffer of f32 values; returns to the pool when dropped (except the context's
@@ -16,6 +17,8 @@ pub struct Storage {
     pub(super) len: usize,
     pub(super) gpu: Gpu,
     pub(super) pooled: bool,
+    /// Values derived from the content (`derived.rs`) and the content's version.
+    pub(super) derived: DerivedCache,
 }
 
 impl Storage {
@@ -63,6 +66,7 @@ impl Gpu {
             buffer: Some(buffer),
             len,
             gpu: self.clone(),
+            derived: DerivedCache::default(),
         })
     }
 
@@ -116,6 +120,7 @@ impl Gpu {
             len: n,
             gpu: self.clone(),
             pooled: false,
+            derived: DerivedCache::default(),
         }))
     }
 
@@ -124,6 +129,7 @@ impl Gpu {
         if len == 0 {
             return;
         }
+        dst.touch();
         let mut batch = lock(&self.inner.batch);
         let enc = self.encoder(&mut batch);
         enc.copy_buffer_to_buffer(

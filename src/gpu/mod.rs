@@ -10,6 +10,7 @@
 
 pub mod adapter;
 pub mod autotune;
+mod derived;
 mod dispatch;
 mod memory;
 mod options;
@@ -54,6 +55,8 @@ pub(crate) struct GpuInner {
     /// Pipelines built so far and the host time spent building them (shader compilation).
     compiled: Mutex<(usize, std::time::Duration)>,
     workspace_bytes: usize,
+    /// Bytes of cached derived values (`derived.rs`).
+    derived_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// Handle to a GPU context; cheap to clone, shared by every tensor made on it.
@@ -165,6 +168,7 @@ impl Gpu {
                 profiler,
                 compiled: Mutex::default(),
                 workspace_bytes: options.workspace_bytes.max(1),
+                derived_bytes: Default::default(),
             })),
         })
     }

@@ -331,7 +331,9 @@ pub(crate) fn dgrad_into(
     // layout), re-laid out only when one of them runs, not before the choice.
     let run = |k: ConvKernel| match k {
         ConvKernel::Im2col => dgrad_gemm(g, dy, src, w, bias, out, dst),
-        ConvKernel::Col2im => dgrad_col2im(g, dy, src, &relayout_weight(w, false)?, bias, out, dst),
+        ConvKernel::Col2im => {
+            dgrad_col2im(g, dy, src, &*relayout_weight(w, false)?, bias, out, dst)
+        }
         ConvKernel::Direct => dgrad_direct(g, dy, src, w, bias, out, dst, false),
         ConvKernel::Strip => dgrad_direct(g, dy, src, w, bias, out, dst, true),
         ConvKernel::Winograd => dgrad_winograd(Tile::F2, g, dy, src, w, bias, out, dst),
@@ -339,7 +341,7 @@ pub(crate) fn dgrad_into(
         ConvKernel::Gemm1x1 => gemm_1x1_run(
             gpu,
             (g.ci, g.co, round8(g.co)),
-            &relayout_weight(w, false)?,
+            &*relayout_weight(w, false)?,
             dy,
             src,
             bias,

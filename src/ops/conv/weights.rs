@@ -1,7 +1,10 @@
 //! Weight re-layouts the kernels block over (`shaders/layout.wgsl`): padded, transposed and
-//! flipped copies of [co, ci, kh, kw].
+//! flipped copies of [co, ci, kh, kw], cached on the weight's buffer until it changes
+//! (`Storage::derived`).
 
 use crate::error::{Error, Result};
+use std::sync::Arc;
+
 use crate::gpu::{Kernel, KernelParams, Storage};
 use crate::ops::layout::LayoutParams;
 use crate::shaders::LAYOUT;
@@ -11,7 +14,7 @@ use super::round8;
 
 /// Copies conv weights [co, ci, kh, kw] into the layout a kernel blocks over: `[ci*kh*kw,
 /// round8(co)]` for `fwd` (`for_dgrad = false`) or `[co*kh*kw, round8(ci)]` for `dgrad`.
-pub(super) fn relayout_weight(w: &Tensor, for_dgrad: bool) -> Result<Storage> {
+pub(super) fn relayout_weight(w: &Tensor, for_dgrad: bool) -> Result<Arc<Storage>> {
     let [co, ci, kh, kw] = w.dims4("conv weight")?;
     let kk = kh * kw;
     if for_dgrad {
@@ -32,8 +35,14 @@ pub(super) fn relayout_weight(w: &Tensor, for_dgrad: bool) -> Result<Storage> {
 /// One weight-copy kernel of layout.wgsl (`relayout` or `flip_transpose`) over `w`, with its
 /// parameters `[rows, cols, cpad, inner, s_outer, s_inner, s_col, outer]`: a [rows, cpad]
 /// result on a grid of (cpad / 64, inner, outer) workgroups (`flip_transpose`: (cpad / 64,
-/// outer, 1)).
-pub(super) fn weight_copy(w: &Tensor, entry: &'static str, p: [usize; 8]) -> Result<Storage> {
+/// outer, 1)). The copy is cached on `w`'s buffer while `w` is unchanged.
+pub(super) fn weight_copy(w: &Tensor, entry: &'static str, p: [usize; 8]) -> Result<Arc<Storage>> {
+    w.storage().derived(&format!("{entry}{p:?}"), || {
+        weight_copy_uncached(w, entry, p)
+    })
+}
+
+fn weight_copy_uncached(w: &Tensor, entry: &'static str, p: [usize; 8]) -> Result<Storage> {
     let [rows, _, cpad, inner, _, _, _, outer] = p;
     let gpu = w.gpu();
     let grid = if entry == "flip_transpose" {
@@ -75,6 +84,6 @@ pub(super) fn weight_copy(w: &Tensor, entry: &'static str, p: [usize; 8]) -> Res
 }
 
 /// Weights [rows, cols] copied into [rows, cpad] with zero columns after `cols`.
-pub(super) fn pad_rows(w: &Tensor, rows: usize, cols: usize, cpad: usize) -> Result<Storage> {
+pub(super) fn pad_rows(w: &Tensor, rows: usize, cols: usize, cpad: usize) -> Result<Arc<Storage>> {
     weight_copy(w, "relayout", [rows, cols, cpad, 1, cols, 0, 1, rows])
 }

@@ -133,14 +133,18 @@ pub(super) fn fwd_winograd(
         check_groups(gpu, "conv2d (Winograd)", g, wg)?;
         Ok(wg)
     };
-    let transformed = gpu.alloc(e * g.co * g.ci, &[e, g.co, g.ci])?;
-    gpu.dispatch(
-        &Kernel::new(tile.shader(), "wino_weights"),
-        p.as_words(),
-        &[&transformed],
-        &[w.storage()],
-        grid(g.co * g.ci)?,
-    )?;
+    // U = G g G^T, cached on the weight's buffer while the weights are unchanged.
+    let transformed = w.storage().derived(&format!("winograd{}", tile.m()), || {
+        let u = gpu.alloc(e * g.co * g.ci, &[e, g.co, g.ci])?;
+        gpu.dispatch(
+            &Kernel::new(tile.shader(), "wino_weights"),
+            p.as_words(),
+            &[&u],
+            &[w.storage()],
+            grid(g.co * g.ci)?,
+        )?;
+        Ok(u)
+    })?;
     let zeros = gpu.shared_zeros(g.co)?;
     let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
     let group = group(gpu, g, tile).max(4);
@@ -209,7 +213,8 @@ pub(super) fn dgrad_winograd(
         "flip_transpose",
         [g.ci, g.co, g.co * kk, kk, 0, 0, 0, g.ci],
     )?;
-    let flipped = Tensor::from_storage(Arc::new(flipped), &[g.ci, g.co, g.kh, g.kw], false);
+    // The flipped copy is cached on `w`, and its Winograd transform on the copy.
+    let flipped = Tensor::from_storage(flipped, &[g.ci, g.co, g.kh, g.kw], false);
     fwd_winograd(tile, &g2, dy, src, &flipped, bias, out, dst, None)
 }
 
