@@ -79,7 +79,8 @@ impl Storage {
         // Made without the lock held: `make` may derive other values from this buffer.
         let value = Arc::new(make()?);
         let mut values = lock(&self.derived.values);
-        values.retain(|d| d.key != key);
+        // Values of older contents are dropped now, not when their key is next asked for.
+        values.retain(|d| d.key != key && d.version == version);
         let bytes = value.len() * 4;
         let total: &AtomicUsize = &self.gpu.inner.derived_bytes;
         if total.fetch_add(bytes, Ordering::Relaxed) + bytes <= DERIVED_BUDGET_BYTES {
