@@ -38,6 +38,18 @@ fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
 // ---- weights: one invocation per (co, ci) ----
 @group(0) @binding(1) var<storage, read_write> u_out: array<f32>;
 @group(0) @binding(2) var<storage, read> w_in: array<f32>;
+// With FLIP the input gradient's weights: g[o, c] = w[c, o] flipped (w is [ci', co', 3, 3]
+// of the convolution whose input gradient this is), read in place of a flipped copy.
+override FLIP: bool = false;
+
+fn w_at(i: u32, k: u32) -> f32 {
+    if (FLIP) {
+        let o = i / P.ci;
+        let c = i % P.ci;
+        return w_in[(c * P.co + o) * 9u + 8u - k];
+    }
+    return w_in[i * 9u + k];
+}
 
 @compute @workgroup_size(64)
 fn wino_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -48,7 +60,7 @@ fn wino_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     }
     var g: array<f32, 9>;
     for (var k = 0u; k < 9u; k = k + 1u) {
-        g[k] = w_in[i * 9u + k];
+        g[k] = w_at(i, k);
     }
     // t = G g (4 x 3), row by row.
     var t: array<f32, 12>;

@@ -77,6 +77,18 @@ fn gt_t(v: array<f32, 6>) -> vec3<f32> {
 // ---- weights: one invocation per (co, ci) ----
 @group(0) @binding(1) var<storage, read_write> u_out: array<f32>;
 @group(0) @binding(2) var<storage, read> w_in: array<f32>;
+// With FLIP the input gradient's weights: g[o, c] = w[c, o] flipped (w is [ci', co', 3, 3]
+// of the convolution whose input gradient this is), read in place of a flipped copy.
+override FLIP: bool = false;
+
+fn w_at(i: u32, k: u32) -> f32 {
+    if (FLIP) {
+        let o = i / P.ci;
+        let c = i % P.ci;
+        return w_in[(c * P.co + o) * 9u + 8u - k];
+    }
+    return w_in[i * 9u + k];
+}
 
 @compute @workgroup_size(64)
 fn wino_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -88,7 +100,7 @@ fn wino_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     // t = G g (6 x 3), column by column.
     var t: array<array<f32, 3>, 6>;
     for (var c = 0u; c < 3u; c = c + 1u) {
-        let col = g_t(w_in[i * 9u + c], w_in[i * 9u + 3u + c], w_in[i * 9u + 6u + c]);
+        let col = g_t(w_at(i, c), w_at(i, 3u + c), w_at(i, 6u + c));
         for (var r = 0u; r < 6u; r = r + 1u) {
             t[r][c] = col[r];
         }

@@ -305,7 +305,9 @@ fn winograd_variants_match_cpu(variant: &str, split_k: bool) {
         let k = format!("{shader}::{entry}");
         assert!(ran.contains(&k), "{k} did not run:\n{ran}");
     }
-    assert!(ran.contains("layout::flip_transpose"), "no flip:\n{ran}");
+    // The input gradient's transform reads the weights flipped (no flipped copy).
+    let flipped = format!("{shader}::wino_weights [FLIP=1]");
+    assert!(ran.contains(&flipped), "{flipped} did not run:\n{ran}");
     assert_eq!(ran.contains("splitk_sum"), split_k, "split-K:\n{ran}");
     // A tiny DenseNet (growth convolutions write into the block buffer's channel slices)
     // gives the default kernels' logits.
@@ -756,11 +758,12 @@ fn derived_weights_are_reused_until_the_weights_change() {
     };
     let transforms = || {
         let table = g.profile_report().unwrap().unwrap().table(100);
+        // Forward ([FLIP=0]) and input-gradient ([FLIP=1]) transforms together.
         table
             .lines()
-            .find(|l| l.contains("conv_winograd4::wino_weights"))
-            .and_then(|l| l.split_whitespace().nth(2)?.parse::<usize>().ok())
-            .unwrap_or(0)
+            .filter(|l| l.contains("conv_winograd4::wino_weights"))
+            .filter_map(|l| l.split_whitespace().nth(2)?.parse::<usize>().ok())
+            .sum::<usize>()
     };
     check(&wv, "first");
     assert_eq!(transforms(), 2, "one transform per direction");

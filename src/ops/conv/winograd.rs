@@ -13,7 +13,6 @@ use crate::tensor::Tensor;
 use std::sync::Arc;
 
 use super::gemm::{batched_gemm, BatchedGemm};
-use super::weights::weight_copy;
 use super::{check_groups, ConvGeom, Slice};
 
 crate::kernel_params! {
@@ -97,6 +96,33 @@ pub(super) fn winograd_fits(gpu: &Gpu, g: &ConvGeom, tile: Tile) -> bool {
         && group(gpu, g, tile) >= MIN_GROUP.min(g.n * tiles(g, tile))
 }
 
+/// The transformed weights U[e, co, ci] = (G g G^T)[e] of the convolution `g` runs (the
+/// forward's, or with `flip` the input gradient's: g read flipped and transposed from `w`,
+/// which is then [g.ci, g.co, 3, 3]), cached on `w`'s buffer while `w` is unchanged.
+fn transformed_weights(tile: Tile, g: &ConvGeom, w: &Tensor, flip: bool) -> Result<Arc<Storage>> {
+    let gpu = w.gpu();
+    let key = format!("winograd{}{}", tile.m(), if flip { "-dgrad" } else { "" });
+    w.storage().derived(&key, || {
+        let e = tile.elems();
+        let p = WinogradParams {
+            ci: g.ci as u32,
+            co: g.co as u32,
+            ..Default::default()
+        };
+        let wg = gpu.grid((g.co * g.ci).div_ceil(64));
+        check_groups(gpu, "conv2d (Winograd weights)", g, wg)?;
+        let u = gpu.alloc(e * g.co * g.ci, &[e, g.co, g.ci])?;
+        gpu.dispatch(
+            &Kernel::new(tile.shader(), "wino_weights").with(&[("FLIP", flip as u32 as f64)]),
+            p.as_words(),
+            &[&u],
+            &[w.storage()],
+            wg,
+        )?;
+        Ok(u)
+    })
+}
+
 /// `out[:, dst] = conv(x[:, src], w) + bias` by Winograd F(m x m, 3x3); with a `prologue`
 /// ([scale; shift] per input channel) the input is read as relu(x * scale + shift).
 #[allow(clippy::too_many_arguments)]
@@ -111,7 +137,24 @@ pub(super) fn fwd_winograd(
     dst: Slice,
     prologue: Option<&Storage>,
 ) -> Result<()> {
-    let gpu = w.gpu();
+    let u = transformed_weights(tile, g, w, false)?;
+    run_winograd(tile, g, x, src, &u, bias, out, dst, prologue)
+}
+
+/// The forward of `g` from transformed weights `transformed` [E, co, ci].
+#[allow(clippy::too_many_arguments)]
+fn run_winograd(
+    tile: Tile,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    transformed: &Storage,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let gpu = transformed.gpu();
     let u = |v: usize| v as u32;
     let e = tile.elems();
     let (th, tw) = (g.oh.div_ceil(tile.m()), g.ow.div_ceil(tile.m()));
@@ -133,18 +176,6 @@ pub(super) fn fwd_winograd(
         check_groups(gpu, "conv2d (Winograd)", g, wg)?;
         Ok(wg)
     };
-    // U = G g G^T, cached on the weight's buffer while the weights are unchanged.
-    let transformed = w.storage().derived(&format!("winograd{}", tile.m()), || {
-        let u = gpu.alloc(e * g.co * g.ci, &[e, g.co, g.ci])?;
-        gpu.dispatch(
-            &Kernel::new(tile.shader(), "wino_weights"),
-            p.as_words(),
-            &[&u],
-            &[w.storage()],
-            grid(g.co * g.ci)?,
-        )?;
-        Ok(u)
-    })?;
     let zeros = gpu.shared_zeros(g.co)?;
     let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
     let group = group(gpu, g, tile).max(4);
@@ -176,7 +207,7 @@ pub(super) fn fwd_winograd(
             c_off: 0,
             imgs: e,
         };
-        batched_gemm(gpu, &d, (&transformed, &v, &zeros, &m), g, None)?;
+        batched_gemm(gpu, &d, (transformed, &v, &zeros, &m), g, None)?;
         gpu.dispatch(
             &Kernel::new(tile.shader(), "wino_output"),
             p.as_words(),
@@ -194,7 +225,8 @@ pub(super) fn dgrad_winograd_fits(gpu: &Gpu, g: &ConvGeom, tile: Tile) -> bool {
 }
 
 /// Input gradient `out[:, dst] = conv_transpose(dy[:, src], w) + bias` of a 3x3 stride-1
-/// padding-1 convolution, as the Winograd forward with the flipped, transposed weights.
+/// padding-1 convolution, as the Winograd forward with the flipped, transposed weights
+/// (flipped as the weight transform reads them).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn dgrad_winograd(
     tile: Tile,
@@ -207,15 +239,8 @@ pub(super) fn dgrad_winograd(
     dst: Slice,
 ) -> Result<()> {
     let g2 = g.dgrad_as_forward();
-    let kk = g.kh * g.kw;
-    let flipped = weight_copy(
-        w,
-        "flip_transpose",
-        [g.ci, g.co, g.co * kk, kk, 0, 0, 0, g.ci],
-    )?;
-    // The flipped copy is cached on `w`, and its Winograd transform on the copy.
-    let flipped = Tensor::from_storage(flipped, &[g.ci, g.co, g.kh, g.kw], false);
-    fwd_winograd(tile, &g2, dy, src, &flipped, bias, out, dst, None)
+    let u = transformed_weights(tile, &g2, w, true)?;
+    run_winograd(tile, &g2, dy, src, &u, bias, out, dst, None)
 }
 
 /// Largest per-group partial sums of the Winograd weight gradient, in bytes.
