@@ -141,6 +141,17 @@ impl Gpu {
         );
     }
 
+    /// Sets `len` values of `dst` from element `off` on to zero (a buffer clear, no kernel).
+    pub fn clear(&self, dst: &Storage, off: usize, len: usize) {
+        if len == 0 {
+            return;
+        }
+        dst.touch();
+        let mut batch = lock(&self.inner.batch);
+        let enc = self.encoder(&mut batch);
+        enc.clear_buffer(dst.buffer(), (off * 4) as u64, Some((len * 4) as u64));
+    }
+
     /// Reads `len` values of `storage` back to the host; submits and waits for all work
     /// recorded so far.
     pub fn read(&self, storage: &Storage, len: usize) -> Result<Vec<f32>> {

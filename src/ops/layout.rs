@@ -238,28 +238,21 @@ pub fn write_slice(buffer: &Tensor, x: &Tensor, axis: usize, start: usize) -> Re
     Ok(out)
 }
 
-/// A per-entry mask along `axis` (ones except zeros in `start..start + len`), broadcastable
-/// against a tensor of `shape`.
-pub(crate) fn slice_mask(
-    gpu: &Gpu,
-    shape: &[usize],
-    axis: usize,
-    start: usize,
-    len: usize,
-) -> Result<Tensor> {
-    let full = shape[axis];
-    let mut mshape = vec![1; shape.len()];
-    mshape[axis] = full;
-    let values: Vec<f32> = (0..full)
-        .map(|i| {
-            if i >= start && i < start + len {
-                0.0
-            } else {
-                1.0
-            }
-        })
-        .collect();
-    Tensor::from_slice(gpu, &values, &mshape)
+/// `g` with the entries `start..start + len` along `axis` set to zero, as a new tensor: a
+/// buffer copy and one clear per contiguous run of the slice, no kernel (the backward of a
+/// write into a block buffer, once per DenseNet layer, was a broadcast multiply by a mask).
+pub(crate) fn zero_slice(g: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
+    let gpu = g.gpu();
+    let shape = g.shape();
+    let outer: usize = shape[..axis].iter().product();
+    let dim = shape[axis];
+    let inner: usize = shape[axis + 1..].iter().product();
+    let out = gpu.alloc(g.numel(), shape)?;
+    gpu.copy(g.storage(), 0, &out, 0, g.numel());
+    for o in 0..outer {
+        gpu.clear(&out, (o * dim + start) * inner, len * inner);
+    }
+    Ok(Tensor::from_storage(std::sync::Arc::new(out), shape, false))
 }
 
 /// Concatenation along `axis` of inputs with `sizes` entries each.
@@ -332,8 +325,7 @@ impl Backward for WriteSlice {
             axis, start, len, ..
         } = self;
         let gb = if want(0) {
-            let mask = ops::layout::slice_mask(g.gpu(), g.shape(), *axis, *start, *len)?;
-            Some(ops::mul(g, &mask)?)
+            Some(zero_slice(g, *axis, *start, *len)?)
         } else {
             None
         };
