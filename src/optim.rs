@@ -1,6 +1,6 @@
 //! Layer 5: optimisers. Adam with PyTorch's semantics and defaults, as GPU kernels that
 //! update parameters and their moment estimates in place: one parameter per dispatch
-//! (`shaders/optim.wgsl`), or, forced with `APGA_KERNELS=adam=multi` where the adapter binds 16
+//! (`shaders/optim.wgsl`, four values per invocation where the length is a multiple of 4), or, forced with `APGA_KERNELS=adam=multi` where the adapter binds 16
 //! storage buffers, four per dispatch (`shaders/optim_multi.wgsl`, PyTorch's multi-tensor
 //! "foreach" form; not the default: see `benches/NOTES.md`).
 
@@ -152,12 +152,18 @@ impl Adam {
                 bc2_sqrt,
                 ..Default::default()
             };
+            // Four values per invocation where the length allows.
+            let (entry, lanes) = if n.is_multiple_of(4) {
+                ("adam4", n / 4)
+            } else {
+                ("adam", n)
+            };
             gpu.dispatch(
-                &Kernel::new(&OPTIM, "adam"),
+                &Kernel::new(&OPTIM, entry),
                 params.as_words(),
                 &[slot.param.storage(), slot.m.storage(), slot.v.storage()],
                 &[g.storage()],
-                gpu.grid(n.div_ceil(256)),
+                gpu.grid(lanes.div_ceil(256)),
             )?;
         }
         Ok(())

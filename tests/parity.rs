@@ -254,8 +254,10 @@ fn adam_matches_torch_optim_adam() {
     // Five copies of the fixture's parameter, each given the fixture's gradient, and one that
     // never gets a gradient, with the multi-tensor kernel forced: the first four take it
     // (optim_multi.wgsl, where the adapter binds 16 storage buffers), the fifth the
-    // one-parameter kernel (the default everywhere); each must follow PyTorch's trajectory,
-    // and the sixth must not move.
+    // one-parameter kernel (the default everywhere; its vec4 form, 12 values); each must
+    // follow PyTorch's trajectory, and the sixth must not move. A seventh parameter holds the
+    // first 11 values only (the scalar form; Adam is element-wise, so it follows the same
+    // trajectory).
     let gpu = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
         profile: true,
         kernel_overrides: vec![("adam".into(), "multi".into())],
@@ -269,7 +271,8 @@ fn adam_matches_torch_optim_adam() {
         let weight_decay: f64 = f.meta["weight_decay"].parse().unwrap();
         let shape = f.t("w0").shape().to_vec();
         let w0 = f.values("w0");
-        let ws: Vec<_> = (0..6).map(|_| t(w0, &shape).with_grad()).collect();
+        let mut ws: Vec<_> = (0..6).map(|_| t(w0, &shape).with_grad()).collect();
+        ws.push(t(&w0[..11], &[11]).with_grad());
         let mut adam = optim::Adam::new(
             &ws,
             optim::AdamConfig {
@@ -288,12 +291,17 @@ fn adam_matches_torch_optim_adam() {
                 let term = ops::sum_all(&ops::mul(w, &g).unwrap()).unwrap();
                 loss = ops::add(&loss, &term).unwrap();
             }
+            let g11 = t(&f.values(&format!("grad{step}"))[..11], &[11]);
+            let term = ops::sum_all(&ops::mul(&ws[6], &g11).unwrap()).unwrap();
+            loss = ops::add(&loss, &term).unwrap();
             let grads = tape.backward(&loss).unwrap();
             adam.step(&grads).unwrap();
             let want = f.values(&format!("w{step}"));
-            for (k, w) in ws[..5].iter().enumerate() {
+            for (k, w) in ws[..5].iter().chain(&ws[6..]).enumerate() {
                 let got = w.to_vec().unwrap();
-                assert_eq!(got.len(), want.len(), "{name} step {step}: element count");
+                let len = if k < 5 { want.len() } else { 11 };
+                assert_eq!(got.len(), len, "{name} step {step}: element count");
+                let want = &want[..len];
                 for (i, (a, b)) in got.iter().zip(want.iter()).enumerate() {
                     let rel = ((a - b) / b.abs().max(1e-6)).abs();
                     assert!(
@@ -313,10 +321,9 @@ fn adam_matches_torch_optim_adam() {
     }
     let ran = gpu.profile_report().unwrap().unwrap().table(100);
     let ran_kernel = |k: &str| ran.lines().any(|l| l.trim_end().ends_with(k));
-    assert!(
-        ran_kernel("optim::adam"),
-        "one-parameter kernel did not run:\n{ran}"
-    );
+    for k in ["optim::adam", "optim::adam4"] {
+        assert!(ran_kernel(k), "{k} did not run:\n{ran}");
+    }
     if gpu.limits().max_storage_buffers_per_shader_stage >= 16 {
         assert!(
             ran_kernel("optim_multi::adam4"),
