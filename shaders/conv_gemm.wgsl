@@ -198,3 +198,91 @@ fn col2im(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     dx_out[((P.img0 + img) * P.src_c_total + P.src_c_off + ci) * hw + p] = acc;
 }
+
+// ---- 1x1 weight gradient straight from the input: dW[co, ci] = sum over images and pixels
+// of dy[img, co, p] * x[img, ci, p] (x through the prologue), for 1x1 stride-1 unpadded
+// convolutions with whole pixel quads. No transposed im2col copy: each pixel quad's 8 input
+// channels are loaded as vec4 along pixels and transposed in registers into the operands of
+// wgrad_gemm's rank-4 update; 8 output channels x 8 input channels per invocation, chunks of
+// (image, quad) pairs writing partial sums [chunk, co, ci] (kpad = ci). ----
+@group(0) @binding(1) var<storage, read_write> part1_out: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> dy1: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> x1: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> affine1: array<f32>;
+
+fn load_x1(index: u32, c: u32) -> vec4<f32> {
+    let v = x1[index];
+    if (PROLOGUE) {
+        return max(v * affine1[c] + vec4<f32>(affine1[P.ci + c]), vec4<f32>(0.0));
+    }
+    return v;
+}
+
+@compute @workgroup_size(8, 8)
+fn wgrad_1x1(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let n4 = P.kpad / 4u;
+    let kq0 = gid.x * 2u;
+    let co0 = gid.y * 8u;
+    if (kq0 >= n4 || co0 >= P.co) {
+        return;
+    }
+    let kq1 = min(kq0 + 1u, n4 - 1u);
+    let q_img = (P.oh * P.ow) / 4u;
+    let total = P.imgs * q_img;
+    let q0 = gid.z * P.quads_per_chunk;
+    let q1 = min(total, q0 + P.quads_per_chunk);
+    var acc0: array<vec4<f32>, 8>;
+    var acc1: array<vec4<f32>, 8>;
+    var corow: array<u32, 8>;
+    for (var i = 0u; i < 8u; i = i + 1u) {
+        acc0[i] = vec4<f32>(0.0);
+        acc1[i] = vec4<f32>(0.0);
+        corow[i] = P.dy_c_off + min(co0 + i, P.co - 1u);
+    }
+    let c0 = kq0 * 4u;
+    let c1 = kq1 * 4u;
+    var img = q0 / max(q_img, 1u);
+    var pq = q0 - img * q_img;
+    for (var q = q0; q < q1; q = q + 1u) {
+        let dbase = (P.img0 + img) * P.dy_c_total;
+        let xb = ((P.img0 + img) * P.src_c_total + P.src_c_off) * q_img + pq;
+        let x0 = load_x1(xb + c0 * q_img, c0);
+        let x1v = load_x1(xb + (c0 + 1u) * q_img, c0 + 1u);
+        let x2 = load_x1(xb + (c0 + 2u) * q_img, c0 + 2u);
+        let x3 = load_x1(xb + (c0 + 3u) * q_img, c0 + 3u);
+        let y0 = load_x1(xb + c1 * q_img, c1);
+        let y1 = load_x1(xb + (c1 + 1u) * q_img, c1 + 1u);
+        let y2 = load_x1(xb + (c1 + 2u) * q_img, c1 + 2u);
+        let y3 = load_x1(xb + (c1 + 3u) * q_img, c1 + 3u);
+        // Pixel j's four channels: the rows of wgrad_gemm's transposed columns.
+        let b00 = vec4<f32>(x0.x, x1v.x, x2.x, x3.x);
+        let b10 = vec4<f32>(x0.y, x1v.y, x2.y, x3.y);
+        let b20 = vec4<f32>(x0.z, x1v.z, x2.z, x3.z);
+        let b30 = vec4<f32>(x0.w, x1v.w, x2.w, x3.w);
+        let b01 = vec4<f32>(y0.x, y1.x, y2.x, y3.x);
+        let b11 = vec4<f32>(y0.y, y1.y, y2.y, y3.y);
+        let b21 = vec4<f32>(y0.z, y1.z, y2.z, y3.z);
+        let b31 = vec4<f32>(y0.w, y1.w, y2.w, y3.w);
+        for (var i = 0u; i < 8u; i = i + 1u) {
+            let av = dy1[(dbase + corow[i]) * q_img + pq];
+            acc0[i] = rank4_update(acc0[i], av, b00, b10, b20, b30);
+            acc1[i] = rank4_update(acc1[i], av, b01, b11, b21, b31);
+        }
+        pq = pq + 1u;
+        if (pq == q_img) {
+            pq = 0u;
+            img = img + 1u;
+        }
+    }
+    let obase = (P.chunk0 + gid.z) * P.co * n4;
+    let has1 = kq0 + 1u < n4;
+    for (var i = 0u; i < 8u; i = i + 1u) {
+        let co = co0 + i;
+        if (co < P.co) {
+            part1_out[obase + co * n4 + kq0] = acc0[i];
+            if (has1) {
+                part1_out[obase + co * n4 + kq0 + 1u] = acc1[i];
+            }
+        }
+    }
+}

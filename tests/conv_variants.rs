@@ -455,6 +455,63 @@ fn conv_weight_gradient_8x8_variant_matches_cpu() {
     );
 }
 
+#[test]
+fn conv_weight_gradient_1x1_gemm_variant_matches_cpu() {
+    // The 1x1 weight gradient read straight from the input (`wgrad_1x1`), forced, with wgpu's
+    // bounds checks off (it is a trusted kernel) and on: odd channel counts of the output,
+    // input channels a multiple of 4, one image and several, chunks ending inside images, and
+    // through the batch-norm prologue on a channel prefix (input channels 8 of 12).
+    for runtime_checks in [false, true] {
+        let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+            autotune: false,
+            runtime_checks,
+            kernel_overrides: vec![("conv-wgrad".into(), "gemm1x1".into())],
+            profile: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+        let mut r = rng(26);
+        for &(n, ci, h, w, co) in &[
+            (1usize, 4usize, 2usize, 2usize, 3usize),
+            (2, 8, 4, 6, 9),
+            (3, 12, 5, 4, 16),
+            (2, 20, 8, 8, 5),
+        ] {
+            let x = uniform(&mut r, n * ci * h * w, -1.0, 1.0);
+            let wt = uniform(&mut r, co * ci, -1.0, 1.0);
+            let wtt = t(&wt, &[co, ci, 1, 1]).with_grad();
+            let tape = apga_gpu::Tape::new();
+            let y = ops::conv2d(&t(&x, &[n, ci, h, w]), &wtt, None, 1, 0).unwrap();
+            let gy = uniform(&mut r, y.numel(), -1.0, 1.0);
+            let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+            let grads = tape.backward(&loss).unwrap();
+            let (_, want) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], &gy, 1, 0);
+            assert_close(
+                &format!("wgrad_1x1 {:?}", (n, ci, h, w, co)),
+                &grads.get(&wtt).unwrap().to_vec().unwrap(),
+                &want,
+                1e-4,
+                1e-4,
+            );
+        }
+        check_prologue(
+            &g,
+            "wgrad_1x1 with prologue",
+            &mut r,
+            (2, 12, 8, 6, 4, 7),
+            1,
+            0,
+        );
+        let ran = g.profile_report().unwrap().unwrap().table(100);
+        assert!(
+            ran.contains("conv_gemm::wgrad_1x1 [PROLOGUE=1]")
+                && ran.contains("conv_gemm::wgrad_1x1 [PROLOGUE=0]"),
+            "wgrad_1x1 did not run:\n{ran}"
+        );
+    }
+}
+
 /// The weight gradient of `bn_relu_conv2d` (input read through the batch-norm prologue from
 /// a channel prefix) equals that of the unfused ops, on context `g`.
 fn check_wgrad_prologue(g: &apga_gpu::Gpu, what: &str, r: &mut rand::rngs::StdRng) {

@@ -13,6 +13,7 @@ use super::gemm::{
     im2col_fits,
 };
 use super::weights::relayout_weight;
+use super::wgrad::wgrad_1x1_fits;
 use super::winograd::{
     dgrad_winograd, dgrad_winograd_fits, fwd_winograd, wgrad_winograd_fits, winograd_fits, Tile,
 };
@@ -130,6 +131,8 @@ pub(super) enum WgradKernel {
     Gemm,
     /// The same with the subgroup GEMM.
     GemmSubgroup,
+    /// 1x1 convolutions: the GEMM on the input itself (no transposed im2col).
+    Gemm1x1,
     /// Winograd F(2x2, 3x3): transforms around 16 batched GEMMs over tiles.
     Winograd,
     /// Winograd F(4x4, 3x3): 36 batched GEMMs.
@@ -137,11 +140,12 @@ pub(super) enum WgradKernel {
 }
 
 impl WgradKernel {
-    const ALL: [WgradKernel; 6] = [
+    const ALL: [WgradKernel; 7] = [
         WgradKernel::Blocked4,
         WgradKernel::Blocked8,
         WgradKernel::Gemm,
         WgradKernel::GemmSubgroup,
+        WgradKernel::Gemm1x1,
         WgradKernel::Winograd,
         WgradKernel::Winograd4,
     ];
@@ -152,6 +156,7 @@ impl WgradKernel {
             WgradKernel::Blocked8 => "wgrad8",
             WgradKernel::Gemm => "gemm",
             WgradKernel::GemmSubgroup => "gemm_sg",
+            WgradKernel::Gemm1x1 => "gemm1x1",
             WgradKernel::Winograd => "winograd",
             WgradKernel::Winograd4 => "winograd4",
         }
@@ -163,6 +168,7 @@ impl WgradKernel {
             WgradKernel::Blocked8 => "conv2d_wgrad (8x8, split rows)",
             WgradKernel::Gemm => "conv_gemm.wgrad_gemm (im2col^T + GEMM)",
             WgradKernel::GemmSubgroup => "conv_gemm_subgroup.wgrad_gemm (im2col^T + GEMM)",
+            WgradKernel::Gemm1x1 => "conv_gemm.wgrad_1x1 (GEMM on the input)",
             WgradKernel::Winograd => "conv_winograd F(2x2,3x3) wgrad + 16 batched GEMMs",
             WgradKernel::Winograd4 => "conv_winograd4 F(4x4,3x3) wgrad + 36 batched GEMMs",
         }
@@ -232,7 +238,7 @@ const WINOGRAD: [(Tile, ConvKernel); 2] = [
 ];
 
 /// The weight gradient's candidates: both blockings, the GEMMs where one image's columns
-/// fit the workspace, and Winograd for 3x3 stride-1 padding-1 convolutions.
+/// fit the workspace, the GEMM on the input for 1x1 convolutions, and Winograd for 3x3 stride-1 padding-1 convolutions.
 pub(super) fn wgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, WgradKernel)> {
     let mut v = vec![WgradKernel::Blocked4, WgradKernel::Blocked8];
     if im2col_fits(gpu, g) {
@@ -240,6 +246,9 @@ pub(super) fn wgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Wg
         if gpu.has_subgroups() {
             v.push(WgradKernel::GemmSubgroup);
         }
+    }
+    if wgrad_1x1_fits(g) {
+        v.push(WgradKernel::Gemm1x1);
     }
     for (tile, k) in [
         (Tile::F2, WgradKernel::Winograd),

@@ -32,6 +32,7 @@ pub(crate) fn wgrad(
         WgradKernel::GemmSubgroup => wgrad_gemm(gpu, g, x, src, dy, dys, prologue, true),
         WgradKernel::Blocked4 => wgrad_blocked(gpu, g, x, src, dy, dys, prologue, 4),
         WgradKernel::Blocked8 => wgrad_blocked(gpu, g, x, src, dy, dys, prologue, 8),
+        WgradKernel::Gemm1x1 => wgrad_1x1(gpu, g, x, src, dy, dys, prologue),
         WgradKernel::Winograd => wgrad_winograd(Tile::F2, gpu, g, x, src, dy, dys, prologue),
         WgradKernel::Winograd4 => wgrad_winograd(Tile::F4, gpu, g, x, src, dy, dys, prologue),
     };
@@ -166,4 +167,61 @@ pub(super) fn wgrad_gemm(
     } else {
         reshape(&crate::ops::narrow(&summed, 1, 0, ktot)?, &shape)
     }
+}
+
+/// Whether the 1x1 weight-gradient GEMM applies: a 1x1 stride-1 unpadded convolution over
+/// whole pixel quads, input channels a multiple of 4 (its vec4 rows of the result).
+pub(super) fn wgrad_1x1_fits(g: &ConvGeom) -> bool {
+    g.kh == 1
+        && g.kw == 1
+        && g.stride == 1
+        && g.pad == 0
+        && (g.oh * g.ow).is_multiple_of(4)
+        && g.ci.is_multiple_of(4)
+        && g.ci > 0
+        && g.co > 0
+}
+
+/// Weight gradient [co, ci, 1, 1] of a 1x1 convolution as a GEMM reading the input directly
+/// (conv_gemm.wgsl `wgrad_1x1`): no transposed im2col copy; partial sums over chunks of
+/// (image, pixel quad) pairs, added up.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn wgrad_1x1(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    dy: &Storage,
+    dys: Slice,
+    prologue: Option<&Storage>,
+) -> Result<Tensor> {
+    let quads = g.n * g.oh * g.ow / 4;
+    let blocks = (g.ci / 4).div_ceil(2) * g.co.div_ceil(8);
+    // Enough chunks for the adapter's lanes, partial sums at most 32 MiB.
+    let by_parallelism = gpu.parallelism().div_ceil(blocks);
+    let by_memory = ((32 << 20) / (4 * g.co * g.ci)).max(1);
+    let chunks = by_parallelism.min(by_memory).clamp(1, quads.max(1));
+    let per_chunk = quads.div_ceil(chunks);
+    let chunks = quads.div_ceil(per_chunk).max(1);
+    let partial = gpu.alloc(chunks * g.co * g.ci, &[chunks, g.co, g.ci])?;
+    let wg = [
+        (g.ci / 4).div_ceil(2).div_ceil(8) as u32,
+        g.co.div_ceil(8).div_ceil(8) as u32,
+        chunks as u32,
+    ];
+    check_groups(gpu, "conv2d weight gradient", g, wg)?;
+    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
+    gpu.dispatch(
+        &Kernel::new(&CONV_GEMM, "wgrad_1x1").with(&constants),
+        gemm_params(g, g.ci, src, (0, g.n), dys, (per_chunk, 0)).as_words(),
+        &[&partial],
+        &[dy, x, prologue.unwrap_or(dy)],
+        wg,
+    )?;
+    let partial = Tensor::from_storage(std::sync::Arc::new(partial), &[chunks, g.co * g.ci], false);
+    let shape = [g.co, g.ci, 1, 1];
+    if chunks == 1 {
+        return reshape(&partial, &shape);
+    }
+    reshape(&sum(&partial, &[0], false)?, &shape)
 }
