@@ -525,6 +525,23 @@ fn grad_write_slice_block_buffer() {
 }
 
 #[test]
+fn grad_write_slice_runs() {
+    // The buffer's gradient is g with the written slice zeroed: by clears of its contiguous
+    // runs (3 here), or by a mask multiply where there are more than 256 runs (300 here).
+    for rows in [3usize, 300] {
+        let mut r = rng(1401 + rows as u64);
+        let buf = uniform(&mut r, rows * 4 * 2, -1.0, 1.0);
+        let x = uniform(&mut r, rows * 2, -1.0, 1.0);
+        GradCheck::default().run(
+            &format!("write_slice over {rows} runs"),
+            &[(buf, vec![rows, 4, 2]), (x, vec![rows, 1, 2])],
+            &[true, true],
+            |t| ops::write_slice(&ops::mul_scalar(&t[0], 1.0)?, &t[1], 1, 2),
+        );
+    }
+}
+
+#[test]
 fn grad_batch_norm2d() {
     // (2, 2, 9, 9): more pixels than the per-channel reduction's 64 lanes.
     for (s, &(n, c, h, w)) in [

@@ -195,7 +195,7 @@ fn measure_candidate(
     gpu: &Gpu,
     run: &mut dyn FnMut() -> Result<()>,
     to_beat: Option<Duration>,
-) -> Result<Duration> {
+) -> Result<(Duration, Duration)> {
     gpu.sync()?;
     let mut best = Duration::MAX;
     let mut total = Duration::ZERO;
@@ -217,7 +217,7 @@ fn measure_candidate(
             break;
         }
     }
-    Ok(best)
+    Ok((best, total))
 }
 
 thread_local! {
@@ -290,8 +290,8 @@ pub fn forced<V: Copy>(
 /// Wall time after which `choose` stops measuring further candidates for one shape class.
 const TUNING_BUDGET: Duration = Duration::from_secs(2);
 
-/// Below the budget, `choose` also stops once a class has spent `BEST_MULTIPLE` times its best
-/// candidate's time and at least `BUDGET_FLOOR`: the general kernels measured last lose by
+/// Below the budget, `choose` also stops once a class's measured runs have taken
+/// `BEST_MULTIPLE` times its best candidate's time and at least `BUDGET_FLOOR`: the general kernels measured last lose by
 /// 2-5x on large shapes, and measuring each of them once cost the lavapipe cold start 11 of
 /// its 26 s of tuning. Replayed on that cold start's log the rule keeps every choice and
 /// saves 6.7 s of measurement; small classes (under the floor) still measure everything.
@@ -345,15 +345,20 @@ pub fn choose<V: Copy>(
     // an im2col convolution); only the outermost choice adds to the tuning time.
     let nesting = Nesting::enter();
     let mut best: Option<(Duration, usize)> = None;
+    let mut measured = Duration::ZERO;
     // Last candidates first: ops list their specialised (usually fastest) variants last, so the
     // general ones are then often dropped after a single run. Once a shape class has cost
     // its `class_budget`, the best so far is kept (huge shapes, where one run takes seconds).
     for (i, (name, v)) in candidates.iter().enumerate().rev() {
-        if best.is_some_and(|(b, _)| started.elapsed() > class_budget(b)) {
+        // The class budget counts the candidates' measured runs only, not the waits for
+        // earlier work or the pipelines built on a candidate's first run.
+        let over_budget = |b| started.elapsed() > TUNING_BUDGET || measured > class_budget(b);
+        if best.is_some_and(|(b, _)| over_budget(b)) {
             log::info!("autotune {key}: budget spent, {name} not measured");
             continue;
         }
-        let dt = measure_candidate(gpu, &mut || run(*v), best.map(|(b, _)| b))?;
+        let (dt, spent) = measure_candidate(gpu, &mut || run(*v), best.map(|(b, _)| b))?;
+        measured += spent;
         log::info!("autotune {key}: {name} {:.3} ms", dt.as_secs_f64() * 1e3);
         if best.is_none_or(|(b, _)| dt < b) {
             best = Some((dt, i));

@@ -3,8 +3,9 @@
 //! and input gradient would otherwise rebuild (APGA runs the classifier's forward three times
 //! and its input gradient twice between two of its optimizer steps).
 //!
-//! Every write a kernel or copy makes to a [`Storage`] bumps its version (`Gpu::dispatch`
-//! for each output, `Gpu::copy` for the destination); a derived value is reused only at the
+//! Every write a kernel, copy or clear makes to a [`Storage`] bumps its version
+//! (`Gpu::dispatch` for each output, `Gpu::copy` and `Gpu::clear` for the destination) and
+//! frees the values derived from the old content; a derived value is reused only at the
 //! version it was made from. Work runs in the order it is recorded, so a value made after a
 //! write and looked up before the next one is always current. Cached values count against a
 //! per-context budget (beyond it they are made and not kept) and are freed with their buffer.
@@ -46,9 +47,11 @@ impl Drop for Derived {
 }
 
 impl DerivedCache {
-    /// Marks the content as changed.
+    /// Marks the content as changed, and frees the values derived from the old content.
     pub(crate) fn touch(&self) {
         self.version.fetch_add(1, Ordering::Relaxed);
+        let stale = std::mem::take(&mut *lock(&self.values));
+        drop(stale);
     }
 }
 
@@ -79,7 +82,6 @@ impl Storage {
         // Made without the lock held: `make` may derive other values from this buffer.
         let value = Arc::new(make()?);
         let mut values = lock(&self.derived.values);
-        // Values of older contents are dropped now, not when their key is next asked for.
         values.retain(|d| d.key != key && d.version == version);
         let bytes = value.len() * 4;
         let total: &AtomicUsize = &self.gpu.inner.derived_bytes;

@@ -238,13 +238,33 @@ pub fn write_slice(buffer: &Tensor, x: &Tensor, axis: usize, start: usize) -> Re
     Ok(out)
 }
 
+/// Contiguous runs up to which [`zero_slice`] clears them one by one; beyond (a slice of a
+/// late axis) one broadcast multiply by a mask is fewer commands.
+const MAX_CLEARED_RUNS: usize = 256;
+
 /// `g` with the entries `start..start + len` along `axis` set to zero, as a new tensor: a
 /// buffer copy and one clear per contiguous run of the slice, no kernel (the backward of a
-/// write into a block buffer, once per DenseNet layer, was a broadcast multiply by a mask).
+/// write into a block buffer, once per DenseNet layer, was a broadcast multiply by a mask),
+/// or that multiply where the slice has more than `MAX_CLEARED_RUNS` runs.
 pub(crate) fn zero_slice(g: &Tensor, axis: usize, start: usize, len: usize) -> Result<Tensor> {
     let gpu = g.gpu();
     let shape = g.shape();
     let outer: usize = shape[..axis].iter().product();
+    if outer > MAX_CLEARED_RUNS {
+        let dim = shape[axis];
+        let mut mshape = vec![1; shape.len()];
+        mshape[axis] = dim;
+        let mask: Vec<f32> = (0..dim)
+            .map(|i| {
+                if (start..start + len).contains(&i) {
+                    0.0
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+        return ops::mul(g, &Tensor::from_slice(gpu, &mask, &mshape)?);
+    }
     let dim = shape[axis];
     let inner: usize = shape[axis + 1..].iter().product();
     let out = gpu.alloc(g.numel(), shape)?;

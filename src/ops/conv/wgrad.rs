@@ -114,12 +114,17 @@ pub(super) fn wgrad_gemm(
     // Chunks per image group: enough invocations for the adapter, partial sums at most 32 MiB.
     let by_parallelism = gpu.parallelism().div_ceil(blocks);
     let by_memory = ((32 << 20) / (4 * g.co * kpad) / g.n.div_ceil(group)).max(1);
+    let max_z = gpu.limits().max_compute_workgroups_per_dimension as usize;
     let plan: Vec<(usize, usize, usize)> = (0..g.n)
         .step_by(group)
         .map(|img0| {
             let imgs = group.min(g.n - img0);
             let quads = imgs * q_img;
-            let chunks = by_parallelism.min(by_memory).clamp(1, quads.max(1));
+            // The chunks are the dispatch's z workgroups.
+            let chunks = by_parallelism
+                .min(by_memory)
+                .min(max_z)
+                .clamp(1, quads.max(1));
             let per_chunk = quads.div_ceil(chunks);
             (img0, imgs, per_chunk)
         })
@@ -178,6 +183,7 @@ pub(super) fn wgrad_1x1_fits(g: &ConvGeom) -> bool {
         && g.pad == 0
         && (g.oh * g.ow).is_multiple_of(4)
         && g.ci.is_multiple_of(4)
+        && g.n > 0
         && g.ci > 0
         && g.co > 0
 }
@@ -200,7 +206,12 @@ pub(super) fn wgrad_1x1(
     // Enough chunks for the adapter's lanes, partial sums at most 32 MiB.
     let by_parallelism = gpu.parallelism().div_ceil(blocks);
     let by_memory = ((32 << 20) / (4 * g.co * g.ci)).max(1);
-    let chunks = by_parallelism.min(by_memory).clamp(1, quads.max(1));
+    // The chunks are the dispatch's z workgroups.
+    let max_z = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    let chunks = by_parallelism
+        .min(by_memory)
+        .min(max_z)
+        .clamp(1, quads.max(1));
     let per_chunk = quads.div_ceil(chunks);
     let chunks = quads.div_ceil(per_chunk).max(1);
     let partial = gpu.alloc(chunks * g.co * g.ci, &[chunks, g.co, g.ci])?;

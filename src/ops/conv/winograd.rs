@@ -101,7 +101,13 @@ pub(super) fn winograd_fits(gpu: &Gpu, g: &ConvGeom, tile: Tile) -> bool {
 /// which is then [g.ci, g.co, 3, 3]), cached on `w`'s buffer while `w` is unchanged.
 fn transformed_weights(tile: Tile, g: &ConvGeom, w: &Tensor, flip: bool) -> Result<Arc<Storage>> {
     let gpu = w.gpu();
-    let key = format!("winograd{}{}", tile.m(), if flip { "-dgrad" } else { "" });
+    let key = format!(
+        "winograd{}{}/co{}/ci{}",
+        tile.m(),
+        if flip { "-dgrad" } else { "" },
+        g.co,
+        g.ci
+    );
     w.storage().derived(&key, || {
         let e = tile.elems();
         let p = WinogradParams {
