@@ -16,19 +16,7 @@
 //   wino_dy:      W[e, t, co]  = (A dY A^T)[e]        (weight gradient)
 //   wino_wgrad:   dw = G^T (sum over groups of dU) G   (weight gradient)
 
-struct Params {
-    tiles: u32, t0: u32, ci: u32, co: u32,
-    h: u32, w: u32, th: u32, tw: u32,
-    t4: u32, src_c_total: u32, src_c_off: u32, dst_c_total: u32,
-    dst_c_off: u32, groups: u32, _p1: u32, _p2: u32,
-}
-
-@group(0) @binding(0) var<uniform> P: Params;
-override PROLOGUE: bool = false;
-
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 64u + lid.x;
-}
+//#include winograd
 
 // The 1-D transforms.
 fn g_t(v0: f32, v1: f32, v2: f32) -> array<f32, 6> {
@@ -75,20 +63,6 @@ fn gt_t(v: array<f32, 6>) -> vec3<f32> {
 }
 
 // ---- weights: one invocation per (co, ci) ----
-@group(0) @binding(1) var<storage, read_write> u_out: array<f32>;
-@group(0) @binding(2) var<storage, read> w_in: array<f32>;
-// With FLIP the input gradient's weights: g[o, c] = w[c, o] flipped (w is [ci', co', 3, 3]
-// of the convolution whose input gradient this is), read in place of a flipped copy.
-override FLIP: bool = false;
-
-fn w_at(i: u32, k: u32) -> f32 {
-    if (FLIP) {
-        let o = i / P.ci;
-        let c = i % P.ci;
-        return w_in[(c * P.co + o) * 9u + 8u - k];
-    }
-    return w_in[i * 9u + k];
-}
 
 @compute @workgroup_size(64)
 fn wino_weights(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -4,8 +4,10 @@
 use crate::gpu::Shader;
 
 /// The fragments of `shaders/common/`, which kernels splice in with `//#include <name>`.
-pub static FRAGMENTS: &[(&str, &str)] =
-    &[("gemm8x8", include_str!("../shaders/common/gemm8x8.wgsl"))];
+pub static FRAGMENTS: &[(&str, &str)] = &[
+    ("gemm8x8", include_str!("../shaders/common/gemm8x8.wgsl")),
+    ("winograd", include_str!("../shaders/common/winograd.wgsl")),
+];
 
 macro_rules! shader {
     ($ident:ident, $name:literal, trusted = $trusted:literal) => {
