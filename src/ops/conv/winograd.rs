@@ -96,6 +96,70 @@ pub(super) fn winograd_fits(gpu: &Gpu, g: &ConvGeom, tile: Tile) -> bool {
         && group(gpu, g, tile) >= MIN_GROUP.min(g.n * tiles(g, tile))
 }
 
+/// Workgroups of 64 for `count` invocations, within the adapter's grid limits.
+fn grid(gpu: &Gpu, g: &ConvGeom, count: usize) -> Result<[u32; 3]> {
+    let wg = gpu.grid(count.div_ceil(64));
+    check_groups(gpu, "conv2d (Winograd)", g, wg)?;
+    Ok(wg)
+}
+
+/// The parameter block of `g`'s tiles, the input read from channel slice `src` and the output
+/// (or, for the weight gradient, the output gradient) at `dst`; the group fields
+/// (`tiles`, `t0`, `t4`) are set per group by [`input_transform`].
+fn tile_params(g: &ConvGeom, tile: Tile, src: Slice, dst: Slice) -> WinogradParams {
+    let u = |v: usize| v as u32;
+    WinogradParams {
+        ci: u(g.ci),
+        co: u(g.co),
+        h: u(g.h),
+        w: u(g.w),
+        th: u(g.oh.div_ceil(tile.m())),
+        tw: u(g.ow.div_ceil(tile.m())),
+        src_c_total: u(src.total),
+        src_c_off: u(src.off),
+        dst_c_total: u(dst.total),
+        dst_c_off: u(dst.off),
+        ..Default::default()
+    }
+}
+
+/// The batch's groups of tiles as (first tile, tiles), each within the workspace.
+fn tile_groups(gpu: &Gpu, g: &ConvGeom, tile: Tile) -> impl Iterator<Item = (usize, usize)> {
+    let group = group(gpu, g, tile).max(4);
+    let total = g.n * tiles(g, tile);
+    (0..total)
+        .step_by(group)
+        .map(move |t0| (t0, group.min(total - t0)))
+}
+
+/// V[e, ci, t4] = (B^T d B)[e] of the group (`t0`, `t`) of tiles of `x` (read through the
+/// `prologue` if any), `p` set to that group.
+fn input_transform(
+    tile: Tile,
+    g: &ConvGeom,
+    p: &mut WinogradParams,
+    (t0, t): (usize, usize),
+    x: &Storage,
+    prologue: Option<&Storage>,
+) -> Result<Storage> {
+    let gpu = x.gpu();
+    let t4 = t.div_ceil(4) * 4;
+    p.tiles = t as u32;
+    p.t0 = t0 as u32;
+    p.t4 = t4 as u32;
+    let e = tile.elems();
+    let v = gpu.alloc(e * g.ci * t4, &[e, g.ci, t4])?;
+    gpu.dispatch(
+        &Kernel::new(tile.shader(), "wino_input")
+            .with(&[("PROLOGUE", prologue.is_some() as u32 as f64)]),
+        p.as_words(),
+        &[&v],
+        &[x, prologue.unwrap_or(x)],
+        grid(gpu, g, g.ci * t4)?,
+    )?;
+    Ok(v)
+}
+
 /// The transformed weights U[e, co, ci] = (G g G^T)[e] of the convolution `g` runs (the
 /// forward's, or with `flip` the input gradient's: g read flipped and transposed from `w`,
 /// which is then [g.ci, g.co, 3, 3]), cached on `w`'s buffer while `w` is unchanged.
@@ -115,8 +179,7 @@ fn transformed_weights(tile: Tile, g: &ConvGeom, w: &Tensor, flip: bool) -> Resu
             co: g.co as u32,
             ..Default::default()
         };
-        let wg = gpu.grid((g.co * g.ci).div_ceil(64));
-        check_groups(gpu, "conv2d (Winograd weights)", g, wg)?;
+        let wg = grid(gpu, g, g.co * g.ci)?;
         let u = gpu.alloc(e * g.co * g.ci, &[e, g.co, g.ci])?;
         gpu.dispatch(
             &Kernel::new(tile.shader(), "wino_weights").with(&[("FLIP", flip as u32 as f64)]),
@@ -161,45 +224,12 @@ fn run_winograd(
     prologue: Option<&Storage>,
 ) -> Result<()> {
     let gpu = transformed.gpu();
-    let u = |v: usize| v as u32;
     let e = tile.elems();
-    let (th, tw) = (g.oh.div_ceil(tile.m()), g.ow.div_ceil(tile.m()));
-    let mut p = WinogradParams {
-        ci: u(g.ci),
-        co: u(g.co),
-        h: u(g.h),
-        w: u(g.w),
-        th: u(th),
-        tw: u(tw),
-        src_c_total: u(src.total),
-        src_c_off: u(src.off),
-        dst_c_total: u(dst.total),
-        dst_c_off: u(dst.off),
-        ..Default::default()
-    };
-    let grid = |count: usize| -> Result<[u32; 3]> {
-        let wg = gpu.grid(count.div_ceil(64));
-        check_groups(gpu, "conv2d (Winograd)", g, wg)?;
-        Ok(wg)
-    };
+    let mut p = tile_params(g, tile, src, dst);
     let zeros = gpu.shared_zeros(g.co)?;
-    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
-    let group = group(gpu, g, tile).max(4);
-    let total = g.n * th * tw;
-    for t0 in (0..total).step_by(group) {
-        let t = group.min(total - t0);
-        let t4 = t.div_ceil(4) * 4;
-        p.tiles = u(t);
-        p.t0 = u(t0);
-        p.t4 = u(t4);
-        let v = gpu.alloc(e * g.ci * t4, &[e, g.ci, t4])?;
-        gpu.dispatch(
-            &Kernel::new(tile.shader(), "wino_input").with(&constants),
-            p.as_words(),
-            &[&v],
-            &[x, prologue.unwrap_or(bias)],
-            grid(g.ci * t4)?,
-        )?;
+    for (t0, t) in tile_groups(gpu, g, tile) {
+        let v = input_transform(tile, g, &mut p, (t0, t), x, prologue)?;
+        let t4 = p.t4 as usize;
         let m = gpu.alloc(e * g.co * t4, &[e, g.co, t4])?;
         let d = BatchedGemm {
             m: g.co,
@@ -219,7 +249,7 @@ fn run_winograd(
             p.as_words(),
             &[out],
             &[&m, bias],
-            grid(g.co * t)?,
+            grid(gpu, g, g.co * t)?,
         )?;
     }
     Ok(())
@@ -259,8 +289,7 @@ pub(super) fn wgrad_winograd_fits(gpu: &Gpu, g: &ConvGeom, tile: Tile) -> bool {
     if !(g.co.is_multiple_of(4) && winograd_fits(gpu, g, tile)) {
         return false;
     }
-    let groups = (g.n * tiles(g, tile)).div_ceil(group(gpu, g, tile).max(4));
-    let partial = groups * tile.elems() * g.ci * g.co;
+    let partial = tile_groups(gpu, g, tile).count() * tile.elems() * g.ci * g.co;
     4 * partial <= WGRAD_PARTIAL_BYTES && partial <= gpu.max_binding_elems()
 }
 
@@ -281,56 +310,23 @@ pub(super) fn wgrad_winograd(
     dys: Slice,
     prologue: Option<&Storage>,
 ) -> Result<Tensor> {
-    let u = |v: usize| v as u32;
     let e = tile.elems();
-    let (th, tw) = (g.oh.div_ceil(tile.m()), g.ow.div_ceil(tile.m()));
-    let group = group(gpu, g, tile).max(4);
-    let total = g.n * th * tw;
-    let groups = total.div_ceil(group);
-    let mut p = WinogradParams {
-        ci: u(g.ci),
-        co: u(g.co),
-        h: u(g.h),
-        w: u(g.w),
-        th: u(th),
-        tw: u(tw),
-        src_c_total: u(src.total),
-        src_c_off: u(src.off),
-        dst_c_total: u(dys.total),
-        dst_c_off: u(dys.off),
-        groups: u(groups),
-        ..Default::default()
-    };
-    let grid = |count: usize| -> Result<[u32; 3]> {
-        let wg = gpu.grid(count.div_ceil(64));
-        check_groups(gpu, "conv2d weight gradient (Winograd)", g, wg)?;
-        Ok(wg)
-    };
+    let groups = tile_groups(gpu, g, tile).count();
+    let mut p = tile_params(g, tile, src, dys);
+    p.groups = groups as u32;
     let plane = g.ci * g.co;
     let du = gpu.alloc(groups * e * plane, &[groups, e, g.ci, g.co])?;
     let zeros = gpu.shared_zeros(g.ci)?;
-    let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
-    for (i, t0) in (0..total).step_by(group).enumerate() {
-        let t = group.min(total - t0);
-        let t4 = t.div_ceil(4) * 4;
-        p.tiles = u(t);
-        p.t0 = u(t0);
-        p.t4 = u(t4);
-        let v = gpu.alloc(e * g.ci * t4, &[e, g.ci, t4])?;
-        gpu.dispatch(
-            &Kernel::new(tile.shader(), "wino_input").with(&constants),
-            p.as_words(),
-            &[&v],
-            &[x, prologue.unwrap_or(dy)],
-            grid(g.ci * t4)?,
-        )?;
+    for (i, group) in tile_groups(gpu, g, tile).enumerate() {
+        let v = input_transform(tile, g, &mut p, group, x, prologue)?;
+        let t4 = p.t4 as usize;
         let w = gpu.alloc(e * t4 * g.co, &[e, t4, g.co])?;
         gpu.dispatch(
             &Kernel::new(tile.shader(), "wino_dy"),
             p.as_words(),
             &[&w],
             &[dy],
-            grid(t4 * g.co)?,
+            grid(gpu, g, t4 * g.co)?,
         )?;
         let d = BatchedGemm {
             m: g.ci,
@@ -352,7 +348,7 @@ pub(super) fn wgrad_winograd(
         p.as_words(),
         &[&dw],
         &[&du],
-        grid(plane)?,
+        grid(gpu, g, plane)?,
     )?;
     Ok(Tensor::from_storage(
         Arc::new(dw),
