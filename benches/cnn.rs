@@ -184,7 +184,7 @@ fn main() {
             format!("{name}/forward"),
             4.0 * bytes,
             "GB/s",
-            &|| "batchnorm stats_partial + stats_combine + apply".to_string(),
+            &|| "batchnorm stats_partial + stats_finish + apply".to_string(),
             &mut || ops::batch_norm2d(&x, &gamma, &beta, Some((&rm, &rv)), cfg).map(|_| ()),
         );
         let stats = ops::batch_norm2d(&x, &gamma, &beta, None, cfg).unwrap();

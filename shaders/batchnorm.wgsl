@@ -13,7 +13,7 @@
 struct Params {
     n: u32, c: u32, hw: u32, x_c_total: u32,
     x_c_off: u32, train: u32, relu: u32, lanes: u32,
-    eps: f32, momentum: f32, quad: u32, _p2: f32,
+    eps: f32, momentum: f32, quad: u32, run: u32,
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -69,12 +69,41 @@ fn lane_count(j: u32) -> u32 {
     return (P.hw - j + P.lanes - 1u) / P.lanes;
 }
 
-// ---- statistics, pass 2: combine a channel's partials (Chan et al.'s parallel variance) ----
+// ---- statistics, pass 2: the finish of every statistics path (one invocation per channel) ----
+// Writes the channel's stats [mean; invstd; biased var], the prologue affine [gamma * invstd;
+// beta - mean * gamma * invstd] (so that y = x * scale + shift), and, when `run`, updates the
+// running statistics in place:
+//   running_mean = (1 - momentum) * running_mean + momentum * mean
+//   running_var  = (1 - momentum) * running_var + momentum * var * M / (M - 1)  (unbiased)
+// One kernel instead of three (combine, running update, affine): each was a dispatch per
+// batch norm, ~1000 of an APGA step's dispatches. Bindings shared by every finishing kernel:
 @group(0) @binding(1) var<storage, read_write> stats_out: array<f32>;
-@group(0) @binding(2) var<storage, read> part_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> affine_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> run_mean: array<f32>;
+@group(0) @binding(4) var<storage, read_write> run_var: array<f32>;
+@group(0) @binding(6) var<storage, read> gamma_f: array<f32>;
+@group(0) @binding(7) var<storage, read> beta_f: array<f32>;
+
+fn finish(c: u32, mean: f32, var_b: f32) {
+    let invstd = 1.0 / sqrt(var_b + P.eps);
+    stats_out[c] = mean;
+    stats_out[P.c + c] = invstd;
+    stats_out[2u * P.c + c] = var_b;
+    let scale = gamma_f[c] * invstd;
+    affine_out[c] = scale;
+    affine_out[P.c + c] = beta_f[c] - mean * scale;
+    if (P.run != 0u) {
+        let m = f32(P.n * P.hw);
+        run_mean[c] = (1.0 - P.momentum) * run_mean[c] + P.momentum * mean;
+        run_var[c] = (1.0 - P.momentum) * run_var[c] + P.momentum * var_b * m / (m - 1.0);
+    }
+}
+
+// Combine a channel's partials (Chan et al.'s parallel variance), serially.
+@group(0) @binding(5) var<storage, read> part_in: array<f32>;
 
 @compute @workgroup_size(64)
-fn stats_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn stats_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     if (c >= P.c) {
         return;
@@ -96,45 +125,80 @@ fn stats_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
             cnt = both;
         }
     }
-    let var_b = m2 / cnt;
-    stats_out[c] = mean;
-    stats_out[P.c + c] = 1.0 / sqrt(var_b + P.eps);
-    stats_out[2u * P.c + c] = var_b;
+    finish(c, mean, m2 / cnt);
 }
 
-// ---- running-statistics update, in place (one invocation per channel) ----
-// running_mean = (1 - momentum) * running_mean + momentum * mean
-// running_var  = (1 - momentum) * running_var + momentum * var * M / (M - 1)  (unbiased)
-@group(0) @binding(1) var<storage, read_write> run_mean: array<f32>;
-@group(0) @binding(2) var<storage, read_write> run_var: array<f32>;
-@group(0) @binding(3) var<storage, read> stats_in3: array<f32>;
+// ---- statistics in one pass over the channel (`direct`; one invocation per channel) ----
+// For small planes (n * hw values per channel, the host bounds it), where the partials'
+// dispatch costs more than it saves: two passes (mean, then squared deviations, for accuracy)
+// over every image's plane, then the finish. No partial buffer, one dispatch per batch norm.
+@group(0) @binding(5) var<storage, read> x_f: array<f32>;
 
 @compute @workgroup_size(64)
-fn update_running(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn stats_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     if (c >= P.c) {
         return;
     }
+    var s = 0.0;
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let base = x_index(n, c, 0u);
+        for (var p = 0u; p < P.hw; p = p + 1u) {
+            s = s + x_f[base + p];
+        }
+    }
     let m = f32(P.n * P.hw);
-    let unbiased = stats_in3[2u * P.c + c] * m / (m - 1.0);
-    run_mean[c] = (1.0 - P.momentum) * run_mean[c] + P.momentum * stats_in3[c];
-    run_var[c] = (1.0 - P.momentum) * run_var[c] + P.momentum * unbiased;
+    let mean = s / m;
+    var q = 0.0;
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let base = x_index(n, c, 0u);
+        for (var p = 0u; p < P.hw; p = p + 1u) {
+            let d = x_f[base + p] - mean;
+            q = q + d * d;
+        }
+    }
+    finish(c, mean, q / m);
 }
 
-// ---- eval statistics from running ones (one invocation per channel) ----
-@group(0) @binding(1) var<storage, read_write> stats_eval: array<f32>;
-@group(0) @binding(2) var<storage, read> rm_in: array<f32>;
-@group(0) @binding(3) var<storage, read> rv_in: array<f32>;
+@group(0) @binding(5) var<storage, read> x4_f: array<vec4<f32>>;
 
+@compute @workgroup_size(64)
+fn stats_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= P.c) {
+        return;
+    }
+    let q4 = P.hw / 4u;
+    var s = vec4<f32>(0.0);
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let base = x_index(n, c, 0u) / 4u;
+        for (var p = 0u; p < q4; p = p + 1u) {
+            s = s + x4_f[base + p];
+        }
+    }
+    let m = f32(P.n * P.hw);
+    let mean = (s.x + s.y + s.z + s.w) / m;
+    var q = vec4<f32>(0.0);
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let base = x_index(n, c, 0u) / 4u;
+        for (var p = 0u; p < q4; p = p + 1u) {
+            let d = x4_f[base + p] - vec4<f32>(mean);
+            q = q + d * d;
+        }
+    }
+    finish(c, mean, (q.x + q.y + q.z + q.w) / m);
+}
+
+// ---- eval statistics from the running ones (one invocation per channel) ----
+// Binding 5 is unused here (the host binds gamma there as a placeholder); the running
+// statistics are read, not updated (`run` is 0).
 @compute @workgroup_size(64)
 fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     if (c >= P.c) {
         return;
     }
-    stats_eval[c] = rm_in[c];
-    stats_eval[P.c + c] = 1.0 / sqrt(rv_in[c] + P.eps);
-    stats_eval[2u * P.c + c] = rv_in[c];
+    finish(c, run_mean[c], run_var[c]);
 }
 
 // ---- normalise (one invocation per element of the [n, c, hw] output) ----
@@ -229,6 +293,77 @@ fn bwd_combine(@builtin(global_invocation_id) gid: vec3<u32>) {
     dgamma_out[c] = sdyx;
 }
 
+// ---- backward, pass 1 in one dispatch (`direct`; one invocation per channel) ----
+// The partial sums and their combine in one: each invocation sums its channel's dy_eff and
+// dy_eff * xhat over all images and pixels (the host bounds n * hw, as for `stats_direct`).
+@group(0) @binding(3) var<storage, read> xdir: array<f32>;
+@group(0) @binding(4) var<storage, read> dydir: array<f32>;
+@group(0) @binding(5) var<storage, read> stats_dir: array<f32>;
+@group(0) @binding(6) var<storage, read> gamma_dir: array<f32>;
+@group(0) @binding(7) var<storage, read> beta_dir: array<f32>;
+
+@compute @workgroup_size(64)
+fn bwd_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= P.c) {
+        return;
+    }
+    let mean = stats_dir[c];
+    let invstd = stats_dir[P.c + c];
+    let gm = gamma_dir[c];
+    let bt = beta_dir[c];
+    var sdy = 0.0;
+    var sdyx = 0.0;
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let xbase = x_index(n, c, 0u);
+        let dbase = (n * P.c + c) * P.hw;
+        for (var p = 0u; p < P.hw; p = p + 1u) {
+            let xhat = (xdir[xbase + p] - mean) * invstd;
+            var d = dydir[dbase + p];
+            if (P.relu != 0u && xhat * gm + bt <= 0.0) {
+                d = 0.0;
+            }
+            sdy = sdy + d;
+            sdyx = sdyx + d * xhat;
+        }
+    }
+    dbeta_out[c] = sdy;
+    dgamma_out[c] = sdyx;
+}
+
+@group(0) @binding(3) var<storage, read> xdir4: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> dydir4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn bwd_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= P.c) {
+        return;
+    }
+    let mean = vec4<f32>(stats_dir[c]);
+    let invstd = stats_dir[P.c + c];
+    let gm = gamma_dir[c];
+    let bt = vec4<f32>(beta_dir[c]);
+    let q4 = P.hw / 4u;
+    var sdy = vec4<f32>(0.0);
+    var sdyx = vec4<f32>(0.0);
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let xbase = x_index(n, c, 0u) / 4u;
+        let dbase = (n * P.c + c) * q4;
+        for (var p = 0u; p < q4; p = p + 1u) {
+            let xhat = (xdir4[xbase + p] - mean) * invstd;
+            var d = dydir4[dbase + p];
+            if (P.relu != 0u) {
+                d = select(d, vec4<f32>(0.0), xhat * gm + bt <= vec4<f32>(0.0));
+            }
+            sdy = sdy + d;
+            sdyx = sdyx + d * xhat;
+        }
+    }
+    dbeta_out[c] = sdy.x + sdy.y + sdy.z + sdy.w;
+    dgamma_out[c] = sdyx.x + sdyx.y + sdyx.z + sdyx.w;
+}
+
 // ---- backward, pass 2: input gradient (one invocation per element) ----
 // train: dx = gamma * invstd * (dy_eff - (dbeta + xhat * dgamma) / M)
 // eval:  dx = gamma * invstd * dy_eff
@@ -263,24 +398,6 @@ fn bwd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         d = d - (dbeta_c[c] + xhat * dgamma_c[c]) / m;
     }
     dx_out[i] = g * invstd * d;
-}
-
-// ---- scale and shift of the normalisation, for a convolution prologue (one per channel) ----
-// affine = [gamma * invstd; beta - mean * gamma * invstd]
-@group(0) @binding(1) var<storage, read_write> affine_out: array<f32>;
-@group(0) @binding(2) var<storage, read> stats_d: array<f32>;
-@group(0) @binding(3) var<storage, read> gamma_d: array<f32>;
-@group(0) @binding(4) var<storage, read> beta_d: array<f32>;
-
-@compute @workgroup_size(64)
-fn affine(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    if (c >= P.c) {
-        return;
-    }
-    let scale = gamma_d[c] * stats_d[P.c + c];
-    affine_out[c] = scale;
-    affine_out[P.c + c] = beta_d[c] - stats_d[c] * scale;
 }
 
 // ---- vec4 twins (hw a multiple of 4; lanes count quads) ----
@@ -417,7 +534,7 @@ var<workgroup> wg_a: array<f32, 64>;
 var<workgroup> wg_b: array<f32, 64>;
 
 @compute @workgroup_size(64)
-fn stats_combine_wg(@builtin(workgroup_id) wid: vec3<u32>,
+fn stats_finish_wg(@builtin(workgroup_id) wid: vec3<u32>,
                     @builtin(local_invocation_id) lid: vec3<u32>) {
     let c = wid.x;
     let t = lid.x;
@@ -454,10 +571,7 @@ fn stats_combine_wg(@builtin(workgroup_id) wid: vec3<u32>,
         }
     }
     if (t == 0u && c < P.c) {
-        let var_b = wg_b[0] / wg_cnt[0];
-        stats_out[c] = wg_a[0];
-        stats_out[P.c + c] = 1.0 / sqrt(var_b + P.eps);
-        stats_out[2u * P.c + c] = var_b;
+        finish(c, wg_a[0], wg_b[0] / wg_cnt[0]);
     }
 }
 

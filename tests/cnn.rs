@@ -431,38 +431,47 @@ fn bn_values(g: &apga_gpu::Gpu, shape: [usize; 4], relu: bool) -> Vec<Vec<f32>> 
 }
 
 #[test]
-fn batch_norm_workgroup_combine_matches_the_serial_one() {
-    // The per-channel combine of the partial sums: serial (CPU drivers' default) and one
-    // workgroup per channel with a tree (GPUs' default), each forced here.
-    let ctx = |variant: &str| {
+fn batch_norm_sum_variants_agree() {
+    // The per-channel sums of the statistics and of the backward: partials combined serially
+    // (CPU drivers) or by one workgroup per channel with a tree (GPUs), and the one-pass
+    // `direct` kernels (one invocation per channel; small planes), each forced here.
+    let ctx = |stats: &str, combine: &str| {
         apga_gpu::Gpu::new(apga_gpu::GpuOptions {
-            kernel_overrides: vec![("bn-combine".into(), variant.into())],
+            kernel_overrides: vec![
+                ("bn-stats".into(), stats.into()),
+                ("bn-bwd".into(), stats.into()),
+                ("bn-combine".into(), combine.into()),
+            ],
             profile: true,
             ..Default::default()
         })
         .unwrap()
     };
-    let (serial, tree) = (ctx("serial"), ctx("workgroup"));
+    let serial = ctx("partial", "serial");
+    let tree = ctx("partial", "workgroup");
+    let direct = ctx("direct", "serial");
     // Quads and not; more partials than 64 (n * lanes = 3 * 36) and fewer (2 * 3).
     for (shape, relu) in [
         ([3, 5, 12, 12], false),
         ([2, 4, 3, 5], true),
         ([3, 2, 9, 11], true),
     ] {
-        let (a, b) = (
-            bn_values(&serial, shape, relu),
-            bn_values(&tree, shape, relu),
-        );
-        for (i, what) in ["y", "running mean", "running var", "dx", "dgamma", "dbeta"]
-            .iter()
-            .enumerate()
-        {
-            assert_close(&format!("{shape:?} {what}"), &b[i], &a[i], 1e-5, 1e-4);
+        let a = bn_values(&serial, shape, relu);
+        for other in [&tree, &direct] {
+            let b = bn_values(other, shape, relu);
+            for (i, what) in ["y", "running mean", "running var", "dx", "dgamma", "dbeta"]
+                .iter()
+                .enumerate()
+            {
+                assert_close(&format!("{shape:?} {what}"), &b[i], &a[i], 1e-5, 1e-4);
+            }
         }
     }
     for (g, kernels) in [
-        (&serial, ["stats_combine", "bwd_combine"]),
-        (&tree, ["stats_combine_wg", "bwd_combine_wg"]),
+        (&serial, ["stats_finish", "bwd_combine"]),
+        (&tree, ["stats_finish_wg", "bwd_combine_wg"]),
+        (&direct, ["stats_direct4", "bwd_direct4"]),
+        (&direct, ["stats_direct", "bwd_direct"]),
     ] {
         let ran = g.profile_report().unwrap().unwrap().table(100);
         for k in kernels {

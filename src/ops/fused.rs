@@ -14,7 +14,7 @@ use crate::gpu::Storage;
 use crate::ops;
 use crate::tensor::Tensor;
 use ops::conv::{dgrad_into, fwd_into, wgrad, ConvGeom, Slice};
-use ops::norm::{affine_of, backward_raw, batch_stats, params};
+use ops::norm::{backward_raw, batch_stats, params};
 use ops::{pad_axis, BatchNormConfig};
 
 /// Saved state of one `bn_relu_conv2d`.
@@ -95,8 +95,7 @@ pub fn bn_relu_conv2d(
     };
     let gpu = x.gpu();
     let p = params(n, c_in, h * wd, c_total, &cfg);
-    let stats = batch_stats(gpu, x.storage(), &p, running, &cfg)?;
-    let affine = affine_of(gpu, &stats, gamma, beta, &p)?;
+    let (stats, affine) = batch_stats(gpu, x.storage(), &p, gamma, beta, running, &cfg)?;
     let shape = [n, co, geom.oh, geom.ow];
     let out = gpu.alloc(n * co * geom.oh * geom.ow, &shape)?;
     let zeros = gpu.shared_zeros(co)?;

@@ -36,7 +36,7 @@ crate::kernel_params! {
     pub struct BnParams {
         n: u32, c: u32, hw: u32, x_c_total: u32,
         x_c_off: u32, train: u32, relu: u32, lanes: u32,
-        eps: f32, momentum: f32, quad: u32, _p2: f32,
+        eps: f32, momentum: f32, quad: u32, run: u32,
     }
 }
 
@@ -158,7 +158,7 @@ pub fn batch_norm2d(
     }
     let gpu = x.gpu();
     let p = params(n, c, hw, c, &cfg);
-    let stats = batch_stats(gpu, x.storage(), &p, running, &cfg)?;
+    let (stats, _affine) = batch_stats(gpu, x.storage(), &p, gamma, beta, running, &cfg)?;
     let out = gpu.alloc(x.numel(), x.shape())?;
     gpu.dispatch(
         &entry(&p, "apply", "apply4"),
@@ -179,38 +179,69 @@ pub fn batch_norm2d(
     }))
 }
 
-/// Per-channel statistics [mean; invstd; biased var] of the input described by `p`: batch
-/// statistics in training (updating `running` in place), the running ones in eval.
+/// Values per channel up to which the one-invocation-per-channel (`direct`) statistics and
+/// backward sums are candidates: a loop that long per invocation costs less than a second
+/// dispatch on CPU drivers, and DenseNet's maps at 64x64 (4 x 2x2 to 4 x 16x16) are all below.
+const DIRECT_MAX: usize = 4096;
+
+/// Whether the per-channel sums of `p` run `direct` (one dispatch, one invocation per channel)
+/// rather than as partials and a combine: measured per shape class (`bn-stats/...`,
+/// `bn-bwd/...`; forced with `APGA_KERNELS=bn-stats=direct|partial`), `run(direct)` doing the
+/// work without side effects. Default where not measured: direct on CPU drivers, partials on
+/// GPUs, whose thousands of lanes a per-channel loop would leave idle.
+fn choose_direct(
+    gpu: &Gpu,
+    op: &str,
+    p: &BnParams,
+    run: impl FnMut(bool) -> Result<()>,
+) -> Result<bool> {
+    let m = (p.n * p.hw) as usize;
+    let key = format!(
+        "{op}/c{}/m{}",
+        crate::gpu::autotune::bucket(p.c as usize),
+        crate::gpu::autotune::bucket(m)
+    );
+    let all = [("partial", false), ("direct", true)];
+    let cands = if m <= DIRECT_MAX { &all[..] } else { &all[..1] };
+    let default = usize::from(gpu.parallelism() <= 4096);
+    crate::gpu::autotune::choose(gpu, &key, &["partial", "direct"], cands, default, run)
+}
+
+/// Per-channel statistics [mean; invstd; biased var] and the normalisation's affine [scale;
+/// shift] (`bn(x) = x * scale + shift`, for a convolution prologue) of the input described by
+/// `p`: batch statistics in training (updating `running` in place), the running ones in eval.
 pub(crate) fn batch_stats(
     gpu: &Gpu,
     x: &Storage,
     p: &BnParams,
+    gamma: &Tensor,
+    beta: &Tensor,
     running: Option<(&Tensor, &Tensor)>,
     cfg: &BatchNormConfig,
-) -> Result<Storage> {
+) -> Result<(Storage, Storage)> {
     let c = p.c as usize;
     let stats = gpu.alloc(3 * c, &[3, c])?;
+    let affine = gpu.alloc(2 * c, &[2, c])?;
     if cfg.training {
-        let (grid, parts) = partial_grid(gpu, p);
-        let part = gpu.alloc(2 * parts, &[2, parts])?;
-        gpu.dispatch(
-            &entry(p, "stats_partial", "stats_partial4"),
-            p.as_words(),
-            &[&part],
-            &[x],
-            grid,
-        )?;
-        let (kernel, groups) = combine(gpu, p, "stats_combine", "stats_combine_wg")?;
-        gpu.dispatch(&kernel, p.as_words(), &[&stats], &[&part], groups)?;
-        if let Some((rm, rv)) = running {
-            gpu.dispatch(
-                &Kernel::new(&BATCHNORM, "update_running"),
-                p.as_words(),
-                &[rm.storage(), rv.storage()],
-                &[&stats],
-                [c.div_ceil(64) as u32, 1, 1],
-            )?;
-        }
+        // Without running statistics the finish still binds two (unwritten) buffers.
+        let scratch;
+        let (rm, rv) = match running {
+            Some((m, v)) => (m.storage(), v.storage()),
+            None => {
+                scratch = (gpu.alloc(c, &[c])?, gpu.alloc(c, &[c])?);
+                (&scratch.0, &scratch.1)
+            }
+        };
+        let outs = [&stats, &affine, rm, rv];
+        let probe = BnParams { run: 0, ..*p };
+        let direct = choose_direct(gpu, "bn-stats", p, |d| {
+            train_stats(gpu, x, &probe, gamma, beta, outs, d)
+        })?;
+        let real = BnParams {
+            run: running.is_some() as u32,
+            ..*p
+        };
+        train_stats(gpu, x, &real, gamma, beta, outs, direct)?;
     } else {
         let (rm, rv) = running.ok_or_else(|| {
             Error::shape(
@@ -218,35 +249,57 @@ pub(crate) fn batch_stats(
                 "eval mode needs running_mean and running_var",
             )
         })?;
+        let p = BnParams { run: 0, ..*p };
+        // Binding 5 (the partials in training) is unused; gamma stands in.
         gpu.dispatch(
             &Kernel::new(&BATCHNORM, "eval_stats"),
             p.as_words(),
-            &[&stats],
-            &[rm.storage(), rv.storage()],
+            &[&stats, &affine, rm.storage(), rv.storage()],
+            &[gamma.storage(), gamma.storage(), beta.storage()],
             [c.div_ceil(64) as u32, 1, 1],
         )?;
     }
-    Ok(stats)
+    Ok((stats, affine))
 }
 
-/// [scale; shift] per channel with `bn(x) = x * scale + shift`, for a convolution prologue.
-pub(crate) fn affine_of(
+/// Batch statistics into `outs` = [stats, affine, running mean, running var] (the running
+/// ones updated only when `p.run`): one `stats_direct` dispatch, or partials and a finish.
+fn train_stats(
     gpu: &Gpu,
-    stats: &Storage,
+    x: &Storage,
+    p: &BnParams,
     gamma: &Tensor,
     beta: &Tensor,
-    p: &BnParams,
-) -> Result<Storage> {
+    outs: [&Storage; 4],
+    direct: bool,
+) -> Result<()> {
     let c = p.c as usize;
-    let out = gpu.alloc(2 * c, &[2, c])?;
+    if direct {
+        return gpu.dispatch(
+            &entry(p, "stats_direct", "stats_direct4"),
+            p.as_words(),
+            &outs,
+            &[x, gamma.storage(), beta.storage()],
+            [c.div_ceil(64) as u32, 1, 1],
+        );
+    }
+    let (grid, parts) = partial_grid(gpu, p);
+    let part = gpu.alloc(2 * parts, &[2, parts])?;
     gpu.dispatch(
-        &Kernel::new(&BATCHNORM, "affine"),
+        &entry(p, "stats_partial", "stats_partial4"),
         p.as_words(),
-        &[&out],
-        &[stats, gamma.storage(), beta.storage()],
-        [c.div_ceil(64) as u32, 1, 1],
+        &[&part],
+        &[x],
+        grid,
     )?;
-    Ok(out)
+    let (kernel, groups) = combine(gpu, p, "stats_finish", "stats_finish_wg")?;
+    gpu.dispatch(
+        &kernel,
+        p.as_words(),
+        &outs,
+        &[&part, gamma.storage(), beta.storage()],
+        groups,
+    )
 }
 
 /// Backward kernels on raw storage: (dx for the `c` channels, dgamma, dbeta), where `dy` is
@@ -265,17 +318,31 @@ pub(crate) fn backward_raw(
     let (n, c, hw) = (p.n as usize, p.c as usize, p.hw as usize);
     let dgamma = gpu.alloc(c, &[c])?;
     let dbeta = gpu.alloc(c, &[c])?;
-    let (grid, parts) = partial_grid(gpu, p);
-    let part = gpu.alloc(2 * parts, &[2, parts])?;
-    gpu.dispatch(
-        &entry(p, "bwd_partial", "bwd_partial4"),
-        p.as_words(),
-        &[&part],
-        &[x, dy, stats, gamma.storage(), beta.storage()],
-        grid,
-    )?;
-    let (kernel, groups) = combine(gpu, p, "bwd_combine", "bwd_combine_wg")?;
-    gpu.dispatch(&kernel, p.as_words(), &[&dgamma, &dbeta], &[&part], groups)?;
+    let sums = |direct: bool| -> Result<()> {
+        let ins = [x, dy, stats, gamma.storage(), beta.storage()];
+        if direct {
+            return gpu.dispatch(
+                &entry(p, "bwd_direct", "bwd_direct4"),
+                p.as_words(),
+                &[&dgamma, &dbeta],
+                &ins,
+                [c.div_ceil(64) as u32, 1, 1],
+            );
+        }
+        let (grid, parts) = partial_grid(gpu, p);
+        let part = gpu.alloc(2 * parts, &[2, parts])?;
+        gpu.dispatch(
+            &entry(p, "bwd_partial", "bwd_partial4"),
+            p.as_words(),
+            &[&part],
+            &ins,
+            grid,
+        )?;
+        let (kernel, groups) = combine(gpu, p, "bwd_combine", "bwd_combine_wg")?;
+        gpu.dispatch(&kernel, p.as_words(), &[&dgamma, &dbeta], &[&part], groups)
+    };
+    let direct = choose_direct(gpu, "bn-bwd", p, sums)?;
+    sums(direct)?;
     let dx = if want_x {
         let len = n * c * hw;
         let dx = gpu.alloc(len, &[n, c, hw])?;
