@@ -107,31 +107,55 @@ fn conv_shape_errors_are_values() {
 
 #[test]
 fn concat_narrow_and_slices_match_cpu() {
-    let mut r = rng(13);
-    let a = uniform(&mut r, 2 * 3 * 5, -1.0, 1.0);
-    let b = uniform(&mut r, 2 * 2 * 5, -1.0, 1.0);
-    let c = ops::concat(&[&tensor(&a, &[2, 3, 5]), &tensor(&b, &[2, 2, 5])], 1).unwrap();
-    assert_eq!(c.shape(), &[2, 5, 5]);
-    let cv = c.to_vec().unwrap();
-    for n in 0..2 {
-        assert_eq!(&cv[n * 25..n * 25 + 15], &a[n * 15..n * 15 + 15]);
-        assert_eq!(&cv[n * 25 + 15..n * 25 + 25], &b[n * 10..n * 10 + 10]);
-    }
-    let back = ops::narrow(&c, 1, 3, 2).unwrap().to_vec().unwrap();
-    assert_eq!(back, b);
-    let padded = ops::pad_axis(&tensor(&b, &[2, 2, 5]), 1, 1, 4)
-        .unwrap()
-        .to_vec()
+    // Each slice copy runs as the `copy_channels` kernel or as one buffer copy per outer
+    // index (`copy-slices`), each forced here; the kernel's context must have run it.
+    for variant in ["kernel", "copies"] {
+        let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+            kernel_overrides: vec![("copy-slices".into(), variant.into())],
+            profile: true,
+            ..Default::default()
+        })
         .unwrap();
-    assert_eq!(&padded[0..5], &[0.0; 5]);
-    assert_eq!(&padded[5..15], &b[0..10]);
-    // A block buffer written in place, channel range by channel range.
-    let block = ops::pad_axis(&tensor(&a, &[2, 3, 5]), 1, 0, 5).unwrap();
-    let block = ops::write_slice(&block, &tensor(&b, &[2, 2, 5]), 1, 3).unwrap();
-    assert_eq!(block.to_vec().unwrap(), cv);
-    assert!(ops::concat(&[&tensor(&a, &[2, 3, 5]), &tensor(&b, &[1, 2, 10])], 1).is_err());
-    assert!(ops::narrow(&c, 1, 4, 2).is_err());
-    assert!(ops::write_slice(&block, &tensor(&b, &[2, 2, 5]), 1, 4).is_err());
+        let tensor = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+        let mut r = rng(13);
+        let a = uniform(&mut r, 2 * 3 * 5, -1.0, 1.0);
+        let b = uniform(&mut r, 2 * 2 * 5, -1.0, 1.0);
+        let c = ops::concat(&[&tensor(&a, &[2, 3, 5]), &tensor(&b, &[2, 2, 5])], 1).unwrap();
+        assert_eq!(c.shape(), &[2, 5, 5]);
+        let cv = c.to_vec().unwrap();
+        for n in 0..2 {
+            assert_eq!(&cv[n * 25..n * 25 + 15], &a[n * 15..n * 15 + 15]);
+            assert_eq!(&cv[n * 25 + 15..n * 25 + 25], &b[n * 10..n * 10 + 10]);
+        }
+        let back = ops::narrow(&c, 1, 3, 2).unwrap().to_vec().unwrap();
+        assert_eq!(back, b);
+        // Along the last axis: runs of one value; along the first: one contiguous run.
+        let last = ops::narrow(&c, 2, 1, 3).unwrap().to_vec().unwrap();
+        let want: Vec<f32> = cv.chunks(5).flat_map(|r| r[1..4].to_vec()).collect();
+        assert_eq!(last, want, "{variant}");
+        assert_eq!(
+            ops::narrow(&c, 0, 1, 1).unwrap().to_vec().unwrap(),
+            &cv[25..]
+        );
+        let padded = ops::pad_axis(&tensor(&b, &[2, 2, 5]), 1, 1, 4)
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert_eq!(&padded[0..5], &[0.0; 5]);
+        assert_eq!(&padded[5..15], &b[0..10]);
+        assert_eq!(&padded[15..25], &[0.0; 10]);
+        assert_eq!(&padded[25..35], &b[10..20]);
+        // A block buffer written in place, channel range by channel range.
+        let block = ops::pad_axis(&tensor(&a, &[2, 3, 5]), 1, 0, 5).unwrap();
+        let block = ops::write_slice(&block, &tensor(&b, &[2, 2, 5]), 1, 3).unwrap();
+        assert_eq!(block.to_vec().unwrap(), cv, "{variant}");
+        assert!(ops::concat(&[&tensor(&a, &[2, 3, 5]), &tensor(&b, &[1, 2, 10])], 1).is_err());
+        assert!(ops::narrow(&c, 1, 4, 2).is_err());
+        assert!(ops::write_slice(&block, &tensor(&b, &[2, 2, 5]), 1, 4).is_err());
+        let ran = g.profile_report().unwrap().unwrap().table(100);
+        let kernel_ran = ran.contains("layout::copy_channels");
+        assert_eq!(kernel_ran, variant == "kernel", "{variant}:\n{ran}");
+    }
 }
 
 #[test]

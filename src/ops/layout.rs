@@ -21,7 +21,15 @@ fn split(shape: &[usize], axis: usize) -> (usize, usize, usize) {
     )
 }
 
-/// Copies `len` slices of the axis: src[o, src_off + c, i] -> dst[o, dst_off + c, i].
+/// Contiguous runs (one per outer index) up to which [`copy_slices`] may copy them as buffer
+/// copies instead of a kernel: a DenseNet at 64x64 copies 4 runs per call (one per image).
+const MAX_COPIED_RUNS: usize = 64;
+
+/// Copies `len` slices of the axis: src[o, src_off + c, i] -> dst[o, dst_off + c, i]. Either
+/// one `copy_channels` dispatch, or `outer` buffer copies of `len * inner` contiguous values
+/// (no dispatch; a memcpy each on CPU drivers), chosen by measurement per shape class
+/// (`copy-slices/...`, forced with `APGA_KERNELS=copy-slices=kernel|copies`; without
+/// autotuning: copies on CPU drivers, the kernel on GPUs, where copies end the compute pass).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn copy_slices(
     gpu: &Gpu,
@@ -37,24 +45,57 @@ pub(crate) fn copy_slices(
     if n == 0 {
         return Ok(());
     }
-    let u = |v: usize| v as u32;
-    let params = LayoutParams {
-        n: u(outer),
-        c: u(len),
-        hw: u(inner),
-        src_total: u(src_total),
-        src_off: u(src_off),
-        dst_total: u(dst_total),
-        dst_off: u(dst_off),
-        ..Default::default()
+    let run = len * inner;
+    let copies = |by_copies: bool| -> Result<()> {
+        if by_copies {
+            for o in 0..outer {
+                let from = (o * src_total + src_off) * inner;
+                gpu.copy(src, from, dst, (o * dst_total + dst_off) * inner, run);
+            }
+            return Ok(());
+        }
+        let u = |v: usize| v as u32;
+        let params = LayoutParams {
+            n: u(outer),
+            c: u(len),
+            hw: u(inner),
+            src_total: u(src_total),
+            src_off: u(src_off),
+            dst_total: u(dst_total),
+            dst_off: u(dst_off),
+            ..Default::default()
+        };
+        gpu.dispatch(
+            &Kernel::new(&LAYOUT, "copy_channels"),
+            params.as_words(),
+            &[dst],
+            &[src],
+            gpu.grid(n.div_ceil(256)),
+        )
     };
-    gpu.dispatch(
-        &Kernel::new(&LAYOUT, "copy_channels"),
-        params.as_words(),
-        &[dst],
-        &[src],
-        gpu.grid(n.div_ceil(256)),
-    )
+    // One contiguous run (a whole-tensor copy) needs no choice.
+    if src_total == len && dst_total == len {
+        gpu.copy(src, 0, dst, 0, n);
+        return Ok(());
+    }
+    if outer == 1 {
+        return copies(true);
+    }
+    let key = format!(
+        "copy-slices/o{}/r{}",
+        crate::gpu::autotune::bucket(outer),
+        crate::gpu::autotune::bucket(run)
+    );
+    let all = [("kernel", false), ("copies", true)];
+    let cands = if outer <= MAX_COPIED_RUNS {
+        &all[..]
+    } else {
+        &all[..1]
+    };
+    let default = usize::from(gpu.parallelism() <= 4096);
+    let by_copies =
+        crate::gpu::autotune::choose(gpu, &key, &["kernel", "copies"], cands, default, copies)?;
+    copies(by_copies)
 }
 
 fn check_axis(op: &'static str, shape: &[usize], axis: usize) -> Result<()> {
