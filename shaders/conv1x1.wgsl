@@ -8,7 +8,8 @@
 // multiples of 4 and the batch strides and offsets to be multiples of 4; the host checks.
 //
 // Split-K (`k_split` > 0, for adapters with far more lanes than the product has 8x8 blocks):
-// z = image + imgs * split; split s sums K rows [s k_split, (s + 1) k_split) into its own
+// z = image + imgs * split (z = split where images are folded into columns); split s sums
+// K rows [s k_split, (s + 1) k_split) into its own
 // partial product at c + s * split_stride (bias in split 0 only), and `splitk_sum` adds the
 // `splits` partials into the output.
 
@@ -18,7 +19,7 @@ struct Params {
     m: u32, n: u32, k: u32, lda: u32,           // lda: row length of A (elements)
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,   // element strides / offsets
     k_split: u32, imgs: u32, split_stride: u32, splits: u32,  // split-K (conv1x1.wgsl)
-    a_batch: u32, _p0: u32, _p1: u32, _p2: u32,  // A of image i at i * a_batch (Winograd)
+    a_batch: u32, rb: u32, fold: u32, _p2: u32,  // A of image i at i * a_batch (Winograd); lanes (below)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -37,18 +38,33 @@ fn load_b(index: u32, k: u32) -> vec4<f32> {
     return v;
 }
 
+// Lane layout: each 8-wide row of the workgroup (one SIMD batch on CPU drivers) covers 8 rows
+// of C (8 x `rb` rows per workgroup, rb = 1, 2, 4 or 8: no idle rows when m is 8, 16 or 32)
+// and 8 column pairs; the rest of the workgroup's rows cover further column pairs. With
+// `fold` the column pairs of all images form one index, so small images (a DenseNet's 4x4
+// and 2x2 maps: 2 and 1 pairs per image) fill the lanes instead of leaving 6 or 7 of 8 idle;
+// z then counts only the K splits. Shared with conv1x1_subgroup.wgsl.
 @compute @workgroup_size(8, 8)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn main(@builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(local_invocation_id) lid: vec3<u32>) {
     let k4 = P.k / 4u;
     let lda4 = P.lda / 4u;
     let n4 = P.n / 4u;
-    let row0 = gid.y * 8u;
-    let cq0 = gid.x * 2u;
-    if (row0 >= P.m || cq0 >= n4) {
+    let pairs = (n4 + 1u) / 2u;
+    let row0 = (wid.y * P.rb + lid.y % P.rb) * 8u;
+    let pair = (wid.x * (8u / P.rb) + lid.y / P.rb) * 8u + lid.x;
+    var img = wid.z % P.imgs;
+    var split = wid.z / P.imgs;
+    var cpair = pair;
+    if (P.fold != 0u) {
+        img = pair / pairs;
+        cpair = pair % pairs;
+        split = wid.z;
+    }
+    let cq0 = cpair * 2u;
+    if (row0 >= P.m || cq0 >= n4 || img >= P.imgs) {
         return;
     }
-    let img = gid.z % P.imgs;
-    let split = gid.z / P.imgs;
     let bb = (img * P.b_batch + P.b_off) / 4u;
     let cb = (img * P.c_batch + P.c_off + split * P.split_stride) / 4u;
     var kq_begin = 0u;

@@ -16,7 +16,7 @@ struct Params {
     m: u32, n: u32, k: u32, lda: u32,
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
     k_split: u32, imgs: u32, split_stride: u32, splits: u32,  // split-K (conv1x1.wgsl)
-    a_batch: u32, _p0: u32, _p1: u32, _p2: u32,  // A of image i at i * a_batch (Winograd)
+    a_batch: u32, rb: u32, fold: u32, _p2: u32,  // A per image (Winograd); lanes (conv1x1.wgsl)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -47,12 +47,21 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let k4 = P.k / 4u;
     let lda4 = P.lda / 4u;
     let n4 = P.n / 4u;
-    let row0 = (wid.y * 8u + ly) * 8u;
-    let cq0 = (wid.x * 8u + lx) * 2u;
+    // Rows and column pairs as conv1x1.wgsl lays them out (`rb`, `fold`).
+    let pairs = (n4 + 1u) / 2u;
+    let row0 = (wid.y * P.rb + ly % P.rb) * 8u;
+    let pair = (wid.x * (8u / P.rb) + ly / P.rb) * 8u + lx;
+    var img = wid.z;
+    var cpair = pair;
+    if (P.fold != 0u) {
+        img = pair / pairs;
+        cpair = pair % pairs;
+    }
+    let cq0 = cpair * 2u;
     // No early return: every lane takes part in the shuffles. Lanes past the matrix compute
-    // on clamped indices and store nothing.
-    let in_range = row0 < P.m && cq0 < n4;
-    let img = wid.z;
+    // on clamped indices and store nothing. Lanes of one 8-wide row share row0.
+    let in_range = row0 < P.m && cq0 < n4 && img < P.imgs;
+    img = min(img, P.imgs - 1u);
     let bb = (img * P.b_batch + P.b_off) / 4u;
     let cb = (img * P.c_batch + P.c_off) / 4u;
     let cqa = min(cq0, n4 - 1u);
@@ -61,7 +70,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     // invocations (x fastest) and a multiple of 8 wide.
     let lane = li % max(sgs, 1u);
     let base = lane - lx;
-    let shared_rows = subgroupAll(sgs % 8u == 0u && sid == lane);
+    // With one A per image and images folded into columns, a row of lanes may span two
+    // images; then (anywhere in the subgroup) A is loaded per lane.
+    let same_a = P.a_batch == 0u || subgroupShuffle(img, base) == img;
+    let shared_rows = subgroupAll(sgs % 8u == 0u && sid == lane && same_a);
     let ab = img * (P.a_batch / 4u);
     let my_row = ab + min(row0 + lx, P.m - 1u) * lda4;
     var arow: array<u32, 8>;

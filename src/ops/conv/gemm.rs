@@ -61,13 +61,11 @@ pub(super) fn batched_gemm(
         split_stride: 0,
         splits: 1,
         a_batch: u(d.a_batch),
+        rb: u(row_blocks(d.m)),
+        fold: u32::from(folds(d)),
         ..Default::default()
     };
-    let wg = [
-        (d.n / 4).div_ceil(2).div_ceil(8) as u32,
-        d.m.div_ceil(8).div_ceil(8) as u32,
-        d.imgs as u32,
-    ];
+    let wg = gemm_grid(d, 1);
     check_groups(gpu, "conv (batched GEMM)", g, wg)?;
     let constants = [("PROLOGUE", prologue.is_some() as u32 as f64)];
     let run = |kernel: Variant| match kernel {
@@ -130,6 +128,35 @@ pub(super) fn batched_gemm(
     run(kernel)
 }
 
+/// Row blocks of 8 per workgroup of the batched GEMM (`rb` in conv1x1.wgsl): the smallest
+/// power of two covering m, at most 8, so that m of 8, 16 or 32 leaves no lanes idle.
+fn row_blocks(m: usize) -> usize {
+    m.div_ceil(8).next_power_of_two().min(8)
+}
+
+/// Whether the batched GEMM folds its images into the column index (`fold`): always where
+/// all images share A; where each has its own (Winograd's transform elements) only when an
+/// image has fewer than 8 column pairs, since a row of lanes spanning two images loads A per
+/// lane instead of sharing it through subgroup shuffles.
+fn folds(d: &BatchedGemm) -> bool {
+    d.a_batch == 0 || (d.n / 4).div_ceil(2) < 8
+}
+
+/// The batched GEMM's workgroups for `splits` splits of K: column pairs (of all images where
+/// they are folded into one index) by row blocks by images (unfolded) and splits.
+fn gemm_grid(d: &BatchedGemm, splits: usize) -> [u32; 3] {
+    let rb = row_blocks(d.m);
+    let pairs = (d.n / 4).div_ceil(2);
+    let fold = folds(d);
+    let cols = if fold { pairs * d.imgs } else { pairs };
+    let z = if fold { splits } else { d.imgs * splits };
+    [
+        cols.div_ceil(8 * (8 / rb)) as u32,
+        d.m.div_ceil(8 * rb) as u32,
+        z as u32,
+    ]
+}
+
 /// A batched-GEMM kernel: the whole reduction per invocation, or split along K.
 #[derive(Clone, Copy)]
 enum Variant {
@@ -183,11 +210,7 @@ fn split_k(
         splits: u(splits),
         ..params
     };
-    let wg = [
-        (d.n / 4).div_ceil(2).div_ceil(8) as u32,
-        d.m.div_ceil(8).div_ceil(8) as u32,
-        (d.imgs * splits) as u32,
-    ];
+    let wg = gemm_grid(d, splits);
     gpu.dispatch(
         &Kernel::new(&CONV1X1, "main").with(constants),
         p.as_words(),
@@ -313,7 +336,7 @@ crate::kernel_params! {
         m: u32, n: u32, k: u32, lda: u32,
         b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
         k_split: u32, imgs: u32, split_stride: u32, splits: u32,
-        a_batch: u32, _p0: u32, _p1: u32, _p2: u32,
+        a_batch: u32, rb: u32, fold: u32, _p2: u32,
     }
 }
 
