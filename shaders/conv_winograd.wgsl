@@ -234,8 +234,11 @@ fn wino_wgrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (i >= P.co * P.ci) {
         return;
     }
-    let co = i / P.ci;
-    let c = i % P.ci;
+    // Adjacent invocations take adjacent output channels, so that the partials they read
+    // ([groups, E, ci, co]) are adjacent too; the 9 writes per invocation go to [co, ci, 3, 3].
+    let c = i / P.co;
+    let co = i % P.co;
+    let o9 = (co * P.ci + c) * 9u;
     let plane = P.ci * P.co;
     var du: array<f32, 16>;
     for (var e = 0u; e < 16u; e = e + 1u) {
@@ -261,8 +264,8 @@ fn wino_wgrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         let p1 = s[r * 4u + 1u];
         let p2 = s[r * 4u + 2u];
         let p3 = s[r * 4u + 3u];
-        dw_out[i * 9u + r * 3u] = p0 + 0.5 * (p1 + p2);
-        dw_out[i * 9u + r * 3u + 1u] = 0.5 * (p1 - p2);
-        dw_out[i * 9u + r * 3u + 2u] = 0.5 * (p1 + p2) + p3;
+        dw_out[o9 + r * 3u] = p0 + 0.5 * (p1 + p2);
+        dw_out[o9 + r * 3u + 1u] = 0.5 * (p1 - p2);
+        dw_out[o9 + r * 3u + 2u] = 0.5 * (p1 + p2) + p3;
     }
 }

@@ -247,8 +247,11 @@ fn wino_wgrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     if (i >= P.co * P.ci) {
         return;
     }
-    let co = i / P.ci;
-    let c = i % P.ci;
+    // Adjacent invocations take adjacent output channels, so that the partials they read
+    // ([groups, E, ci, co]) are adjacent too; the 9 writes per invocation go to [co, ci, 3, 3].
+    let c = i / P.co;
+    let co = i % P.co;
+    let o9 = (co * P.ci + c) * 9u;
     let plane = P.ci * P.co;
     // s = G^T dU (3 x 6), column by column, summing the groups' partials as they are read.
     var s: array<array<f32, 6>, 3>;
@@ -268,8 +271,8 @@ fn wino_wgrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     for (var r = 0u; r < 3u; r = r + 1u) {
         let o = gt_t(s[r]);
-        dw_out[i * 9u + r * 3u] = o.x;
-        dw_out[i * 9u + r * 3u + 1u] = o.y;
-        dw_out[i * 9u + r * 3u + 2u] = o.z;
+        dw_out[o9 + r * 3u] = o.x;
+        dw_out[o9 + r * 3u + 1u] = o.y;
+        dw_out[o9 + r * 3u + 2u] = o.z;
     }
 }
