@@ -107,3 +107,24 @@ fn reduce_thread(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
         out[o] = acc * P.scale;
     }
 }
+
+// `reduce_thread` for the common sum over leading axes of a contiguous tensor (the partial
+// sums of a weight gradient, [n_red, n_out]): one kept and one reduced dim, the kept one
+// unit-strided, n_out and the reduced stride multiples of 4. Four outputs per invocation
+// over vec4 loads (a quarter of the per-lane gathers of CPU drivers).
+@group(0) @binding(1) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn reduce_thread4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                  @builtin(local_invocation_id) lid: vec3<u32>) {
+    let o = (wid.x + wid.y * nwg.x) * WG + lid.x;
+    if (o < P.n_out / 4u) {
+        let step = P.red_stride[0][0] / 4u;
+        var acc = vec4<f32>(0.0);
+        for (var j = 0u; j < P.n_red; j = j + 1u) {
+            acc = acc + x4[o + j * step];
+        }
+        out4[o] = acc * P.scale;
+    }
+}

@@ -192,6 +192,11 @@ fn reductions_match_cpu() {
         (&[5000, 3], &[1]),     // many short reductions: one invocation per output
         (&[7, 9, 11], &[0, 2]), // non-adjacent axes
         (&[1, 1, 1], &[1]),
+        // Leading axes of a contiguous tensor, outputs a multiple of 4: the vec4 kernel.
+        (&[7, 12], &[0]),
+        (&[3, 5, 8], &[0, 1]),
+        (&[16, 4100], &[0]),
+        (&[200, 4096], &[0]),
     ];
     let mut r = rng(4);
     for (shape, axes) in cases {

@@ -94,7 +94,9 @@ fn dispatch_reduce(
         red_shape: pack8(&p.red_shape),
         red_stride: pack8(&p.red_stride),
     };
-    let groups = if entry == "reduce_thread" {
+    let groups = if entry == "reduce_thread4" {
+        (n_out / 4).div_ceil(64)
+    } else if entry == "reduce_thread" {
         n_out.div_ceil(64)
     } else {
         n_out * chunks
@@ -120,9 +122,19 @@ fn reduce_storage(x: &Tensor, axes: &[usize], scale: f32) -> Result<Storage> {
         return gpu.zeros(n_out, &p.kept_shape);
     }
     if n_red <= 16 || (n_out >= 4096 && n_red <= 256) {
+        // A sum over the leading axes of a contiguous tensor, four outputs per invocation.
+        let leading = p.kept_shape.len() == 1
+            && p.kept_stride[0] == 1
+            && p.red_shape.len() == 1
+            && n_out.is_multiple_of(4)
+            && p.red_stride[0].is_multiple_of(4);
         return dispatch_reduce(
             gpu,
-            "reduce_thread",
+            if leading {
+                "reduce_thread4"
+            } else {
+                "reduce_thread"
+            },
             x.storage(),
             n_out,
             n_red,
