@@ -19,7 +19,7 @@ struct Params {
     m: u32, n: u32, k: u32, lda: u32,           // lda: row length of A (elements)
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,   // element strides / offsets
     k_split: u32, imgs: u32, split_stride: u32, splits: u32,  // split-K (conv1x1.wgsl)
-    a_batch: u32, rb: u32, fold: u32, _p2: u32,  // A of image i at i * a_batch (Winograd); lanes (below)
+    a_batch: u32, rb: u32, fold: u32, across: u32,  // A of image i at i * a_batch; lanes (below)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;
@@ -43,7 +43,7 @@ fn load_b(index: u32, k: u32) -> vec4<f32> {
 // and 8 column pairs; the rest of the workgroup's rows cover further column pairs. With
 // `fold` the column pairs of all images form one index, so small images (a DenseNet's 4x4
 // and 2x2 maps: 2 and 1 pairs per image) fill the lanes instead of leaving 6 or 7 of 8 idle;
-// z then counts only the K splits. Shared with conv1x1_subgroup.wgsl.
+// z then counts only the K splits. Shared with conv1x1_subgroup.wgsl (except `across`).
 @compute @workgroup_size(8, 8)
 fn main(@builtin(workgroup_id) wid: vec3<u32>,
         @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -51,8 +51,16 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     let lda4 = P.lda / 4u;
     let n4 = P.n / 4u;
     let pairs = (n4 + 1u) / 2u;
-    let row0 = (wid.y * P.rb + lid.y % P.rb) * 8u;
-    let pair = (wid.x * (8u / P.rb) + lid.y / P.rb) * 8u + lid.x;
+    var row0 = (wid.y * P.rb + lid.y % P.rb) * 8u;
+    var pair = (wid.x * (8u / P.rb) + lid.y / P.rb) * 8u + lid.x;
+    if (P.across != 0u) {
+        // Rows across the 8-wide rows of the workgroup, column pairs down it: for products
+        // with fewer than 8 column pairs in all (1x1 convolutions on 2x2 maps), where the
+        // layout above would leave most lanes of every SIMD batch idle; here whole batches
+        // are idle instead, and return at once.
+        row0 = (wid.y * 8u + lid.x) * 8u;
+        pair = wid.x * 8u + lid.y;
+    }
     var img = wid.z % P.imgs;
     var split = wid.z / P.imgs;
     var cpair = pair;

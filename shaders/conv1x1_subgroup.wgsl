@@ -16,7 +16,7 @@ struct Params {
     m: u32, n: u32, k: u32, lda: u32,
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
     k_split: u32, imgs: u32, split_stride: u32, splits: u32,  // split-K (conv1x1.wgsl)
-    a_batch: u32, rb: u32, fold: u32, _p2: u32,  // A per image (Winograd); lanes (conv1x1.wgsl)
+    a_batch: u32, rb: u32, fold: u32, across: u32,  // A per image; lanes (conv1x1.wgsl; not across)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;

@@ -13,11 +13,14 @@ fn conv1x1_gemm_path_matches_cpu() {
     // With autotuning off the 1x1 GEMM kernel is the default wherever it applies (hw and the
     // reduced channels multiples of 4), so this context exercises it deterministically; the
     // second context forces the subgroup variant of the GEMM where the adapter has subgroups,
-    // the third split-K (partial products along K, then `splitk_sum`).
+    // the third split-K (partial products along K, then `splitk_sum`), the fourth rows across
+    // the lanes (few columns).
     for overrides in [
         vec![],
         vec![("gemm-batched".into(), "subgroup".into())],
         vec![("gemm-batched".into(), "splitk".into())],
+        // Rows across the lanes, where the product has fewer than 8 column pairs.
+        vec![("gemm-batched".into(), "across".into())],
     ] {
         let forced = overrides.first().map(|(_, v): &(String, String)| v.clone());
         let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
@@ -55,6 +58,8 @@ fn conv1x1_gemm_matches_cpu_on(g: &apga_gpu::Gpu) {
         // Long enough along K to split (2-4 splits; 52 splits unevenly as 20 + 20 + 12).
         (2, 64, 4, 4, 8),
         (1, 52, 4, 2, 6),
+        // 2x2 maps: one quad per image, over 64 rows (two row groups of the `across` layout).
+        (3, 8, 2, 2, 70),
     ] {
         let hw = h * w;
         let x = uniform(&mut r, n * ci * hw, -1.0, 1.0);

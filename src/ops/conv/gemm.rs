@@ -76,6 +76,22 @@ pub(super) fn batched_gemm(
             &[a, b, bias, prologue.unwrap_or(bias)],
             wg,
         ),
+        Variant::Across => {
+            let (cols, z) = gemm_cols(d);
+            let wg = [cols.div_ceil(8) as u32, d.m.div_ceil(64) as u32, z as u32];
+            check_groups(gpu, "conv (batched GEMM)", g, wg)?;
+            let p = BatchedGemmParams {
+                across: 1,
+                ..params
+            };
+            gpu.dispatch(
+                &Kernel::new(&CONV1X1, "main").with(&constants),
+                p.as_words(),
+                &[out],
+                &[a, b, bias, prologue.unwrap_or(bias)],
+                wg,
+            )
+        }
         Variant::SplitK(k_split) => split_k(
             gpu,
             d,
@@ -90,6 +106,10 @@ pub(super) fn batched_gemm(
     if gpu.has_subgroups() {
         cands.push(("subgroup", Variant::Plain(&CONV1X1_SUBGROUP)));
     }
+    // Fewer than 8 column pairs in all (1x1 convolutions on 2x2 maps): rows across the lanes.
+    if d.a_batch == 0 && gemm_cols(d).0 < 8 {
+        cands.push(("across", Variant::Across));
+    }
     let key = format!(
         "gemm-batched/m{}/n{}/k{}/i{}",
         autotune::bucket(d.m),
@@ -97,7 +117,7 @@ pub(super) fn batched_gemm(
         autotune::bucket(d.k),
         autotune::bucket(d.imgs)
     );
-    let family = ["vec4", "subgroup", "splitk"];
+    let family = ["vec4", "subgroup", "across", "splitk"];
     if let Some(ks) = split_k_rows(gpu, d) {
         let split = ("splitk", Variant::SplitK(ks));
         // CPU drivers run a few thousand invocations at a time, so splitting the reduction
@@ -142,14 +162,23 @@ fn folds(d: &BatchedGemm) -> bool {
     d.a_batch == 0 || (d.n / 4).div_ceil(2) < 8
 }
 
+/// The batched GEMM's column pairs along the grid's x (of all images where they are folded
+/// into one index) and its images along z (1 where folded).
+fn gemm_cols(d: &BatchedGemm) -> (usize, usize) {
+    let pairs = (d.n / 4).div_ceil(2);
+    if folds(d) {
+        (pairs * d.imgs, 1)
+    } else {
+        (pairs, d.imgs)
+    }
+}
+
 /// The batched GEMM's workgroups for `splits` splits of K: column pairs (of all images where
 /// they are folded into one index) by row blocks by images (unfolded) and splits.
 fn gemm_grid(d: &BatchedGemm, splits: usize) -> [u32; 3] {
     let rb = row_blocks(d.m);
-    let pairs = (d.n / 4).div_ceil(2);
-    let fold = folds(d);
-    let cols = if fold { pairs * d.imgs } else { pairs };
-    let z = if fold { splits } else { d.imgs * splits };
+    let (cols, z) = gemm_cols(d);
+    let z = z * splits;
     [
         cols.div_ceil(8 * (8 / rb)) as u32,
         d.m.div_ceil(8 * rb) as u32,
@@ -161,6 +190,8 @@ fn gemm_grid(d: &BatchedGemm, splits: usize) -> [u32; 3] {
 #[derive(Clone, Copy)]
 enum Variant {
     Plain(&'static crate::gpu::Shader),
+    /// conv1x1.wgsl with rows across the lanes (`across`), for products with few columns.
+    Across,
     /// K rows per split (a multiple of 4).
     SplitK(usize),
 }
@@ -336,7 +367,7 @@ crate::kernel_params! {
         m: u32, n: u32, k: u32, lda: u32,
         b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
         k_split: u32, imgs: u32, split_stride: u32, splits: u32,
-        a_batch: u32, rb: u32, fold: u32, _p2: u32,
+        a_batch: u32, rb: u32, fold: u32, across: u32,
     }
 }
 
