@@ -39,6 +39,36 @@ fn relayout(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[(ro * P.inner + ri) * P.cpad + c] = v;
 }
 
+// `relayout` for a plain transpose (inner = 1, s_outer = 1; rows, s_col and cpad multiples of
+// 4): out[r, c] = src[c * s_col + r], a 4 x 4 block per invocation over vec4 loads and
+// stores, where `relayout` gathers every value per lane (CPU drivers). A 1x1 convolution's
+// weights [co, ci] become [ci, co padded] this way, for its input gradient's GEMM.
+// Grid: x = column quad / 64, y = row quad.
+@group(0) @binding(1) var<storage, read_write> out4: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> src4: array<vec4<f32>>;
+
+@compute @workgroup_size(64)
+fn transpose4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let cq = gid.x;
+    let rq = gid.y;
+    if (cq * 4u >= P.cpad || rq * 4u >= P.rows) {
+        return;
+    }
+    var m: array<vec4<f32>, 4>;
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        let c = cq * 4u + j;
+        m[j] = vec4<f32>(0.0);
+        if (c < P.cols) {
+            m[j] = src4[(c * P.s_col) / 4u + rq];
+        }
+    }
+    let row4 = P.cpad / 4u;
+    out4[(rq * 4u) * row4 + cq] = vec4<f32>(m[0].x, m[1].x, m[2].x, m[3].x);
+    out4[(rq * 4u + 1u) * row4 + cq] = vec4<f32>(m[0].y, m[1].y, m[2].y, m[3].y);
+    out4[(rq * 4u + 2u) * row4 + cq] = vec4<f32>(m[0].z, m[1].z, m[2].z, m[3].z);
+    out4[(rq * 4u + 3u) * row4 + cq] = vec4<f32>(m[0].w, m[1].w, m[2].w, m[3].w);
+}
+
 // out[ci, co * kk + t] = src[co, ci, kk - 1 - t] (kk = P.inner taps, P.cols = co, P.outer =
 // ci, row length P.cpad >= co * kk, zero beyond): the flipped, transposed kernel with which
 // the stride-1 input gradient is itself a convolution (of the output gradient, padded by

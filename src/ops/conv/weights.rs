@@ -43,9 +43,19 @@ pub(super) fn weight_copy(w: &Tensor, entry: &'static str, p: [usize; 8]) -> Res
 }
 
 fn weight_copy_uncached(w: &Tensor, entry: &'static str, p: [usize; 8]) -> Result<Storage> {
-    let [rows, _, cpad, inner, _, _, _, outer] = p;
+    let [rows, _, cpad, inner, s_outer, _, s_col, outer] = p;
     let gpu = w.gpu();
-    let grid = if entry == "flip_transpose" {
+    // A plain transpose with whole quads (1x1 weights) takes the vec4 kernel.
+    let quads = entry == "relayout"
+        && inner == 1
+        && s_outer == 1
+        && rows.is_multiple_of(4)
+        && s_col.is_multiple_of(4)
+        && cpad.is_multiple_of(4);
+    let entry = if quads { "transpose4" } else { entry };
+    let grid = if quads {
+        [(cpad / 4).div_ceil(64) as u32, (rows / 4) as u32, 1]
+    } else if entry == "flip_transpose" {
         [cpad.div_ceil(64) as u32, outer as u32, 1]
     } else {
         [cpad.div_ceil(64) as u32, inner as u32, outer as u32]
