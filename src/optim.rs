@@ -1,8 +1,9 @@
 //! Layer 5: optimisers. Adam with PyTorch's semantics and defaults, as GPU kernels that
 //! update parameters and their moment estimates in place: one parameter per dispatch
-//! (`shaders/optim.wgsl`, four values per invocation where the length is a multiple of 4), or, forced with `APGA_KERNELS=adam=multi` where the adapter binds 16
-//! storage buffers, four per dispatch (`shaders/optim_multi.wgsl`, PyTorch's multi-tensor
-//! "foreach" form; not the default: see `benches/NOTES.md`).
+//! (`shaders/optim.wgsl`, four values per invocation where the length is a multiple of 4; CPU
+//! drivers' default), or four parameters per dispatch where the adapter binds 16 storage
+//! buffers (`shaders/optim_multi.wgsl`, PyTorch's multi-tensor "foreach" form; GPUs' default;
+//! see `benches/NOTES.md`).
 
 use crate::autodiff::Grads;
 use crate::error::{Error, Result};
@@ -124,22 +125,32 @@ impl Adam {
         let Some(gpu) = self.slots.first().map(|s| s.param.gpu().clone()) else {
             return Ok(());
         };
-        // The multi-tensor kernel runs only where forced (`APGA_KERNELS=adam=multi`): on
-        // lavapipe it measured 2.3x slower than one dispatch per parameter (benches/NOTES.md),
-        // and it has not been measured on a GPU yet.
+        // Four parameters per dispatch where the adapter binds 16 storage buffers, by default
+        // on GPUs only: there one dispatch costs ~10 us of a 64x64 APGA step's ~100 ms and
+        // Adam was 1053 of its dispatches (not measured on a GPU yet: none was lent since);
+        // on lavapipe, where dispatches are cheap and the 16 bindings are not, it measured
+        // 20-30% slower than one parameter per dispatch (benches/NOTES.md). Either is forced
+        // with `APGA_KERNELS=adam=single|multi`. Updates have side effects, so the choice is
+        // not measured by the autotuner.
         let cands = [("single", false), ("multi", true)];
+        let default = usize::from(gpu.parallelism() > 4096);
         let multi = gpu.limits().max_storage_buffers_per_shader_stage as usize >= 4 * GROUP
-            && crate::gpu::autotune::forced(&gpu, "adam", &["single", "multi"], &cands, 0)?
-                .unwrap_or(false);
-        let mut rest = &todo[..];
+            && crate::gpu::autotune::forced(&gpu, "adam", &["single", "multi"], &cands, default)?
+                .unwrap_or(cands[default].1);
+        let mut rest = todo.clone();
         if multi {
-            let mut groups = todo.chunks_exact(GROUP);
+            // Parameters of whole quads go four to a dispatch; the others one each.
+            let (quads, others): (Vec<_>, Vec<_>) = todo
+                .iter()
+                .partition(|(i, ..)| self.slots[*i].param.numel().is_multiple_of(4));
+            let mut groups = quads.chunks_exact(GROUP);
             for group in &mut groups {
                 self.step_group(&gpu, group)?;
             }
-            rest = groups.remainder();
+            rest = groups.remainder().to_vec();
+            rest.extend(others);
         }
-        for &(i, g, step_size, bc2_sqrt) in rest {
+        for &(i, g, step_size, bc2_sqrt) in &rest {
             let slot = &self.slots[i];
             let n = slot.param.numel();
             let params = AdamParams {
@@ -180,9 +191,10 @@ impl Adam {
             .iter()
             .map(|&(i, ..)| self.slots[i].param.numel())
             .collect();
-        // Each parameter's range starts at a multiple of 256 (one workgroup, one parameter).
-        let span = |k: usize| n[k].div_ceil(256) * 256;
-        let total: usize = span(0) + span(1) + span(2) + n[3];
+        // Each parameter's range of quads starts at a multiple of 256 (one workgroup, one
+        // parameter); every length is a multiple of 4.
+        let span = |k: usize| (n[k] / 4).div_ceil(256) * 256;
+        let total: usize = span(0) + span(1) + span(2) + n[3] / 4;
         if total > u32::MAX as usize {
             return Err(Error::shape(
                 "Adam",
