@@ -364,6 +364,64 @@ fn bwd_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
     dgamma_out[c] = sdyx.x + sdyx.y + sdyx.z + sdyx.w;
 }
 
+// ---- backward in one dispatch (`direct` with the input gradient; quads only) ----
+// bwd_direct4's sums, then, in the same invocation, its channel's input gradient as
+// bwd_apply4 computes it: one dispatch per batch norm's backward instead of two.
+@group(0) @binding(3) var<storage, read_write> dxd4_out: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read> xd4: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> dyd4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> stats_dd: array<f32>;
+@group(0) @binding(7) var<storage, read> gamma_dd: array<f32>;
+@group(0) @binding(8) var<storage, read> beta_dd: array<f32>;
+
+@compute @workgroup_size(64)
+fn bwd_direct_dx4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if (c >= P.c) {
+        return;
+    }
+    let mean = vec4<f32>(stats_dd[c]);
+    let invstd = stats_dd[P.c + c];
+    let gm = gamma_dd[c];
+    let bt = vec4<f32>(beta_dd[c]);
+    let q4 = P.hw / 4u;
+    var sdy = vec4<f32>(0.0);
+    var sdyx = vec4<f32>(0.0);
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let xbase = x_index(n, c, 0u) / 4u;
+        let dbase = (n * P.c + c) * q4;
+        for (var p = 0u; p < q4; p = p + 1u) {
+            let xhat = (xd4[xbase + p] - mean) * invstd;
+            var d = dyd4[dbase + p];
+            if (P.relu != 0u) {
+                d = select(d, vec4<f32>(0.0), xhat * gm + bt <= vec4<f32>(0.0));
+            }
+            sdy = sdy + d;
+            sdyx = sdyx + d * xhat;
+        }
+    }
+    let db = sdy.x + sdy.y + sdy.z + sdy.w;
+    let dg = sdyx.x + sdyx.y + sdyx.z + sdyx.w;
+    dbeta_out[c] = db;
+    dgamma_out[c] = dg;
+    let m = f32(P.n * P.hw);
+    for (var n = 0u; n < P.n; n = n + 1u) {
+        let xbase = x_index(n, c, 0u) / 4u;
+        let dbase = (n * P.c + c) * q4;
+        for (var p = 0u; p < q4; p = p + 1u) {
+            let xhat = (xd4[xbase + p] - mean) * invstd;
+            var d = dyd4[dbase + p];
+            if (P.relu != 0u) {
+                d = select(d, vec4<f32>(0.0), xhat * gm + bt <= vec4<f32>(0.0));
+            }
+            if (P.train != 0u) {
+                d = d - (vec4<f32>(db) + xhat * dg) / m;
+            }
+            dxd4_out[dbase + p] = gm * invstd * d;
+        }
+    }
+}
+
 // ---- backward, pass 2: input gradient (one invocation per element) ----
 // train: dx = gamma * invstd * (dy_eff - (dbeta + xhat * dgamma) / M)
 // eval:  dx = gamma * invstd * dy_eff

@@ -426,11 +426,13 @@ fn linear_matches_cpu() {
 }
 
 /// Batch norm's forward (output, running statistics) and backward (dx, dgamma, dbeta) on `g`.
-fn bn_values(g: &apga_gpu::Gpu, shape: [usize; 4], relu: bool) -> Vec<Vec<f32>> {
+/// Without `want_x` the input needs no gradient (dx is then empty).
+fn bn_values(g: &apga_gpu::Gpu, shape: [usize; 4], relu: bool, want_x: bool) -> Vec<Vec<f32>> {
     let [n, c, h, w] = shape;
     let mut r = rng(23);
     let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(g, v, s).unwrap();
-    let x = t(&uniform(&mut r, n * c * h * w, -2.0, 3.0), &shape).with_grad();
+    let x = t(&uniform(&mut r, n * c * h * w, -2.0, 3.0), &shape);
+    let x = if want_x { x.with_grad() } else { x };
     let gamma = t(&uniform(&mut r, c, 0.5, 1.5), &[c]).with_grad();
     let beta = t(&uniform(&mut r, c, -0.5, 0.5), &[c]).with_grad();
     let (rm, rv) = (t(&vec![0.1; c], &[c]), t(&vec![1.2; c], &[c]));
@@ -449,7 +451,12 @@ fn bn_values(g: &apga_gpu::Gpu, shape: [usize; 4], relu: bool) -> Vec<Vec<f32>> 
         rv.to_vec().unwrap(),
     ];
     for p in [&x, &gamma, &beta] {
-        out.push(grads.get(p).unwrap().to_vec().unwrap());
+        out.push(
+            grads
+                .get(p)
+                .map(|g| g.to_vec().unwrap())
+                .unwrap_or_default(),
+        );
     }
     out
 }
@@ -475,14 +482,20 @@ fn batch_norm_sum_variants_agree() {
     let tree = ctx("partial", "workgroup");
     let direct = ctx("direct", "serial");
     // Quads and not; more partials than 64 (n * lanes = 3 * 36) and fewer (2 * 3).
-    for (shape, relu) in [
+    // With and without the input gradient (the direct backward computes it in the same
+    // dispatch where the planes are whole quads).
+    for ((shape, relu), want_x) in [
         ([3, 5, 12, 12], false),
         ([2, 4, 3, 5], true),
         ([3, 2, 9, 11], true),
-    ] {
-        let a = bn_values(&serial, shape, relu);
+    ]
+    .into_iter()
+    .flat_map(|case| [(case, true), (case, false)])
+    {
+        let a = bn_values(&serial, shape, relu, want_x);
+        assert_eq!(a[3].is_empty(), !want_x);
         for other in [&tree, &direct] {
-            let b = bn_values(other, shape, relu);
+            let b = bn_values(other, shape, relu, want_x);
             for (i, what) in ["y", "running mean", "running var", "dx", "dgamma", "dbeta"]
                 .iter()
                 .enumerate()
@@ -495,7 +508,8 @@ fn batch_norm_sum_variants_agree() {
         (&serial, ["stats_finish", "bwd_combine"]),
         (&tree, ["stats_finish_wg", "bwd_combine_wg"]),
         (&direct, ["stats_direct4", "bwd_direct4"]),
-        (&direct, ["stats_direct", "bwd_direct"]),
+        (&direct, ["bwd_direct_dx4", "bwd_direct"]),
+        (&direct, ["stats_direct", "bwd_apply"]),
     ] {
         let ran = g.profile_report().unwrap().unwrap().table(100);
         for k in kernels {

@@ -318,38 +318,55 @@ pub(crate) fn backward_raw(
     let (n, c, hw) = (p.n as usize, p.c as usize, p.hw as usize);
     let dgamma = gpu.alloc(c, &[c])?;
     let dbeta = gpu.alloc(c, &[c])?;
-    let sums = |direct: bool| -> Result<()> {
-        let ins = [x, dy, stats, gamma.storage(), beta.storage()];
-        if direct {
-            return gpu.dispatch(
+    let dx = if want_x {
+        Some(gpu.alloc(n * c * hw, &[n, c, hw])?)
+    } else {
+        None
+    };
+    let ins = [x, dy, stats, gamma.storage(), beta.storage()];
+    // The sums and, if wanted, the input gradient: one `bwd_direct_dx4` dispatch where the
+    // channel's values are few whole quads, else the sums (direct, or partials and their
+    // combine) and `bwd_apply`.
+    let run = |direct: bool| -> Result<()> {
+        let one_invocation = [c.div_ceil(64) as u32, 1, 1];
+        match (&dx, direct && p.quad != 0) {
+            (Some(dx), true) => {
+                return gpu.dispatch(
+                    &Kernel::new(&BATCHNORM, "bwd_direct_dx4"),
+                    p.as_words(),
+                    &[&dgamma, &dbeta, dx],
+                    &ins,
+                    one_invocation,
+                )
+            }
+            _ if direct => gpu.dispatch(
                 &entry(p, "bwd_direct", "bwd_direct4"),
                 p.as_words(),
                 &[&dgamma, &dbeta],
                 &ins,
-                [c.div_ceil(64) as u32, 1, 1],
-            );
+                one_invocation,
+            )?,
+            _ => {
+                let (grid, parts) = partial_grid(gpu, p);
+                let part = gpu.alloc(2 * parts, &[2, parts])?;
+                gpu.dispatch(
+                    &entry(p, "bwd_partial", "bwd_partial4"),
+                    p.as_words(),
+                    &[&part],
+                    &ins,
+                    grid,
+                )?;
+                let (kernel, groups) = combine(gpu, p, "bwd_combine", "bwd_combine_wg")?;
+                gpu.dispatch(&kernel, p.as_words(), &[&dgamma, &dbeta], &[&part], groups)?;
+            }
         }
-        let (grid, parts) = partial_grid(gpu, p);
-        let part = gpu.alloc(2 * parts, &[2, parts])?;
-        gpu.dispatch(
-            &entry(p, "bwd_partial", "bwd_partial4"),
-            p.as_words(),
-            &[&part],
-            &ins,
-            grid,
-        )?;
-        let (kernel, groups) = combine(gpu, p, "bwd_combine", "bwd_combine_wg")?;
-        gpu.dispatch(&kernel, p.as_words(), &[&dgamma, &dbeta], &[&part], groups)
-    };
-    let direct = choose_direct(gpu, "bn-bwd", p, sums)?;
-    sums(direct)?;
-    let dx = if want_x {
-        let len = n * c * hw;
-        let dx = gpu.alloc(len, &[n, c, hw])?;
+        let Some(dx) = &dx else {
+            return Ok(());
+        };
         gpu.dispatch(
             &entry(p, "bwd_apply", "bwd_apply4"),
             p.as_words(),
-            &[&dx],
+            &[dx],
             &[
                 x,
                 dy,
@@ -360,11 +377,10 @@ pub(crate) fn backward_raw(
                 &dbeta,
             ],
             element_grid(gpu, p),
-        )?;
-        Some(dx)
-    } else {
-        None
+        )
     };
+    let direct = choose_direct(gpu, "bn-bwd", p, run)?;
+    run(direct)?;
     Ok((dx, dgamma, dbeta))
 }
 
