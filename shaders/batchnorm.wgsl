@@ -331,42 +331,10 @@ fn bwd_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     dgamma_out[c] = sdyx;
 }
 
-@group(0) @binding(3) var<storage, read> xdir4: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read> dydir4: array<vec4<f32>>;
-
-@compute @workgroup_size(64)
-fn bwd_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    if (c >= P.c) {
-        return;
-    }
-    let mean = vec4<f32>(stats_dir[c]);
-    let invstd = stats_dir[P.c + c];
-    let gm = gamma_dir[c];
-    let bt = vec4<f32>(beta_dir[c]);
-    let q4 = P.hw / 4u;
-    var sdy = vec4<f32>(0.0);
-    var sdyx = vec4<f32>(0.0);
-    for (var n = 0u; n < P.n; n = n + 1u) {
-        let xbase = x_index(n, c, 0u) / 4u;
-        let dbase = (n * P.c + c) * q4;
-        for (var p = 0u; p < q4; p = p + 1u) {
-            let xhat = (xdir4[xbase + p] - mean) * invstd;
-            var d = dydir4[dbase + p];
-            if (P.relu != 0u) {
-                d = select(d, vec4<f32>(0.0), xhat * gm + bt <= vec4<f32>(0.0));
-            }
-            sdy = sdy + d;
-            sdyx = sdyx + d * xhat;
-        }
-    }
-    dbeta_out[c] = sdy.x + sdy.y + sdy.z + sdy.w;
-    dgamma_out[c] = sdyx.x + sdyx.y + sdyx.z + sdyx.w;
-}
-
-// ---- backward in one dispatch (`direct` with the input gradient; quads only) ----
-// bwd_direct4's sums, then, in the same invocation, its channel's input gradient as
-// bwd_apply4 computes it: one dispatch per batch norm's backward instead of two.
+// ---- bwd_direct's vec4 twin, with the input gradient in the same dispatch (`DX`) ----
+// The channel's sums, then (with DX) its input gradient as bwd_apply4 computes it: one
+// dispatch per batch norm's backward instead of two. Without DX binding 3 is a placeholder.
+override DX: bool = false;
 @group(0) @binding(3) var<storage, read_write> dxd4_out: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> xd4: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> dyd4: array<vec4<f32>>;
@@ -375,7 +343,7 @@ fn bwd_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
 @group(0) @binding(8) var<storage, read> beta_dd: array<f32>;
 
 @compute @workgroup_size(64)
-fn bwd_direct_dx4(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn bwd_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let c = gid.x;
     if (c >= P.c) {
         return;
@@ -404,6 +372,9 @@ fn bwd_direct_dx4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let dg = sdyx.x + sdyx.y + sdyx.z + sdyx.w;
     dbeta_out[c] = db;
     dgamma_out[c] = dg;
+    if (!DX) {
+        return;
+    }
     let m = f32(P.n * P.hw);
     for (var n = 0u; n < P.n; n = n + 1u) {
         let xbase = x_index(n, c, 0u) / 4u;

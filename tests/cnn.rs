@@ -507,8 +507,8 @@ fn batch_norm_sum_variants_agree() {
     for (g, kernels) in [
         (&serial, ["stats_finish", "bwd_combine"]),
         (&tree, ["stats_finish_wg", "bwd_combine_wg"]),
-        (&direct, ["stats_direct4", "bwd_direct4"]),
-        (&direct, ["bwd_direct_dx4", "bwd_direct"]),
+        (&direct, ["stats_direct4", "bwd_direct4 [DX=0]"]),
+        (&direct, ["bwd_direct4 [DX=1]", "bwd_direct"]),
         (&direct, ["stats_direct", "bwd_apply"]),
     ] {
         let ran = g.profile_report().unwrap().unwrap().table(100);

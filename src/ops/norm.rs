@@ -324,41 +324,50 @@ pub(crate) fn backward_raw(
         None
     };
     let ins = [x, dy, stats, gamma.storage(), beta.storage()];
-    // The sums and, if wanted, the input gradient: one `bwd_direct_dx4` dispatch where the
-    // channel's values are few whole quads, else the sums (direct, or partials and their
+    // The sums and, if wanted, the input gradient: one `bwd_direct4` dispatch with `DX` where
+    // the channel's values are few whole quads, else the sums (direct, or partials and their
     // combine) and `bwd_apply`.
     let run = |direct: bool| -> Result<()> {
         let one_invocation = [c.div_ceil(64) as u32, 1, 1];
-        match (&dx, direct && p.quad != 0) {
-            (Some(dx), true) => {
-                return gpu.dispatch(
-                    &Kernel::new(&BATCHNORM, "bwd_direct_dx4"),
-                    p.as_words(),
-                    &[&dgamma, &dbeta, dx],
-                    &ins,
-                    one_invocation,
-                )
-            }
-            _ if direct => gpu.dispatch(
-                &entry(p, "bwd_direct", "bwd_direct4"),
+        if direct && p.quad != 0 {
+            // Without an input gradient binding 3 holds a one-quad placeholder.
+            let scratch;
+            let out = match &dx {
+                Some(dx) => dx,
+                None => {
+                    scratch = gpu.alloc(4, &[4])?;
+                    &scratch
+                }
+            };
+            let dx_flag = [("DX", dx.is_some() as u32 as f64)];
+            return gpu.dispatch(
+                &Kernel::new(&BATCHNORM, "bwd_direct4").with(&dx_flag),
+                p.as_words(),
+                &[&dgamma, &dbeta, out],
+                &ins,
+                one_invocation,
+            );
+        }
+        if direct {
+            gpu.dispatch(
+                &Kernel::new(&BATCHNORM, "bwd_direct"),
                 p.as_words(),
                 &[&dgamma, &dbeta],
                 &ins,
                 one_invocation,
-            )?,
-            _ => {
-                let (grid, parts) = partial_grid(gpu, p);
-                let part = gpu.alloc(2 * parts, &[2, parts])?;
-                gpu.dispatch(
-                    &entry(p, "bwd_partial", "bwd_partial4"),
-                    p.as_words(),
-                    &[&part],
-                    &ins,
-                    grid,
-                )?;
-                let (kernel, groups) = combine(gpu, p, "bwd_combine", "bwd_combine_wg")?;
-                gpu.dispatch(&kernel, p.as_words(), &[&dgamma, &dbeta], &[&part], groups)?;
-            }
+            )?;
+        } else {
+            let (grid, parts) = partial_grid(gpu, p);
+            let part = gpu.alloc(2 * parts, &[2, parts])?;
+            gpu.dispatch(
+                &entry(p, "bwd_partial", "bwd_partial4"),
+                p.as_words(),
+                &[&part],
+                &ins,
+                grid,
+            )?;
+            let (kernel, groups) = combine(gpu, p, "bwd_combine", "bwd_combine_wg")?;
+            gpu.dispatch(&kernel, p.as_words(), &[&dgamma, &dbeta], &[&part], groups)?;
         }
         let Some(dx) = &dx else {
             return Ok(());
