@@ -69,7 +69,7 @@ fn lane_count(j: u32) -> u32 {
     return (P.hw - j + P.lanes - 1u) / P.lanes;
 }
 
-// ---- statistics, pass 2: the finish of every statistics path (one invocation per channel) ----
+// ---- statistics, pass 2: the finish of every statistics path (per channel) ----
 // Writes the channel's stats [mean; invstd; biased var], the prologue affine [gamma * invstd;
 // beta - mean * gamma * invstd] (so that y = x * scale + shift), and, when `run`, updates the
 // running statistics in place:

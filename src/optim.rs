@@ -139,10 +139,11 @@ impl Adam {
                 .unwrap_or(cands[default].1);
         let mut rest = todo.clone();
         if multi {
-            // Parameters of whole quads go four to a dispatch; the others one each.
-            let (quads, others): (Vec<_>, Vec<_>) = todo
-                .iter()
-                .partition(|(i, ..)| self.slots[*i].param.numel().is_multiple_of(4));
+            // Non-empty parameters of whole quads go four to a dispatch; the others one each.
+            let (quads, others): (Vec<_>, Vec<_>) = todo.iter().partition(|(i, ..)| {
+                let n = self.slots[*i].param.numel();
+                n > 0 && n.is_multiple_of(4)
+            });
             let mut groups = quads.chunks_exact(GROUP);
             for group in &mut groups {
                 self.step_group(&gpu, group)?;

@@ -78,23 +78,25 @@ pub(crate) fn copy_slices(
         gpu.copy(src, 0, dst, 0, n);
         return Ok(());
     }
+    let family = ["kernel", "copies"];
+    let all = [("kernel", false), ("copies", true)];
     if outer == 1 {
-        return copies(true);
+        // One run: a buffer copy unless the kernel is forced; nothing to measure.
+        let forced = crate::gpu::autotune::forced(gpu, "copy-slices/o1", &family, &all, 1)?;
+        return copies(forced.unwrap_or(true));
     }
     let key = format!(
         "copy-slices/o{}/r{}",
         crate::gpu::autotune::bucket(outer),
         crate::gpu::autotune::bucket(run)
     );
-    let all = [("kernel", false), ("copies", true)];
     let cands = if outer <= MAX_COPIED_RUNS {
         &all[..]
     } else {
         &all[..1]
     };
     let default = usize::from(gpu.parallelism() <= 4096);
-    let by_copies =
-        crate::gpu::autotune::choose(gpu, &key, &["kernel", "copies"], cands, default, copies)?;
+    let by_copies = crate::gpu::autotune::choose(gpu, &key, &family, cands, default, copies)?;
     copies(by_copies)
 }
 

@@ -196,10 +196,12 @@ fn choose_direct(
     run: impl FnMut(bool) -> Result<()>,
 ) -> Result<bool> {
     let m = (p.n * p.hw) as usize;
+    // Whole quads or not: different kernels on each side, so different classes.
     let key = format!(
-        "{op}/c{}/m{}",
+        "{op}/c{}/m{}/q{}",
         crate::gpu::autotune::bucket(p.c as usize),
-        crate::gpu::autotune::bucket(m)
+        crate::gpu::autotune::bucket(m),
+        p.quad
     );
     let all = [("partial", false), ("direct", true)];
     let cands = if m <= DIRECT_MAX { &all[..] } else { &all[..1] };
@@ -388,7 +390,9 @@ pub(crate) fn backward_raw(
             element_grid(gpu, p),
         )
     };
-    let direct = choose_direct(gpu, "bn-bwd", p, run)?;
+    // With the input gradient or without: the direct kernel does more work with it.
+    let op = format!("bn-bwd/x{}", u8::from(want_x));
+    let direct = choose_direct(gpu, &op, p, run)?;
     run(direct)?;
     Ok((dx, dgamma, dbeta))
 }

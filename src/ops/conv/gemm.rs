@@ -106,8 +106,10 @@ pub(super) fn batched_gemm(
     if gpu.has_subgroups() {
         cands.push(("subgroup", Variant::Plain(&CONV1X1_SUBGROUP)));
     }
-    // Fewer than 8 column pairs in all (1x1 convolutions on 2x2 maps): rows across the lanes.
-    if d.a_batch == 0 && gemm_cols(d).0 < 8 {
+    // Few column pairs in all (1x1 convolutions on 2x2 and 4x4 maps, up to 4 images: at most
+    // 8 pairs): rows across the lanes. Decided on the shape class's buckets, so that a cached
+    // choice is always among the candidates.
+    if d.a_batch == 0 && autotune::bucket(d.n) <= 16 && autotune::bucket(d.imgs) <= 4 {
         cands.push(("across", Variant::Across));
     }
     let key = format!(
@@ -154,12 +156,13 @@ fn row_blocks(m: usize) -> usize {
     m.div_ceil(8).next_power_of_two().min(8)
 }
 
-/// Whether the batched GEMM folds its images into the column index (`fold`): always where
-/// all images share A; where each has its own (Winograd's transform elements) only when an
-/// image has fewer than 8 column pairs, since a row of lanes spanning two images loads A per
-/// lane instead of sharing it through subgroup shuffles.
+/// Whether the batched GEMM folds its images into the column index (`fold`): only when an
+/// image has fewer than 8 column pairs (a row of lanes would be partly idle). Larger images
+/// keep one per z: their lanes are full anyway, x stays within the per-dimension workgroup
+/// limit for any batch, and where each image has its own A (Winograd's transform elements) a
+/// row of lanes spanning two images would load A per lane instead of sharing it.
 fn folds(d: &BatchedGemm) -> bool {
-    d.a_batch == 0 || (d.n / 4).div_ceil(2) < 8
+    (d.n / 4).div_ceil(2) < 8
 }
 
 /// The batched GEMM's column pairs along the grid's x (of all images where they are folded
@@ -203,7 +206,8 @@ fn split_k_rows(gpu: &Gpu, d: &BatchedGemm) -> Option<usize> {
     let blocks = (d.n / 4).div_ceil(2) * d.m.div_ceil(8) * d.imgs;
     let per_split = d.imgs * d.m * d.n * 4;
     let by_memory = (64 << 20) / per_split.max(1);
-    // The split dispatch's z is images x splits, within the adapter's per-dimension limit.
+    // The split dispatch's z is splits (images folded into x) or images x splits, within the
+    // adapter's per-dimension limit; the bound assumes the latter.
     let by_grid = gpu.limits().max_compute_workgroups_per_dimension as usize / d.imgs.max(1);
     let splits = (gpu.parallelism() / blocks.max(1))
         .min(d.k / 16)

@@ -35,7 +35,8 @@ pub(super) fn relayout_weight(w: &Tensor, for_dgrad: bool) -> Result<Arc<Storage
 /// One weight-copy kernel of layout.wgsl (`relayout` or `flip_transpose`) over `w`, with its
 /// parameters `[rows, cols, cpad, inner, s_outer, s_inner, s_col, outer]`: a [rows, cpad]
 /// result on a grid of (cpad / 64, inner, outer) workgroups (`flip_transpose`: (cpad / 64,
-/// outer, 1)). The copy is cached on `w`'s buffer while `w` is unchanged.
+/// outer, 1); a plain transpose of whole quads runs as `transpose4`: (cpad / 256, rows / 4,
+/// 1)). The copy is cached on `w`'s buffer while `w` is unchanged.
 pub(super) fn weight_copy(w: &Tensor, entry: &'static str, p: [usize; 8]) -> Result<Arc<Storage>> {
     w.storage().derived(&format!("{entry}{p:?}"), || {
         weight_copy_uncached(w, entry, p)
