@@ -23,6 +23,22 @@ fn x_index(n: u32, c: u32, p: u32) -> u32 {
     return (n * P.x_c_total + P.x_c_off + c) * P.hw + p;
 }
 
+// The output gradient through the fused ReLU (zero where the normalised output xhat * gamma +
+// beta was not positive), shared by every backward kernel; scalar and vec4 forms.
+fn relu_grad(d: f32, xhat: f32, gm: f32, bt: f32) -> f32 {
+    if (P.relu != 0u && xhat * gm + bt <= 0.0) {
+        return 0.0;
+    }
+    return d;
+}
+
+fn relu_grad4(d: vec4<f32>, xhat: vec4<f32>, gm: f32, bt: vec4<f32>) -> vec4<f32> {
+    if (P.relu != 0u) {
+        return select(d, vec4<f32>(0.0), xhat * gm + bt <= vec4<f32>(0.0));
+    }
+    return d;
+}
+
 
 // ---- statistics, pass 1: partial mean and M2 (one invocation per channel, image, lane) ----
 // Lane j of plane (n, c) reads pixels j, j + J, j + 2J, ... (J = P.lanes <= hw), so adjacent
@@ -259,10 +275,7 @@ fn bwd_partial(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var sdyx = 0.0;
     for (var p = j; p < P.hw; p = p + lanes) {
         let xhat = (xb[xbase + p] - mean) * invstd;
-        var d = dyb[dbase + p];
-        if (P.relu != 0u && xhat * gm + bt <= 0.0) {
-            d = 0.0;
-        }
+        let d = relu_grad(dyb[dbase + p], xhat, gm, bt);
         sdy = sdy + d;
         sdyx = sdyx + d * xhat;
     }
@@ -319,10 +332,7 @@ fn bwd_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
         let dbase = (n * P.c + c) * P.hw;
         for (var p = 0u; p < P.hw; p = p + 1u) {
             let xhat = (xdir[xbase + p] - mean) * invstd;
-            var d = dydir[dbase + p];
-            if (P.relu != 0u && xhat * gm + bt <= 0.0) {
-                d = 0.0;
-            }
+            let d = relu_grad(dydir[dbase + p], xhat, gm, bt);
             sdy = sdy + d;
             sdyx = sdyx + d * xhat;
         }
@@ -360,10 +370,7 @@ fn bwd_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
         let dbase = (n * P.c + c) * q4;
         for (var p = 0u; p < q4; p = p + 1u) {
             let xhat = (xd4[xbase + p] - mean) * invstd;
-            var d = dyd4[dbase + p];
-            if (P.relu != 0u) {
-                d = select(d, vec4<f32>(0.0), xhat * gm + bt <= vec4<f32>(0.0));
-            }
+            let d = relu_grad4(dyd4[dbase + p], xhat, gm, bt);
             sdy = sdy + d;
             sdyx = sdyx + d * xhat;
         }
@@ -381,10 +388,7 @@ fn bwd_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
         let dbase = (n * P.c + c) * q4;
         for (var p = 0u; p < q4; p = p + 1u) {
             let xhat = (xd4[xbase + p] - mean) * invstd;
-            var d = dyd4[dbase + p];
-            if (P.relu != 0u) {
-                d = select(d, vec4<f32>(0.0), xhat * gm + bt <= vec4<f32>(0.0));
-            }
+            var d = relu_grad4(dyd4[dbase + p], xhat, gm, bt);
             if (P.train != 0u) {
                 d = d - (vec4<f32>(db) + xhat * dg) / m;
             }
@@ -418,10 +422,7 @@ fn bwd_apply(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let invstd = stats_c[P.c + c];
     let g = gamma_c[c];
     let xhat = (xc[x_index(n, c, p)] - stats_c[c]) * invstd;
-    var d = dyc[i];
-    if (P.relu != 0u && xhat * g + beta_c[c] <= 0.0) {
-        d = 0.0;
-    }
+    var d = relu_grad(dyc[i], xhat, g, beta_c[c]);
     if (P.train != 0u) {
         let m = f32(P.n * P.hw);
         d = d - (dbeta_c[c] + xhat * dgamma_c[c]) / m;
@@ -514,10 +515,7 @@ fn bwd_partial4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     var sdyx = vec4<f32>(0.0);
     for (var p = j; p < q4; p = p + lanes) {
         let xhat = (xb4[xbase + p] - mean) * invstd;
-        var d = dyb4[dbase + p];
-        if (P.relu != 0u) {
-            d = select(d, vec4<f32>(0.0), xhat * gm + bt <= vec4<f32>(0.0));
-        }
+        let d = relu_grad4(dyb4[dbase + p], xhat, gm, bt);
         sdy = sdy + d;
         sdyx = sdyx + d * xhat;
     }
@@ -543,10 +541,7 @@ fn bwd_apply4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let invstd = stats_c[P.c + c];
     let g = gamma_c[c];
     let xhat = (xc4[x_index(n, c, 0u) / 4u + i % q4] - vec4<f32>(stats_c[c])) * invstd;
-    var d = dyc4[i];
-    if (P.relu != 0u) {
-        d = select(d, vec4<f32>(0.0), xhat * g + vec4<f32>(beta_c[c]) <= vec4<f32>(0.0));
-    }
+    var d = relu_grad4(dyc4[i], xhat, g, vec4<f32>(beta_c[c]));
     if (P.train != 0u) {
         let m = f32(P.n * P.hw);
         d = d - (vec4<f32>(dbeta_c[c]) + xhat * dgamma_c[c]) / m;
