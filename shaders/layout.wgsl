@@ -103,3 +103,23 @@ fn copy_channels(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     let p = rem % P.hw;
     out[((n * P.dst_total + P.dst_off + c) * P.hw) + p] = src[((n * P.src_total + P.src_off + c) * P.hw) + p];
 }
+
+// dst[n, dst_off + c, p] = p < cols ? src[n, src_off + c, p] : 0 for p < cpad, where src rows
+// hold `cols` values and dst rows `cpad`: `copy_channels` between row lengths. The 1x1
+// convolutions of maps whose pixel count is no multiple of 4 (DenseNet's 7x7 block at 224x224)
+// pad their rows to a multiple of 4 for the vec4 GEMM and copy the result's rows back.
+// Grid: x = pixel / 64, y = channel, z = image (no division per element).
+@compute @workgroup_size(64)
+fn copy_cols(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let p = gid.x;
+    let c = gid.y;
+    let n = gid.z;
+    if (p >= P.cpad || c >= P.c || n >= P.n) {
+        return;
+    }
+    var v = 0.0;
+    if (p < P.cols) {
+        v = src[(n * P.src_total + P.src_off + c) * P.cols + p];
+    }
+    out[(n * P.dst_total + P.dst_off + c) * P.cpad + p] = v;
+}

@@ -12,12 +12,14 @@ use common::*;
 fn conv1x1_gemm_path_matches_cpu() {
     // With autotuning off the 1x1 GEMM kernel is the default wherever it applies (hw and the
     // reduced channels multiples of 4), so this context exercises it deterministically; the
-    // second context forces the subgroup variant of the GEMM where the adapter has subgroups,
-    // the third split-K (partial products along K, then `splitk_sum`), the fourth rows across
-    // the lanes (few columns).
+    // second and third contexts force the subgroup variants of the GEMM where the adapter has
+    // subgroups (A shared; A and B shared), the fourth split-K (partial products along K,
+    // then `splitk_sum`), the fifth rows across the lanes (few columns).
     for overrides in [
         vec![],
         vec![("gemm-batched".into(), "subgroup".into())],
+        // Both operands shared through shuffles (16-row blocks).
+        vec![("gemm-batched".into(), "subgroup2d".into())],
         vec![("gemm-batched".into(), "splitk".into())],
         // Rows across the lanes, where the product has fewer than 8 column pairs.
         vec![("gemm-batched".into(), "across".into())],
@@ -34,7 +36,8 @@ fn conv1x1_gemm_path_matches_cpu() {
         // The profiler saw the kernel the context was meant to run.
         let ran = g.profile_report().unwrap().unwrap().table(100);
         let want = match forced.as_deref() {
-            Some("subgroup") if g.has_subgroups() => "conv1x1_subgroup::main",
+            Some("subgroup") if g.has_subgroups() => "conv1x1_subgroup::main ",
+            Some("subgroup2d") if g.has_subgroups() => "conv1x1_subgroup::main2d",
             Some("splitk") => "conv1x1::splitk_sum",
             _ => "conv1x1::main",
         };
@@ -104,6 +107,86 @@ fn conv1x1_gemm_matches_cpu_on(g: &apga_gpu::Gpu) {
         (2, 12, 8, 4, 4, 6),
         1,
         0,
+    );
+}
+
+#[test]
+fn conv1x1_padded_rows_variant_matches_cpu() {
+    // 1x1 convolutions on maps whose pixel count is no multiple of 4 (DenseNet's 7x7 block at
+    // 224x224): the batched GEMM on rows padded to a multiple of 4 (`gemm1x1pad`), forward
+    // input gradient and weight gradient forced, against the CPU reference; with the
+    // batch-norm prologue reading a channel prefix of a wider buffer.
+    let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+        autotune: false,
+        kernel_overrides: vec![
+            ("conv-fwd".into(), "gemm1x1pad".into()),
+            ("conv-dgrad".into(), "gemm1x1pad".into()),
+            ("conv-wgrad".into(), "gemm1x1pad".into()),
+        ],
+        profile: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
+    let mut r = rng(27);
+    // (n, ci, h, w, co): 7x7, 3x5 and 1x1 maps (pads of 3, 1 and 3 columns), rows no
+    // multiple of 8.
+    for &(n, ci, h, w, co) in &[
+        (2usize, 8usize, 7usize, 7usize, 12usize),
+        (3, 12, 3, 5, 9),
+        (2, 16, 1, 1, 20),
+    ] {
+        let hw = h * w;
+        let x = uniform(&mut r, n * ci * hw, -1.0, 1.0);
+        let wt = uniform(&mut r, co * ci, -1.0, 1.0);
+        let b = uniform(&mut r, co, -1.0, 1.0);
+        let gy = uniform(&mut r, n * co * hw, -1.0, 1.0);
+        let xt = t(&x, &[n, ci, h, w]).with_grad();
+        let wtt = t(&wt, &[co, ci, 1, 1]).with_grad();
+        let tape = apga_gpu::Tape::new();
+        let y = ops::conv2d(&xt, &wtt, Some(&t(&b, &[co])), 1, 0).unwrap();
+        let (want, _) = cpu_conv2d(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], Some(&b), 1, 0);
+        let case = format!("{:?}", (n, ci, h, w, co));
+        assert_close(
+            &format!("padded 1x1 forward {case}"),
+            &y.to_vec().unwrap(),
+            &want,
+            1e-4,
+            1e-4,
+        );
+        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let (dx, dw) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], &gy, 1, 0);
+        assert_close(
+            &format!("padded 1x1 input grad {case}"),
+            &grads.get(&xt).unwrap().to_vec().unwrap(),
+            &dx,
+            1e-4,
+            1e-4,
+        );
+        assert_close(
+            &format!("padded 1x1 weight grad {case}"),
+            &grads.get(&wtt).unwrap().to_vec().unwrap(),
+            &dw,
+            1e-4,
+            1e-4,
+        );
+    }
+    check_prologue(
+        &g,
+        "padded 1x1 with prologue",
+        &mut r,
+        (2, 12, 8, 7, 7, 6),
+        1,
+        0,
+    );
+    let ran = g.profile_report().unwrap().unwrap().table(100);
+    for kernel in ["layout::copy_cols", "conv1x1::main", "conv_gemm::wgrad_1x1"] {
+        assert!(ran.contains(kernel), "{kernel} did not run:\n{ran}");
+    }
+    assert!(
+        !ran.contains("conv2d::fwd"),
+        "the direct forward ran:\n{ran}"
     );
 }
 

@@ -100,6 +100,52 @@ pub(crate) fn copy_slices(
     copies(by_copies)
 }
 
+/// `dst[o, dst_off + c, p] = src[o, src_off + c, p]` for `len` channels of `outer` images
+/// whose rows hold `src_row` values in `src` and `dst_row` in `dst` (the longer rows padded
+/// with zeros, the shorter cut): one `copy_cols` dispatch. The 1x1 convolutions of maps whose
+/// pixel count is no multiple of 4 run the vec4 GEMM on rows padded this way.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn copy_cols(
+    gpu: &Gpu,
+    src: &Storage,
+    dst: &Storage,
+    outer: usize,
+    len: usize,
+    (src_row, src_total, src_off): (usize, usize, usize),
+    (dst_row, dst_total, dst_off): (usize, usize, usize),
+) -> Result<()> {
+    if outer * len * dst_row == 0 {
+        return Ok(());
+    }
+    let u = |v: usize| v as u32;
+    let params = LayoutParams {
+        cols: u(src_row),
+        cpad: u(dst_row),
+        n: u(outer),
+        c: u(len),
+        src_total: u(src_total),
+        src_off: u(src_off),
+        dst_total: u(dst_total),
+        dst_off: u(dst_off),
+        ..Default::default()
+    };
+    let wg = [dst_row.div_ceil(64) as u32, len as u32, outer as u32];
+    let max = gpu.limits().max_compute_workgroups_per_dimension;
+    if wg.iter().any(|&d| d > max) {
+        return Err(Error::Gpu(format!(
+            "copy_cols: grid {wg:?} ({outer} images x {len} channels x {dst_row} values) \
+             exceeds the adapter's {max} workgroups per dimension"
+        )));
+    }
+    gpu.dispatch(
+        &Kernel::new(&LAYOUT, "copy_cols"),
+        params.as_words(),
+        &[dst],
+        &[src],
+        wg,
+    )
+}
+
 fn check_axis(op: &'static str, shape: &[usize], axis: usize) -> Result<()> {
     if axis >= shape.len() {
         return Err(Error::shape(

@@ -5,6 +5,7 @@
 use crate::error::Result;
 use crate::gpu::autotune;
 use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
+use crate::ops::layout::copy_cols;
 use crate::shaders::{CONV1X1, CONV1X1_SUBGROUP, CONV_GEMM};
 use crate::tensor::Tensor;
 
@@ -92,6 +93,27 @@ pub(super) fn batched_gemm(
                 wg,
             )
         }
+        Variant::Shared2d => {
+            let (cols, z) = gemm_cols(d);
+            let rb = row_blocks2d(d.m);
+            let wg = [
+                cols.div_ceil(4 * (8 / rb)) as u32,
+                d.m.div_ceil(16 * rb) as u32,
+                z as u32,
+            ];
+            check_groups(gpu, "conv (batched GEMM)", g, wg)?;
+            let p = BatchedGemmParams {
+                rb: rb as u32,
+                ..params
+            };
+            gpu.dispatch(
+                &Kernel::new(&CONV1X1_SUBGROUP, "main2d").with(&constants),
+                p.as_words(),
+                &[out],
+                &[a, b, bias, prologue.unwrap_or(bias)],
+                wg,
+            )
+        }
         Variant::SplitK(k_split) => split_k(
             gpu,
             d,
@@ -105,6 +127,7 @@ pub(super) fn batched_gemm(
     let mut cands = vec![("vec4", Variant::Plain(&CONV1X1))];
     if gpu.has_subgroups() {
         cands.push(("subgroup", Variant::Plain(&CONV1X1_SUBGROUP)));
+        cands.push(("subgroup2d", Variant::Shared2d));
     }
     // Few column pairs in all (1x1 convolutions on 2x2 and 4x4 maps, up to 4 images: at most
     // 8 pairs): rows across the lanes. Decided on the shape class's buckets, so that a cached
@@ -119,7 +142,7 @@ pub(super) fn batched_gemm(
         autotune::bucket(d.k),
         autotune::bucket(d.imgs)
     );
-    let family = ["vec4", "subgroup", "across", "splitk"];
+    let family = ["vec4", "subgroup", "subgroup2d", "across", "splitk"];
     if let Some(ks) = split_k_rows(gpu, d) {
         let split = ("splitk", Variant::SplitK(ks));
         // CPU drivers run a few thousand invocations at a time, so splitting the reduction
@@ -138,13 +161,15 @@ pub(super) fn batched_gemm(
     if cands.len() == 1 {
         return run(cands[0].1);
     }
-    // The 16 GEMMs of a Winograd convolution on a CPU driver take the last candidate (the
-    // subgroup kernel where there is one: the autotuner's choice for 16 of their 28 shape
-    // classes) unmeasured: measuring them cost the cold start 0.7 s, past its 30 s budget, for
-    // no step time measurably gained (4.21-4.49 s against 4.26-4.31 s on lavapipe).
+    // The 16 GEMMs of a Winograd convolution on a CPU driver take the subgroup kernel where
+    // there is one (the autotuner's choice for 16 of their 28 shape classes), else the plain
+    // one, unmeasured: measuring them cost the cold start 0.7 s, past its 30 s budget, for no
+    // step time measurably gained (4.21-4.49 s against 4.26-4.31 s on lavapipe). `subgroup2d`
+    // in their place measured the same (step GPU time 2109-2187 against 2138-2196 ms).
     if d.a_batch > 0 && gpu.parallelism() <= 4096 {
-        let v = autotune::forced(gpu, &key, &family, &cands, cands.len() - 1)?;
-        return run(v.unwrap_or(cands[cands.len() - 1].1));
+        let i = cands.iter().position(|c| c.0 == "subgroup").unwrap_or(0);
+        let v = autotune::forced(gpu, &key, &family, &cands, i)?;
+        return run(v.unwrap_or(cands[i].1));
     }
     let kernel = autotune::choose(gpu, &key, &family, &cands, 0, run)?;
     run(kernel)
@@ -154,6 +179,12 @@ pub(super) fn batched_gemm(
 /// power of two covering m, at most 8, so that m of 8, 16 or 32 leaves no lanes idle.
 fn row_blocks(m: usize) -> usize {
     m.div_ceil(8).next_power_of_two().min(8)
+}
+
+/// Row blocks of 16 per workgroup of the both-operands-shared kernel (`main2d` in
+/// conv1x1_subgroup.wgsl): the smallest power of two covering m, at most 8.
+fn row_blocks2d(m: usize) -> usize {
+    m.div_ceil(16).next_power_of_two().min(8)
 }
 
 /// Whether the batched GEMM folds its images into the column index (`fold`): only when an
@@ -195,6 +226,8 @@ enum Variant {
     Plain(&'static crate::gpu::Shader),
     /// conv1x1.wgsl with rows across the lanes (`across`), for products with few columns.
     Across,
+    /// conv1x1_subgroup.wgsl's `main2d`: both operands shared through subgroup shuffles.
+    Shared2d,
     /// K rows per split (a multiple of 4).
     SplitK(usize),
 }
@@ -296,6 +329,58 @@ pub(super) fn gemm_1x1_run(
         imgs: g.n,
     };
     batched_gemm(gpu, &d, (a, b, bias, out), g, prologue)
+}
+
+/// Whether a 1x1, stride-1, unpadded convolution whose pixel count is no multiple of 4 (7x7
+/// maps) can run the batched GEMM on rows padded to a multiple of 4 ([`gemm_1x1_padded_run`]):
+/// `k`, the reduced channel count, a multiple of 4.
+pub(super) fn gemm_1x1_padded_fits(g: &ConvGeom, k: usize) -> bool {
+    g.kh == 1
+        && g.kw == 1
+        && g.stride == 1
+        && g.pad == 0
+        && !(g.h * g.w).is_multiple_of(4)
+        && k.is_multiple_of(4)
+        && k > 0
+}
+
+/// [`gemm_1x1_run`] for maps whose pixel count is no multiple of 4: the input's `k` channels
+/// copied into rows padded to a multiple of 4 (`copy_cols`), the batched GEMM into a padded
+/// output, its rows copied back into `out[:, dst]`. The padding columns only ever produce
+/// padding columns of the output (K runs over channels), so they need no particular value,
+/// also through the prologue.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn gemm_1x1_padded_run(
+    gpu: &Gpu,
+    (m, k, lda): (usize, usize, usize),
+    a: &Storage,
+    b: &Storage,
+    src: Slice,
+    bias: &Storage,
+    out: &Storage,
+    dst: Slice,
+    g: &ConvGeom,
+    prologue: Option<&Storage>,
+) -> Result<()> {
+    let hw = g.h * g.w;
+    let hw4 = hw.div_ceil(4) * 4;
+    let bp = gpu.alloc(g.n * k * hw4, &[g.n, k, hw4])?;
+    copy_cols(gpu, b, &bp, g.n, k, (hw, src.total, src.off), (hw4, k, 0))?;
+    let cp = gpu.alloc(g.n * m * hw4, &[g.n, m, hw4])?;
+    let d = BatchedGemm {
+        m,
+        n: hw4,
+        k,
+        lda,
+        a_batch: 0,
+        b_batch: k * hw4,
+        b_off: 0,
+        c_batch: m * hw4,
+        c_off: 0,
+        imgs: g.n,
+    };
+    batched_gemm(gpu, &d, (a, &bp, bias, &cp), g, prologue)?;
+    copy_cols(gpu, &cp, out, g.n, m, (hw4, m, 0), (hw, dst.total, dst.off))
 }
 
 /// Rows of the im2col buffer: ci * kh * kw rounded up to 4 (the GEMMs read vec4 rows).

@@ -9,11 +9,11 @@ use crate::tensor::Tensor;
 
 use super::direct::{dgrad_direct, fwd_direct};
 use super::gemm::{
-    col2im_fits, dgrad_col2im, dgrad_gemm, dgrad_gemm_fits, fwd_gemm, gemm_1x1, gemm_1x1_run,
-    im2col_fits,
+    col2im_fits, dgrad_col2im, dgrad_gemm, dgrad_gemm_fits, fwd_gemm, gemm_1x1,
+    gemm_1x1_padded_fits, gemm_1x1_padded_run, gemm_1x1_run, im2col_fits,
 };
 use super::weights::relayout_weight;
-use super::wgrad::wgrad_1x1_fits;
+use super::wgrad::{wgrad_1x1_fits, wgrad_1x1_padded_fits};
 use super::winograd::{
     dgrad_winograd, dgrad_winograd_fits, fwd_winograd, wgrad_winograd_fits, winograd_fits, Tile,
 };
@@ -72,6 +72,8 @@ pub(super) enum ConvKernel {
     Direct,
     Strip,
     Gemm1x1,
+    /// The 1x1 GEMM on rows padded to a multiple of 4 (maps of 7x7 and other odd sizes).
+    Gemm1x1Padded,
     Im2col,
     Col2im,
     /// Winograd F(2x2, 3x3).
@@ -81,10 +83,11 @@ pub(super) enum ConvKernel {
 }
 
 impl ConvKernel {
-    const ALL: [ConvKernel; 7] = [
+    const ALL: [ConvKernel; 8] = [
         ConvKernel::Direct,
         ConvKernel::Strip,
         ConvKernel::Gemm1x1,
+        ConvKernel::Gemm1x1Padded,
         ConvKernel::Im2col,
         ConvKernel::Col2im,
         ConvKernel::Winograd,
@@ -97,6 +100,7 @@ impl ConvKernel {
             ConvKernel::Direct => "direct",
             ConvKernel::Strip => "strip",
             ConvKernel::Gemm1x1 => "gemm1x1",
+            ConvKernel::Gemm1x1Padded => "gemm1x1pad",
             ConvKernel::Im2col => "im2col",
             ConvKernel::Col2im => "col2im",
             ConvKernel::Winograd => "winograd",
@@ -112,6 +116,7 @@ impl ConvKernel {
             (ConvKernel::Strip, Dir::Fwd) => "conv2d.fwd_strip (8x8, row strip)",
             (ConvKernel::Strip, _) => "conv2d.dgrad_strip (8x8, row strip)",
             (ConvKernel::Gemm1x1, _) => "conv1x1 (batched GEMM)",
+            (ConvKernel::Gemm1x1Padded, _) => "layout.copy_cols + conv1x1 (rows padded to 4)",
             (ConvKernel::Im2col, _) => "conv_gemm.im2col + batched GEMM",
             (ConvKernel::Col2im, _) => "batched GEMM + conv_gemm.col2im",
             (ConvKernel::Winograd, _) => "conv_winograd F(2x2,3x3) + 16 batched GEMMs",
@@ -133,6 +138,8 @@ pub(super) enum WgradKernel {
     GemmSubgroup,
     /// 1x1 convolutions: the GEMM on the input itself (no transposed im2col).
     Gemm1x1,
+    /// The same on rows padded to a multiple of 4 (maps of 7x7 and other odd sizes).
+    Gemm1x1Padded,
     /// Winograd F(2x2, 3x3): transforms around 16 batched GEMMs over tiles.
     Winograd,
     /// Winograd F(4x4, 3x3): 36 batched GEMMs.
@@ -140,12 +147,13 @@ pub(super) enum WgradKernel {
 }
 
 impl WgradKernel {
-    const ALL: [WgradKernel; 7] = [
+    const ALL: [WgradKernel; 8] = [
         WgradKernel::Blocked4,
         WgradKernel::Blocked8,
         WgradKernel::Gemm,
         WgradKernel::GemmSubgroup,
         WgradKernel::Gemm1x1,
+        WgradKernel::Gemm1x1Padded,
         WgradKernel::Winograd,
         WgradKernel::Winograd4,
     ];
@@ -157,6 +165,7 @@ impl WgradKernel {
             WgradKernel::Gemm => "gemm",
             WgradKernel::GemmSubgroup => "gemm_sg",
             WgradKernel::Gemm1x1 => "gemm1x1",
+            WgradKernel::Gemm1x1Padded => "gemm1x1pad",
             WgradKernel::Winograd => "winograd",
             WgradKernel::Winograd4 => "winograd4",
         }
@@ -169,6 +178,9 @@ impl WgradKernel {
             WgradKernel::Gemm => "conv_gemm.wgrad_gemm (im2col^T + GEMM)",
             WgradKernel::GemmSubgroup => "conv_gemm_subgroup.wgrad_gemm (im2col^T + GEMM)",
             WgradKernel::Gemm1x1 => "conv_gemm.wgrad_1x1 (GEMM on the input)",
+            WgradKernel::Gemm1x1Padded => {
+                "layout.copy_cols + conv_gemm.wgrad_1x1 (rows padded to 4)"
+            }
             WgradKernel::Winograd => "conv_winograd F(2x2,3x3) wgrad + 16 batched GEMMs",
             WgradKernel::Winograd4 => "conv_winograd4 F(4x4,3x3) wgrad + 36 batched GEMMs",
         }
@@ -194,6 +206,8 @@ pub(super) fn fwd_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Conv
     }
     if gemm_1x1(g, g.ci) {
         v.push(ConvKernel::Gemm1x1);
+    } else if gemm_1x1_padded_fits(g, g.ci) {
+        v.push(ConvKernel::Gemm1x1Padded);
     } else if im2col_fits(gpu, g) {
         v.push(ConvKernel::Im2col);
     }
@@ -215,6 +229,8 @@ pub(super) fn dgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Co
     }
     if gemm_1x1(g, g.co) {
         v.push(ConvKernel::Gemm1x1);
+    } else if gemm_1x1_padded_fits(g, g.co) {
+        v.push(ConvKernel::Gemm1x1Padded);
     } else {
         if dgrad_gemm_fits(gpu, g) {
             v.push(ConvKernel::Im2col);
@@ -249,6 +265,8 @@ pub(super) fn wgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Wg
     }
     if wgrad_1x1_fits(g) {
         v.push(WgradKernel::Gemm1x1);
+    } else if wgrad_1x1_padded_fits(g) {
+        v.push(WgradKernel::Gemm1x1Padded);
     }
     for (tile, k) in [
         (Tile::F2, WgradKernel::Winograd),
@@ -287,6 +305,18 @@ pub(crate) fn fwd_into(
         ConvKernel::Direct => fwd_direct(g, x, src, w, bias, out, dst, prologue, false),
         ConvKernel::Strip => fwd_direct(g, x, src, w, bias, out, dst, prologue, true),
         ConvKernel::Gemm1x1 => gemm_1x1_run(
+            gpu,
+            (g.co, g.ci, g.ci),
+            w.storage(),
+            x,
+            src,
+            bias,
+            out,
+            dst,
+            g,
+            prologue,
+        ),
+        ConvKernel::Gemm1x1Padded => gemm_1x1_padded_run(
             gpu,
             (g.co, g.ci, g.ci),
             w.storage(),
@@ -347,6 +377,18 @@ pub(crate) fn dgrad_into(
         ConvKernel::Strip => dgrad_direct(g, dy, src, w, bias, out, dst, true),
         ConvKernel::Winograd => dgrad_winograd(Tile::F2, g, dy, src, w, bias, out, dst),
         ConvKernel::Winograd4 => dgrad_winograd(Tile::F4, g, dy, src, w, bias, out, dst),
+        ConvKernel::Gemm1x1Padded => gemm_1x1_padded_run(
+            gpu,
+            (g.ci, g.co, round8(g.co)),
+            &*relayout_weight(w, false)?,
+            dy,
+            src,
+            bias,
+            out,
+            dst,
+            g,
+            None,
+        ),
         ConvKernel::Gemm1x1 => gemm_1x1_run(
             gpu,
             (g.ci, g.co, round8(g.co)),

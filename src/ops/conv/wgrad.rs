@@ -4,6 +4,7 @@
 use crate::error::Result;
 use crate::gpu::autotune;
 use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
+use crate::ops::layout::copy_cols;
 use crate::ops::{reshape, sum};
 use crate::shaders::{CONV2D_WGRAD, CONV_GEMM, CONV_GEMM_SUBGROUP};
 use crate::tensor::Tensor;
@@ -33,6 +34,7 @@ pub(crate) fn wgrad(
         WgradKernel::Blocked4 => wgrad_blocked(gpu, g, x, src, dy, dys, prologue, 4),
         WgradKernel::Blocked8 => wgrad_blocked(gpu, g, x, src, dy, dys, prologue, 8),
         WgradKernel::Gemm1x1 => wgrad_1x1(gpu, g, x, src, dy, dys, prologue),
+        WgradKernel::Gemm1x1Padded => wgrad_1x1_padded(gpu, g, x, src, dy, dys, prologue),
         WgradKernel::Winograd => wgrad_winograd(Tile::F2, gpu, g, x, src, dy, dys, prologue),
         WgradKernel::Winograd4 => wgrad_winograd(Tile::F4, gpu, g, x, src, dy, dys, prologue),
     };
@@ -186,6 +188,68 @@ pub(super) fn wgrad_1x1_fits(g: &ConvGeom) -> bool {
         && g.n > 0
         && g.ci > 0
         && g.co > 0
+}
+
+/// Whether the 1x1 weight-gradient GEMM applies on rows padded to a multiple of 4
+/// ([`wgrad_1x1_padded`]): a 1x1 stride-1 unpadded convolution over maps whose pixel count is
+/// no multiple of 4 (7x7), input channels a multiple of 4.
+pub(super) fn wgrad_1x1_padded_fits(g: &ConvGeom) -> bool {
+    g.kh == 1
+        && g.kw == 1
+        && g.stride == 1
+        && g.pad == 0
+        && !(g.oh * g.ow).is_multiple_of(4)
+        && g.ci.is_multiple_of(4)
+        && g.n > 0
+        && g.ci > 0
+        && g.co > 0
+}
+
+/// [`wgrad_1x1`] for maps whose pixel count is no multiple of 4: the input's and the output
+/// gradient's rows copied into rows padded with zeros to a multiple of 4 (`copy_cols`), then
+/// the GEMM over those. A padding column's input may be nonzero through the prologue
+/// (relu(shift)), but its output gradient is zero, so it adds nothing to the sums.
+#[allow(clippy::too_many_arguments)]
+fn wgrad_1x1_padded(
+    gpu: &Gpu,
+    g: &ConvGeom,
+    x: &Storage,
+    src: Slice,
+    dy: &Storage,
+    dys: Slice,
+    prologue: Option<&Storage>,
+) -> Result<Tensor> {
+    let hw = g.h * g.w;
+    let hw4 = hw.div_ceil(4) * 4;
+    let xp = gpu.alloc(g.n * g.ci * hw4, &[g.n, g.ci, hw4])?;
+    copy_cols(
+        gpu,
+        x,
+        &xp,
+        g.n,
+        g.ci,
+        (hw, src.total, src.off),
+        (hw4, g.ci, 0),
+    )?;
+    let dyp = gpu.alloc(g.n * g.co * hw4, &[g.n, g.co, hw4])?;
+    copy_cols(
+        gpu,
+        dy,
+        &dyp,
+        g.n,
+        g.co,
+        (hw, dys.total, dys.off),
+        (hw4, g.co, 0),
+    )?;
+    let padded = ConvGeom {
+        h: 1,
+        w: hw4,
+        oh: 1,
+        ow: hw4,
+        ..*g
+    };
+    let (xs, ys) = (Slice::whole(g.ci), Slice::whole(g.co));
+    wgrad_1x1(gpu, &padded, &xp, xs, &dyp, ys, prologue)
 }
 
 /// Weight gradient [co, ci, 1, 1] of a 1x1 convolution as a GEMM reading the input directly
