@@ -151,6 +151,35 @@ fn relu_mask(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     relu_bits[w] = bits;
 }
 
+// `relu_mask` with one element per invocation: loads and stores coalesced across lanes (on
+// GPUs the word-per-invocation kernel above reads 32 consecutive values per lane, lanes 128
+// bytes apart). A workgroup's 256 elements are 8 mask words, gathered with workgroup atomics
+// and written by the first 8 lanes. Grid: ceil(n / 256) workgroups.
+var<workgroup> relu_words: array<atomic<u32>, 8>;
+
+@compute @workgroup_size(256)
+fn relu_mask_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (lid.x < 8u) {
+        atomicStore(&relu_words[lid.x], 0u);
+    }
+    workgroupBarrier();
+    if (i < P.n) {
+        let v = relu_x[i];
+        let on = v > 0.0;
+        out[i] = select(0.0, v, on);
+        if (on) {
+            atomicOr(&relu_words[lid.x / 32u], 1u << (lid.x % 32u));
+        }
+    }
+    workgroupBarrier();
+    let w = (wid.x + wid.y * nwg.x) * 8u + lid.x;
+    if (lid.x < 8u && w * 32u < P.n) {
+        relu_bits[w] = atomicLoad(&relu_words[lid.x]);
+    }
+}
+
 // ReLU backward from the mask: dx = grad where the bit is set (a = grad, bits = the mask).
 @group(0) @binding(3) var<storage, read> relu_bits_in: array<u32>;
 

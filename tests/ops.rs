@@ -78,6 +78,52 @@ fn unary_ops_match_cpu() {
 }
 
 #[test]
+fn recorded_relu_mask_variants_match_cpu() {
+    // The recorded ReLU writes its output and a bit mask of x > 0 for the backward: one word
+    // per invocation, or one element per invocation with the words gathered by workgroup
+    // atomics (`relu-mask=workgroup`), each forced; sizes with partial words and workgroups.
+    for variant in ["words", "workgroup"] {
+        let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
+            autotune: false,
+            kernel_overrides: vec![("relu-mask".into(), variant.into())],
+            profile: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut r = rng(33);
+        for n in [7usize, 1000, 1024, 70_001] {
+            let x = uniform(&mut r, n, -1.0, 1.0);
+            let gy = uniform(&mut r, n, -1.0, 1.0);
+            let xt = apga_gpu::Tensor::from_slice(&g, &x, &[n])
+                .unwrap()
+                .with_grad();
+            let tape = apga_gpu::Tape::new();
+            let y = ops::relu(&xt).unwrap();
+            let gyt = apga_gpu::Tensor::from_slice(&g, &gy, &[n]).unwrap();
+            let loss = ops::sum_all(&ops::mul(&y, &gyt).unwrap()).unwrap();
+            let grads = tape.backward(&loss).unwrap();
+            let want: Vec<f32> = x.iter().map(|v| v.max(0.0)).collect();
+            assert_eq!(y.to_vec().unwrap(), want, "{variant} relu, n = {n}");
+            let dx: Vec<f32> = x
+                .iter()
+                .zip(&gy)
+                .map(|(v, d)| if *v > 0.0 { *d } else { 0.0 })
+                .collect();
+            let got = grads.get(&xt).unwrap().to_vec().unwrap();
+            assert_eq!(got, dx, "{variant} relu gradient, n = {n}");
+        }
+        let ran = g.profile_report().unwrap().unwrap().table(100);
+        let want = if variant == "words" {
+            "elementwise::relu_mask"
+        } else {
+            "elementwise::relu_mask_wg"
+        };
+        let ran_it = ran.lines().any(|l| l.trim_end().ends_with(want));
+        assert!(ran_it, "{want} did not run:\n{ran}");
+    }
+}
+
+#[test]
 fn threshold_is_exact_at_the_boundary() {
     // The policy's action is 1[P >= 0.5]: a probability of exactly 0.5 is erased.
     let t = tensor(&[0.49999997, 0.5, 0.50000006], &[3]);

@@ -4,7 +4,7 @@
 
 use crate::autodiff::{self, Backward};
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, KernelParams, Storage};
+use crate::gpu::{autotune, Gpu, Kernel, KernelParams, Storage};
 use crate::ops;
 use crate::shaders::ELEMENTWISE;
 use crate::tensor::{numel, Tensor};
@@ -333,13 +333,33 @@ pub fn relu(x: &Tensor) -> Result<Tensor> {
         n: n as u32,
         ..Default::default()
     };
-    gpu.dispatch(
-        &Kernel::new(&ELEMENTWISE, "relu_mask"),
-        params.as_words(),
-        &[&y, &bits],
-        &[x.storage()],
-        gpu.grid(words.div_ceil(256)),
-    )?;
+    let run = |per_element: bool| {
+        let (entry, groups) = if per_element {
+            ("relu_mask_wg", n.div_ceil(256))
+        } else {
+            ("relu_mask", words.div_ceil(256))
+        };
+        gpu.dispatch(
+            &Kernel::new(&ELEMENTWISE, entry),
+            params.as_words(),
+            &[&y, &bits],
+            &[x.storage()],
+            gpu.grid(groups),
+        )
+    };
+    // One mask word per invocation, or one element per invocation with the words gathered by
+    // workgroup atomics (coalesced on GPUs); measured per size class on GPUs. CPU drivers
+    // keep the word kernel (a workgroup barrier suspends every SIMD batch of the workgroup
+    // there), unless forced: `APGA_KERNELS=relu-mask=words|workgroup`.
+    let key = format!("relu-mask/n{}", autotune::bucket(n));
+    let family = ["words", "workgroup"];
+    let cands = [("words", false), ("workgroup", true)];
+    let per_element = if gpu.parallelism() > 4096 {
+        autotune::choose(gpu, &key, &family, &cands, 0, run)?
+    } else {
+        autotune::forced(gpu, &key, &family, &cands, 0)?.unwrap_or(false)
+    };
+    run(per_element)?;
     let mask = Tensor::from_storage(std::sync::Arc::new(bits), &[words], false);
     Ok(autodiff::track(y, x.shape(), &[x], || ReluMask { mask }))
 }
