@@ -1,5 +1,6 @@
 // The batched GEMM of conv1x1.wgsl (same parameters, bindings and blocking: 8 rows x 8
-// columns per invocation, vec4 loads), with the rows of A shared through subgroup shuffles.
+// columns per invocation, vec4 loads), with the rows of A shared through subgroup shuffles
+// (`main`), or both A's rows and B's quads (`main2d`, below).
 // In conv1x1.wgsl every invocation of an 8-wide row of the workgroup loads the same 8 vec4 of
 // A per step of 4 along K; CPU drivers run such a row as one SIMD batch and load each of
 // those values once per lane. Here lane x of the row loads only row row0 + x and the others
@@ -16,7 +17,8 @@ struct Params {
     m: u32, n: u32, k: u32, lda: u32,
     b_batch: u32, b_off: u32, c_batch: u32, c_off: u32,
     k_split: u32, imgs: u32, split_stride: u32, splits: u32,  // split-K (conv1x1.wgsl)
-    a_batch: u32, rb: u32, fold: u32, across: u32,  // A per image; lanes (conv1x1.wgsl; not across)
+    a_batch: u32, rb: u32, fold: u32, across: u32,  // A per image; lanes (conv1x1.wgsl; not
+                                                    // across; rb: 16-row blocks in main2d)
 }
 
 @group(0) @binding(0) var<uniform> P: Params;

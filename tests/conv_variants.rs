@@ -1,7 +1,8 @@
 //! Every convolution kernel variant forced in turn against the CPU references (row strips,
-//! 8x8 weight gradient, 1x1 GEMM and its subgroup variant, im2col + GEMM, GEMM + col2im, the
-//! GEMM weight gradient and its subgroup variant, small workspaces that split batches into
-//! image groups, bounds checks on and off), the profiler confirming each forced kernel ran.
+//! 8x8 weight gradient, 1x1 GEMM and its subgroup variants, 1x1 on rows padded to 4, im2col +
+//! GEMM, GEMM + col2im, the GEMM weight gradient and its subgroup variant, Winograd, small
+//! workspaces that split batches into image groups, bounds checks on and off), the profiler
+//! confirming each forced kernel ran.
 
 mod common;
 
@@ -63,6 +64,8 @@ fn conv1x1_gemm_matches_cpu_on(g: &apga_gpu::Gpu) {
         (1, 52, 4, 2, 6),
         // 2x2 maps: one quad per image, over 64 rows (two row groups of the `across` layout).
         (3, 8, 2, 2, 70),
+        // More rows than one workgroup covers (128 in `subgroup2d`, 64 in the others).
+        (1, 8, 4, 4, 140),
     ] {
         let hw = h * w;
         let x = uniform(&mut r, n * ci * hw, -1.0, 1.0);
@@ -113,8 +116,9 @@ fn conv1x1_gemm_matches_cpu_on(g: &apga_gpu::Gpu) {
 #[test]
 fn conv1x1_padded_rows_variant_matches_cpu() {
     // 1x1 convolutions on maps whose pixel count is no multiple of 4 (DenseNet's 7x7 block at
-    // 224x224): the batched GEMM on rows padded to a multiple of 4 (`gemm1x1pad`), forward
-    // input gradient and weight gradient forced, against the CPU reference; with the
+    // 224x224): the batched GEMM on rows padded to a multiple of 4 (`gemm1x1pad`), forward,
+    // input gradient and weight gradient forced, against the CPU reference (channel counts
+    // multiples of 4 both ways, so every direction takes it); with the
     // batch-norm prologue reading a channel prefix of a wider buffer.
     let g = apga_gpu::Gpu::new(apga_gpu::GpuOptions {
         autotune: false,
@@ -133,7 +137,7 @@ fn conv1x1_padded_rows_variant_matches_cpu() {
     // multiple of 8.
     for &(n, ci, h, w, co) in &[
         (2usize, 8usize, 7usize, 7usize, 12usize),
-        (3, 12, 3, 5, 9),
+        (3, 12, 3, 5, 8),
         (2, 16, 1, 1, 20),
     ] {
         let hw = h * w;
@@ -176,7 +180,7 @@ fn conv1x1_padded_rows_variant_matches_cpu() {
         &g,
         "padded 1x1 with prologue",
         &mut r,
-        (2, 12, 8, 7, 7, 6),
+        (2, 12, 8, 7, 7, 8),
         1,
         0,
     );
@@ -184,10 +188,9 @@ fn conv1x1_padded_rows_variant_matches_cpu() {
     for kernel in ["layout::copy_cols", "conv1x1::main", "conv_gemm::wgrad_1x1"] {
         assert!(ran.contains(kernel), "{kernel} did not run:\n{ran}");
     }
-    assert!(
-        !ran.contains("conv2d::fwd"),
-        "the direct forward ran:\n{ran}"
-    );
+    for kernel in ["conv2d::fwd", "conv2d::dgrad", "conv2d_wgrad"] {
+        assert!(!ran.contains(kernel), "{kernel} ran:\n{ran}");
+    }
 }
 
 #[test]
@@ -245,28 +248,36 @@ fn conv_forward_strip_variant_matches_cpu() {
 
 #[test]
 fn conv_winograd_variants_match_cpu() {
-    winograd_variants_match_cpu("winograd", false);
+    winograd_variants_match_cpu("winograd", None);
 }
 
 /// The same with the batched GEMMs split along K (`splitk_sum` adding the partial products
 /// into the weight gradient's per-group slots, as on GPUs).
 #[test]
 fn conv_winograd_variants_match_cpu_with_split_k_gemms() {
-    winograd_variants_match_cpu("winograd", true);
+    winograd_variants_match_cpu("winograd", Some("splitk"));
+}
+
+/// The same with the GEMM that shares both operands through subgroup shuffles (each transform
+/// element its own A; folded images put two images' A in one batch of lanes, which then loads
+/// A per lane).
+#[test]
+fn conv_winograd_variants_match_cpu_with_shared_operand_gemms() {
+    winograd_variants_match_cpu("winograd", Some("subgroup2d"));
 }
 
 /// The same with F(4x4, 3x3) (`conv_winograd4.wgsl`).
 #[test]
 fn conv_winograd4_variants_match_cpu() {
-    winograd_variants_match_cpu("winograd4", false);
+    winograd_variants_match_cpu("winograd4", None);
 }
 
 #[test]
 fn conv_winograd4_variants_match_cpu_with_split_k_gemms() {
-    winograd_variants_match_cpu("winograd4", true);
+    winograd_variants_match_cpu("winograd4", Some("splitk"));
 }
 
-fn winograd_variants_match_cpu(variant: &str, split_k: bool) {
+fn winograd_variants_match_cpu(variant: &str, gemm: Option<&str>) {
     // Winograd F(2x2, 3x3) forward, input gradient and weight gradient, forced for every 3x3
     // stride-1 padding-1 convolution of this context (others fall back to the default): odd
     // sizes (partial 2x2 tiles), one image and several, tiles no multiple of 4, a workspace
@@ -288,8 +299,8 @@ fn winograd_variants_match_cpu(variant: &str, split_k: bool) {
         ("conv-dgrad".into(), variant.into()),
         ("conv-wgrad".into(), variant.into()),
     ];
-    if split_k {
-        overrides.push(("gemm-batched".into(), "splitk".into()));
+    if let Some(gemm) = gemm {
+        overrides.push(("gemm-batched".into(), gemm.into()));
     }
     let g = ctx(overrides);
     let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
@@ -396,7 +407,15 @@ fn winograd_variants_match_cpu(variant: &str, split_k: bool) {
     // The input gradient's transform reads the weights flipped (no flipped copy).
     let flipped = format!("{shader}::wino_weights [FLIP=1]");
     assert!(ran.contains(&flipped), "{flipped} did not run:\n{ran}");
-    assert_eq!(ran.contains("splitk_sum"), split_k, "split-K:\n{ran}");
+    assert_eq!(
+        ran.contains("splitk_sum"),
+        gemm == Some("splitk"),
+        "split-K:\n{ran}"
+    );
+    // The forced GEMM ran (where the adapter has subgroups; elsewhere it names no candidate).
+    if gemm == Some("subgroup2d") && g.has_subgroups() {
+        assert!(ran.contains("conv1x1_subgroup::main2d"), "main2d:\n{ran}");
+    }
     // A tiny DenseNet (growth convolutions write into the block buffer's channel slices)
     // gives the default kernels' logits.
     let plain = ctx(vec![]);

@@ -21,7 +21,7 @@ struct CacheFile {
 }
 
 /// Bumped whenever an op gains a variant, so that caches measured without it are re-tuned.
-const CACHE_VERSION: u32 = 11;
+const CACHE_VERSION: u32 = 12;
 
 /// Per-adapter cache of measured choices.
 pub struct Autotuner {

@@ -101,7 +101,19 @@ pub(super) fn batched_gemm(
                 d.m.div_ceil(16 * rb) as u32,
                 z as u32,
             ];
-            check_groups(gpu, "conv (batched GEMM)", g, wg)?;
+            // Its workgroups cover half the columns of the others' where m <= 8 or m > 64;
+            // where that passes the per-dimension limit the others' grid still fits (checked
+            // above), the subgroup kernel runs instead, so the candidate never fails a shape.
+            let max = gpu.limits().max_compute_workgroups_per_dimension;
+            if wg.iter().any(|&n| n > max) {
+                return gpu.dispatch(
+                    &Kernel::new(&CONV1X1_SUBGROUP, "main").with(&constants),
+                    params.as_words(),
+                    &[out],
+                    &[a, b, bias, prologue.unwrap_or(bias)],
+                    gemm_grid(d, 1),
+                );
+            }
             let p = BatchedGemmParams {
                 rb: rb as u32,
                 ..params
@@ -333,15 +345,24 @@ pub(super) fn gemm_1x1_run(
 
 /// Whether a 1x1, stride-1, unpadded convolution whose pixel count is no multiple of 4 (7x7
 /// maps) can run the batched GEMM on rows padded to a multiple of 4 ([`gemm_1x1_padded_run`]):
-/// `k`, the reduced channel count, a multiple of 4.
-pub(super) fn gemm_1x1_padded_fits(g: &ConvGeom, k: usize) -> bool {
-    g.kh == 1
+/// `k`, the reduced channel count, a multiple of 4, and the padded copies of input and output
+/// within one storage binding.
+pub(super) fn gemm_1x1_padded_fits(gpu: &Gpu, g: &ConvGeom, k: usize) -> bool {
+    padded_rows_fit(gpu, g)
+        && g.kh == 1
         && g.kw == 1
         && g.stride == 1
         && g.pad == 0
         && !(g.h * g.w).is_multiple_of(4)
         && k.is_multiple_of(4)
         && k > 0
+}
+
+/// Whether the copies of a 1x1 convolution's input and output on rows padded to a multiple of
+/// 4 fit one storage binding each.
+pub(super) fn padded_rows_fit(gpu: &Gpu, g: &ConvGeom) -> bool {
+    let rows = (g.h * g.w).div_ceil(4) * 4;
+    g.n * g.ci.max(g.co) * rows <= gpu.max_binding_elems()
 }
 
 /// [`gemm_1x1_run`] for maps whose pixel count is no multiple of 4: the input's `k` channels

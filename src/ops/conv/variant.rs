@@ -45,6 +45,9 @@ impl Dir {
 /// the input's otherwise) and batch, and whether a batch-norm prologue is fused in. Padding is
 /// part of it since Winograd takes padding 1 only: a 3x3 layer without padding would otherwise
 /// share, and overwrite, the cached choice of a padded one.
+/// Pixel counts that are no multiple of 4 are marked (`o`): the 1x1 GEMMs take whole rows of
+/// quads and the padded ones the others, so a 7x7 and an 8x8 map (one bucket) must not share
+/// a cached choice that only one of them can run.
 pub(super) fn class_key(dir: Dir, g: &ConvGeom, prologue: bool) -> String {
     let pixels = if dir == Dir::Wgrad {
         g.oh * g.ow
@@ -52,7 +55,7 @@ pub(super) fn class_key(dir: Dir, g: &ConvGeom, prologue: bool) -> String {
         g.h * g.w
     };
     format!(
-        "conv-{}/k{}s{}p{}/ci{}/co{}/hw{}/n{}/{}",
+        "conv-{}/k{}s{}p{}/ci{}/co{}/hw{}{}/n{}/{}",
         dir.name(),
         g.kh,
         g.stride,
@@ -60,6 +63,7 @@ pub(super) fn class_key(dir: Dir, g: &ConvGeom, prologue: bool) -> String {
         autotune::bucket(g.ci),
         autotune::bucket(g.co),
         autotune::bucket(pixels),
+        if pixels.is_multiple_of(4) { "" } else { "o" },
         autotune::bucket(g.n),
         if prologue { "prologue" } else { "plain" }
     )
@@ -197,8 +201,9 @@ pub(super) fn family(dir: Dir) -> Vec<&'static str> {
 }
 
 /// The forward's candidates for `g`: direct, the row strip where its register window
-/// (7 * stride + kw values) fits its 24 slots, the 1x1 GEMM or else im2col + GEMM, and
-/// Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1 padding-1 convolutions.
+/// (7 * stride + kw values) fits its 24 slots, the 1x1 GEMM (on rows padded to 4 where the
+/// pixel count is no multiple of 4) or else im2col + GEMM, and Winograd F(2x2, 3x3) and
+/// F(4x4, 3x3) for 3x3 stride-1 padding-1 convolutions.
 pub(super) fn fwd_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, ConvKernel)> {
     let mut v = vec![ConvKernel::Direct];
     if 7 * g.stride + g.kw <= 24 {
@@ -206,7 +211,7 @@ pub(super) fn fwd_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Conv
     }
     if gemm_1x1(g, g.ci) {
         v.push(ConvKernel::Gemm1x1);
-    } else if gemm_1x1_padded_fits(g, g.ci) {
+    } else if gemm_1x1_padded_fits(gpu, g, g.ci) {
         v.push(ConvKernel::Gemm1x1Padded);
     } else if im2col_fits(gpu, g) {
         v.push(ConvKernel::Im2col);
@@ -219,8 +224,8 @@ pub(super) fn fwd_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Conv
     v.into_iter().map(|k| (k.name(), k)).collect()
 }
 
-/// The input gradient's candidates: direct, the row strip (stride 1 only), and the 1x1 GEMM,
-/// or else the stride-1 im2col + GEMM and GEMM + col2im where they fit, and Winograd for 3x3
+/// The input gradient's candidates: direct, the row strip (stride 1 only), and the 1x1 GEMM
+/// (on padded rows as in the forward), or else the stride-1 im2col + GEMM and GEMM + col2im where they fit, and Winograd for 3x3
 /// stride-1 padding-1 convolutions.
 pub(super) fn dgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, ConvKernel)> {
     let mut v = vec![ConvKernel::Direct];
@@ -229,7 +234,7 @@ pub(super) fn dgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Co
     }
     if gemm_1x1(g, g.co) {
         v.push(ConvKernel::Gemm1x1);
-    } else if gemm_1x1_padded_fits(g, g.co) {
+    } else if gemm_1x1_padded_fits(gpu, g, g.co) {
         v.push(ConvKernel::Gemm1x1Padded);
     } else {
         if dgrad_gemm_fits(gpu, g) {
@@ -254,7 +259,9 @@ const WINOGRAD: [(Tile, ConvKernel); 2] = [
 ];
 
 /// The weight gradient's candidates: both blockings, the GEMMs where one image's columns
-/// fit the workspace, the GEMM on the input for 1x1 convolutions, and Winograd for 3x3 stride-1 padding-1 convolutions.
+/// fit the workspace, the GEMM on the input for 1x1 convolutions (on rows padded to 4 where
+/// the pixel count is no multiple of 4), and Winograd for 3x3 stride-1 padding-1
+/// convolutions.
 pub(super) fn wgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, WgradKernel)> {
     let mut v = vec![WgradKernel::Blocked4, WgradKernel::Blocked8];
     if im2col_fits(gpu, g) {
@@ -265,7 +272,7 @@ pub(super) fn wgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Wg
     }
     if wgrad_1x1_fits(g) {
         v.push(WgradKernel::Gemm1x1);
-    } else if wgrad_1x1_padded_fits(g) {
+    } else if wgrad_1x1_padded_fits(gpu, g) {
         v.push(WgradKernel::Gemm1x1Padded);
     }
     for (tile, k) in [
@@ -366,8 +373,9 @@ pub(crate) fn dgrad_into(
     if cands.len() == 1 {
         return dgrad_direct(g, dy, src, w, bias, out, dst, false);
     }
-    // The 1x1 GEMM and col2im read A = w^T as [ci, round8(co)] (the forward kernel's weight
-    // layout), re-laid out only when one of them runs, not before the choice.
+    // The 1x1 GEMMs (plain and on padded rows) and col2im read A = w^T as [ci, round8(co)]
+    // (the forward kernel's weight layout), re-laid out only when one of them runs, not
+    // before the choice.
     let run = |k: ConvKernel| match k {
         ConvKernel::Im2col => dgrad_gemm(g, dy, src, w, bias, out, dst),
         ConvKernel::Col2im => {

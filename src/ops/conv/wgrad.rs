@@ -10,7 +10,7 @@ use crate::shaders::{CONV2D_WGRAD, CONV_GEMM, CONV_GEMM_SUBGROUP};
 use crate::tensor::Tensor;
 
 use super::direct::params;
-use super::gemm::{gemm_params, im2col, im2col_group, im2col_rows};
+use super::gemm::{gemm_params, im2col, im2col_group, im2col_rows, padded_rows_fit};
 use super::variant::{class_key, family, wgrad_candidates, Dir, WgradKernel};
 use super::winograd::{wgrad_winograd, Tile};
 use super::{check_groups, ConvGeom, Slice};
@@ -18,7 +18,9 @@ use super::{check_groups, ConvGeom, Slice};
 /// Weight gradient [co, ci, kh, kw] of a convolution of geometry `g` from its input `x` and
 /// output gradient `dy`; `prologue` as in `fwd_into`. Chosen by autotuning among two
 /// blockings (4 x 4 and 8 x 8 output channels x columns per invocation), transposed im2col +
-/// GEMM, and Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1 padding-1 convolutions.
+/// GEMM, the GEMM on the input for 1x1 convolutions (on rows padded to 4 where the pixel
+/// count is no multiple of 4), and Winograd F(2x2, 3x3) and F(4x4, 3x3) for 3x3 stride-1
+/// padding-1 convolutions.
 pub(crate) fn wgrad(
     gpu: &Gpu,
     g: &ConvGeom,
@@ -192,9 +194,11 @@ pub(super) fn wgrad_1x1_fits(g: &ConvGeom) -> bool {
 
 /// Whether the 1x1 weight-gradient GEMM applies on rows padded to a multiple of 4
 /// ([`wgrad_1x1_padded`]): a 1x1 stride-1 unpadded convolution over maps whose pixel count is
-/// no multiple of 4 (7x7), input channels a multiple of 4.
-pub(super) fn wgrad_1x1_padded_fits(g: &ConvGeom) -> bool {
-    g.kh == 1
+/// no multiple of 4 (7x7), input channels a multiple of 4, the padded copies within one
+/// storage binding each.
+pub(super) fn wgrad_1x1_padded_fits(gpu: &Gpu, g: &ConvGeom) -> bool {
+    padded_rows_fit(gpu, g)
+        && g.kh == 1
         && g.kw == 1
         && g.stride == 1
         && g.pad == 0
