@@ -51,7 +51,6 @@ fn conv1x1_gemm_path_matches_cpu() {
 }
 
 fn conv1x1_gemm_matches_cpu_on(g: &apga_gpu::Gpu) {
-    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(g, v, s).unwrap();
     let mut r = rng(20);
     // (n, ci, h, w, co): rows and columns no multiple of 8, a single image, DenseNet-like.
     for &(n, ci, h, w, co) in &[
@@ -67,40 +66,7 @@ fn conv1x1_gemm_matches_cpu_on(g: &apga_gpu::Gpu) {
         // More rows than one workgroup covers (128 in `subgroup2d`, 64 in the others).
         (1, 8, 4, 4, 140),
     ] {
-        let hw = h * w;
-        let x = uniform(&mut r, n * ci * hw, -1.0, 1.0);
-        let wt = uniform(&mut r, co * ci, -1.0, 1.0);
-        let b = uniform(&mut r, co, -1.0, 1.0);
-        let gy = uniform(&mut r, n * co * hw, -1.0, 1.0);
-        let xt = t(&x, &[n, ci, h, w]).with_grad();
-        let wtt = t(&wt, &[co, ci, 1, 1]).with_grad();
-        let tape = apga_gpu::Tape::new();
-        let y = ops::conv2d(&xt, &wtt, Some(&t(&b, &[co])), 1, 0).unwrap();
-        let (want, _) = cpu_conv2d(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], Some(&b), 1, 0);
-        assert_close(
-            &format!("conv1x1 gemm forward {:?}", (n, ci, h, w, co)),
-            &y.to_vec().unwrap(),
-            &want,
-            1e-4,
-            1e-4,
-        );
-        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
-        let grads = tape.backward(&loss).unwrap();
-        let (dx, dw) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], &gy, 1, 0);
-        assert_close(
-            "conv1x1 gemm input grad",
-            &grads.get(&xt).unwrap().to_vec().unwrap(),
-            &dx,
-            1e-4,
-            1e-4,
-        );
-        assert_close(
-            "conv1x1 weight grad",
-            &grads.get(&wtt).unwrap().to_vec().unwrap(),
-            &dw,
-            1e-4,
-            1e-4,
-        );
+        check_1x1(g, &mut r, "conv1x1 gemm", (n, ci, h, w, co));
     }
     // The fused BN+ReLU prologue on a channel prefix of a block buffer.
     check_prologue(
@@ -110,6 +76,45 @@ fn conv1x1_gemm_matches_cpu_on(g: &apga_gpu::Gpu) {
         (2, 12, 8, 4, 4, 6),
         1,
         0,
+    );
+}
+
+/// A 1x1 convolution with bias of shape (n, ci, h, w, co): output, input gradient and weight
+/// gradient against the CPU reference, on whatever kernels `g` is forced to.
+fn check_1x1(
+    g: &apga_gpu::Gpu,
+    r: &mut rand::rngs::StdRng,
+    what: &str,
+    (n, ci, h, w, co): (usize, usize, usize, usize, usize),
+) {
+    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(g, v, s).unwrap();
+    let hw = h * w;
+    let x = uniform(r, n * ci * hw, -1.0, 1.0);
+    let wt = uniform(r, co * ci, -1.0, 1.0);
+    let b = uniform(r, co, -1.0, 1.0);
+    let gy = uniform(r, n * co * hw, -1.0, 1.0);
+    let xt = t(&x, &[n, ci, h, w]).with_grad();
+    let wtt = t(&wt, &[co, ci, 1, 1]).with_grad();
+    let tape = apga_gpu::Tape::new();
+    let y = ops::conv2d(&xt, &wtt, Some(&t(&b, &[co])), 1, 0).unwrap();
+    let (want, _) = cpu_conv2d(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], Some(&b), 1, 0);
+    let case = format!("{:?}", (n, ci, h, w, co));
+    let close = |part: &str, got: &[f32], want: &[f32]| {
+        assert_close(&format!("{what} {part} {case}"), got, want, 1e-4, 1e-4)
+    };
+    close("forward", &y.to_vec().unwrap(), &want);
+    let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
+    let grads = tape.backward(&loss).unwrap();
+    let (dx, dw) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], &gy, 1, 0);
+    close(
+        "input grad",
+        &grads.get(&xt).unwrap().to_vec().unwrap(),
+        &dx,
+    );
+    close(
+        "weight grad",
+        &grads.get(&wtt).unwrap().to_vec().unwrap(),
+        &dw,
     );
 }
 
@@ -131,7 +136,6 @@ fn conv1x1_padded_rows_variant_matches_cpu() {
         ..Default::default()
     })
     .unwrap();
-    let t = |v: &[f32], s: &[usize]| apga_gpu::Tensor::from_slice(&g, v, s).unwrap();
     let mut r = rng(27);
     // (n, ci, h, w, co): 7x7, 3x5 and 1x1 maps (pads of 3, 1 and 3 columns), rows no
     // multiple of 8.
@@ -140,41 +144,7 @@ fn conv1x1_padded_rows_variant_matches_cpu() {
         (3, 12, 3, 5, 8),
         (2, 16, 1, 1, 20),
     ] {
-        let hw = h * w;
-        let x = uniform(&mut r, n * ci * hw, -1.0, 1.0);
-        let wt = uniform(&mut r, co * ci, -1.0, 1.0);
-        let b = uniform(&mut r, co, -1.0, 1.0);
-        let gy = uniform(&mut r, n * co * hw, -1.0, 1.0);
-        let xt = t(&x, &[n, ci, h, w]).with_grad();
-        let wtt = t(&wt, &[co, ci, 1, 1]).with_grad();
-        let tape = apga_gpu::Tape::new();
-        let y = ops::conv2d(&xt, &wtt, Some(&t(&b, &[co])), 1, 0).unwrap();
-        let (want, _) = cpu_conv2d(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], Some(&b), 1, 0);
-        let case = format!("{:?}", (n, ci, h, w, co));
-        assert_close(
-            &format!("padded 1x1 forward {case}"),
-            &y.to_vec().unwrap(),
-            &want,
-            1e-4,
-            1e-4,
-        );
-        let loss = ops::sum_all(&ops::mul(&y, &t(&gy, y.shape())).unwrap()).unwrap();
-        let grads = tape.backward(&loss).unwrap();
-        let (dx, dw) = cpu_conv2d_grads(&x, [n, ci, h, w], &wt, [co, ci, 1, 1], &gy, 1, 0);
-        assert_close(
-            &format!("padded 1x1 input grad {case}"),
-            &grads.get(&xt).unwrap().to_vec().unwrap(),
-            &dx,
-            1e-4,
-            1e-4,
-        );
-        assert_close(
-            &format!("padded 1x1 weight grad {case}"),
-            &grads.get(&wtt).unwrap().to_vec().unwrap(),
-            &dw,
-            1e-4,
-            1e-4,
-        );
+        check_1x1(&g, &mut r, "padded 1x1", (n, ci, h, w, co));
     }
     check_prologue(
         &g,

@@ -313,7 +313,8 @@ fn split_k(
 }
 
 /// The batched-GEMM kernel for a 1x1 convolution: out[n][:, dst] = a (m x k, rows of `lda`) *
-/// b[n][src] + bias.
+/// b[n][src] + bias; on rows padded to 4 ([`gemm_1x1_padded_run`]) where the pixel count is
+/// no multiple of 4.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn gemm_1x1_run(
     gpu: &Gpu,
@@ -328,6 +329,9 @@ pub(super) fn gemm_1x1_run(
     prologue: Option<&Storage>,
 ) -> Result<()> {
     let hw = g.h * g.w;
+    if !hw.is_multiple_of(4) {
+        return gemm_1x1_padded_run(gpu, (m, k, lda), a, b, src, bias, out, dst, g, prologue);
+    }
     let d = BatchedGemm {
         m,
         n: hw,
@@ -371,7 +375,7 @@ pub(super) fn padded_rows_fit(gpu: &Gpu, g: &ConvGeom) -> bool {
 /// padding columns of the output (K runs over channels), so they need no particular value,
 /// also through the prologue.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn gemm_1x1_padded_run(
+fn gemm_1x1_padded_run(
     gpu: &Gpu,
     (m, k, lda): (usize, usize, usize),
     a: &Storage,

@@ -10,7 +10,7 @@ use crate::tensor::Tensor;
 use super::direct::{dgrad_direct, fwd_direct};
 use super::gemm::{
     col2im_fits, dgrad_col2im, dgrad_gemm, dgrad_gemm_fits, fwd_gemm, gemm_1x1,
-    gemm_1x1_padded_fits, gemm_1x1_padded_run, gemm_1x1_run, im2col_fits,
+    gemm_1x1_padded_fits, gemm_1x1_run, im2col_fits,
 };
 use super::weights::relayout_weight;
 use super::wgrad::{wgrad_1x1_fits, wgrad_1x1_padded_fits};
@@ -311,19 +311,7 @@ pub(crate) fn fwd_into(
     let run = |k: ConvKernel| match k {
         ConvKernel::Direct => fwd_direct(g, x, src, w, bias, out, dst, prologue, false),
         ConvKernel::Strip => fwd_direct(g, x, src, w, bias, out, dst, prologue, true),
-        ConvKernel::Gemm1x1 => gemm_1x1_run(
-            gpu,
-            (g.co, g.ci, g.ci),
-            w.storage(),
-            x,
-            src,
-            bias,
-            out,
-            dst,
-            g,
-            prologue,
-        ),
-        ConvKernel::Gemm1x1Padded => gemm_1x1_padded_run(
+        ConvKernel::Gemm1x1 | ConvKernel::Gemm1x1Padded => gemm_1x1_run(
             gpu,
             (g.co, g.ci, g.ci),
             w.storage(),
@@ -385,19 +373,7 @@ pub(crate) fn dgrad_into(
         ConvKernel::Strip => dgrad_direct(g, dy, src, w, bias, out, dst, true),
         ConvKernel::Winograd => dgrad_winograd(Tile::F2, g, dy, src, w, bias, out, dst),
         ConvKernel::Winograd4 => dgrad_winograd(Tile::F4, g, dy, src, w, bias, out, dst),
-        ConvKernel::Gemm1x1Padded => gemm_1x1_padded_run(
-            gpu,
-            (g.ci, g.co, round8(g.co)),
-            &*relayout_weight(w, false)?,
-            dy,
-            src,
-            bias,
-            out,
-            dst,
-            g,
-            None,
-        ),
-        ConvKernel::Gemm1x1 => gemm_1x1_run(
+        ConvKernel::Gemm1x1 | ConvKernel::Gemm1x1Padded => gemm_1x1_run(
             gpu,
             (g.ci, g.co, round8(g.co)),
             &*relayout_weight(w, false)?,
