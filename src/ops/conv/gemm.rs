@@ -363,10 +363,12 @@ pub(super) fn gemm_1x1_padded_fits(gpu: &Gpu, g: &ConvGeom, k: usize) -> bool {
 }
 
 /// Whether the copies of a 1x1 convolution's input and output on rows padded to a multiple of
-/// 4 fit one storage binding each.
+/// 4 fit one storage binding each, and `copy_cols`'s grid (channels along y, images along z)
+/// the adapter's per-dimension limit.
 pub(super) fn padded_rows_fit(gpu: &Gpu, g: &ConvGeom) -> bool {
     let rows = (g.h * g.w).div_ceil(4) * 4;
-    g.n * g.ci.max(g.co) * rows <= gpu.max_binding_elems()
+    let max = gpu.limits().max_compute_workgroups_per_dimension as usize;
+    g.n * g.ci.max(g.co) * rows <= gpu.max_binding_elems() && g.ci.max(g.co).max(g.n) <= max
 }
 
 /// [`gemm_1x1_run`] for maps whose pixel count is no multiple of 4: the input's `k` channels

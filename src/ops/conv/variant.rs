@@ -45,6 +45,7 @@ impl Dir {
 /// the input's otherwise) and batch, and whether a batch-norm prologue is fused in. Padding is
 /// part of it since Winograd takes padding 1 only: a 3x3 layer without padding would otherwise
 /// share, and overwrite, the cached choice of a padded one.
+///
 /// Pixel counts that are no multiple of 4 are marked (`o`): the 1x1 GEMMs take whole rows of
 /// quads and the padded ones the others, so a 7x7 and an 8x8 map (one bucket) must not share
 /// a cached choice that only one of them can run.
@@ -225,8 +226,8 @@ pub(super) fn fwd_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, Conv
 }
 
 /// The input gradient's candidates: direct, the row strip (stride 1 only), and the 1x1 GEMM
-/// (on padded rows as in the forward), or else the stride-1 im2col + GEMM and GEMM + col2im where they fit, and Winograd for 3x3
-/// stride-1 padding-1 convolutions.
+/// (on padded rows as in the forward), or else the stride-1 im2col + GEMM and GEMM + col2im
+/// where they fit, and Winograd for 3x3 stride-1 padding-1 convolutions.
 pub(super) fn dgrad_candidates(gpu: &Gpu, g: &ConvGeom) -> Vec<(&'static str, ConvKernel)> {
     let mut v = vec![ConvKernel::Direct];
     if g.stride == 1 && 7 + g.kw <= 24 {
