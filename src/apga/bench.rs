@@ -198,7 +198,7 @@ pub fn bench(
     })
 }
 
-/// Runs the PyTorch twin of [`bench`] on the same configuration (`python` is the interpreter,
+/// Runs the PyTorch twin of `bench` on the same configuration (`python` is the interpreter,
 /// e.g. `python3`); `Err` says why PyTorch was not measured (not installed, script failed).
 pub fn torch_bench(
     cfg: &TrainConfig,

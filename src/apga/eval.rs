@@ -26,7 +26,7 @@ pub struct Metrics {
     pub loss: f64,
     pub accuracy: f64,
     pub per_class_accuracy: Vec<f64>,
-    /// confusion[true][predicted]
+    /// `confusion[true][predicted]`
     pub confusion: Vec<Vec<usize>>,
     /// Accuracy of the mean softmax on the image and on the aiding-masked image.
     pub tta_accuracy: Option<f64>,

@@ -182,7 +182,7 @@ pub fn advantages(rewards: &[f32], state: &mut PolicyState, cfg: &TrainConfig) -
 }
 
 /// The policy loss on the action's probabilities `probs` and action `a` (1 = erased), with
-/// constant advantages `adv` ([1] for one reward per batch, [n] for one per image) and the
+/// constant advantages `adv` (`[1]` for one reward per batch, `[n]` for one per image) and the
 /// full-resolution P `p` for the regulariser:
 ///
 /// - Eq. 7 (paper, `Regularizer::Constant`): BCE(P, a) adv + lambda_zeros BCE(P, 0);

@@ -266,7 +266,7 @@ pub fn mixed_step(
 
 /// A classifier step on the original batch, then one on a mixed batch (mixup, cutmix) whose
 /// image i carries label `labels[i]` with weight `lam` and `labels[perm[i]]` with `1 - lam`:
-/// loss = lam CE(z, y) + (1 - lam) CE(z, y[perm]) (the soft-target cross-entropy of the mixed
+/// loss = `lam CE(z, y) + (1 - lam) CE(z, y[perm])` (the soft-target cross-entropy of the mixed
 /// labels, as the reference implementations compute it).
 pub fn mixed_label_step(
     clf: &DenseNet,

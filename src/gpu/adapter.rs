@@ -202,7 +202,7 @@ pub fn list(request: &Request) -> (Vec<AdapterSummary>, Result<usize>) {
 
 /// The adapter `request` selects, with its summary.
 ///
-/// The choice is made on the shared [`discovery`] instance; the adapter returned comes from a
+/// The choice is made on the shared `discovery` instance; the adapter returned comes from a
 /// new instance of the chosen back end alone, which the GPU context owns. So a context never
 /// holds (and, closing, never tears down) the back ends it does not use: with every back end
 /// in each context's instance, two contexts closing at once on NVIDIA's driver deadlocked in
@@ -210,7 +210,7 @@ pub fn list(request: &Request) -> (Vec<AdapterSummary>, Result<usize>) {
 /// another in `vkDestroyDevice`), and one shared instance for all contexts makes GL contexts
 /// fight over one EGL context (`BadAccess`).
 ///
-/// The caller holds [`lifecycle`].
+/// The caller holds `lifecycle`.
 pub fn select(request: &Request) -> Result<(wgpu::Adapter, AdapterSummary)> {
     let adapters = enumerate(&discovery());
     let summaries: Vec<_> = adapters

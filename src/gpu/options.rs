@@ -18,7 +18,7 @@ pub struct GpuOptions {
     /// (`APGA_KERNELS=conv-fwd/k3=strip,matmul=tiled`).
     pub kernel_overrides: Vec<(String, String)>,
     /// Time every dispatch on the GPU and keep per-kernel totals (`APGA_PROFILE=1`); see
-    /// [`profile`]. Slows a run down: it waits for the GPU at every submit.
+    /// `profile`. Slows a run down: it waits for the GPU at every submit.
     pub profile: bool,
     /// Largest scratch buffer (bytes) a kernel path may materialise, e.g. the im2col buffer of
     /// the GEMM convolutions; bigger batches are processed in several pieces

@@ -17,7 +17,7 @@ crate::kernel_params! {
     }
 }
 
-/// Per-row softmax cross-entropy of `logits` [rows, k] against integer `labels` [rows] given
+/// Per-row softmax cross-entropy of `logits` `[rows, k]` against integer `labels` `[rows]` given
 /// as a tensor of exact integers.
 pub fn cross_entropy_rows(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let op = "cross_entropy";

@@ -262,7 +262,7 @@ pub fn chosen_variant(a: &Tensor, b: &Tensor, ta: bool, tb: bool) -> Result<Matm
     })
 }
 
-/// `torch.nn.functional.linear`: `x @ w^T + b` for x [rows, in], w [out, in], b [out].
+/// `torch.nn.functional.linear`: `x @ w^T + b` for x `[rows, in]`, w `[out, in]`, b `[out]`.
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let y = matmul_t(x, w, false, true)?;
     match b {

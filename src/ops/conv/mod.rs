@@ -199,7 +199,7 @@ fn conv_out(op: &'static str, size: usize, k: usize, stride: usize, pad: usize) 
 }
 
 /// 2-D convolution, `torch.nn.functional.conv2d(x, w, b, stride, padding)`: x [n, ci, h, w],
-/// w [co, ci, kh, kw], b [co].
+/// w `[co, ci, kh, kw]`, b `[co]`.
 pub fn conv2d(
     x: &Tensor,
     w: &Tensor,
@@ -239,7 +239,7 @@ pub fn conv2d(
 }
 
 /// Transposed 2-D convolution, `torch.nn.functional.conv_transpose2d(x, w, b, stride,
-/// padding, output_padding)`: x [n, ci, h, w], w [ci, co, kh, kw], b [co]; output side
+/// padding, output_padding)`: x `[n, ci, h, w]`, w `[ci, co, kh, kw]`, b `[co]`; output side
 /// (h - 1) * stride - 2 * padding + kh + output_padding.
 pub fn conv_transpose2d(
     x: &Tensor,
