@@ -17,6 +17,7 @@ use crate::gpu::{Gpu, Storage};
 use crate::tensor::Tensor;
 
 mod backward;
+mod batched;
 mod direct;
 mod gemm;
 mod variant;
@@ -25,8 +26,9 @@ mod wgrad;
 mod winograd;
 
 pub use backward::{conv2d_backward, conv_transpose2d_backward};
+pub use batched::BatchedGemmParams;
 pub use direct::ConvParams;
-pub use gemm::{BatchedGemmParams, GemmConvParams};
+pub use gemm::GemmConvParams;
 pub(crate) use variant::{dgrad_into, fwd_into};
 pub use variant::{kernel_name, Dir};
 pub(crate) use wgrad::wgrad;

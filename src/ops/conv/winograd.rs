@@ -12,7 +12,7 @@ use crate::shaders::{CONV_WINOGRAD, CONV_WINOGRAD4};
 use crate::tensor::Tensor;
 use std::sync::Arc;
 
-use super::gemm::{batched_gemm, BatchedGemm};
+use super::batched::{batched_gemm, BatchedGemm};
 use super::{check_groups, ConvGeom, Slice};
 
 crate::kernel_params! {
