@@ -37,6 +37,23 @@ fn load_b(index: u32, k: u32) -> vec4<f32> {
     return v;
 }
 
+// A lane's 8 x 8 tile plus bias into C: rows row0.. (those < m) at quads cq0 and, where it
+// exists, cq0 + 1 (`main` and `main2d` lay lanes out differently but store alike).
+fn store_tile(cb: u32, row0: u32, cq0: u32, n4: u32,
+              acc0: ptr<function, array<vec4<f32>, 8>>, acc1: ptr<function, array<vec4<f32>, 8>>) {
+    let has1 = cq0 + 1u < n4;
+    for (var i = 0u; i < 8u; i = i + 1u) {
+        let r = row0 + i;
+        if (r < P.m) {
+            let bv = vec4<f32>(bias[r]);
+            c[cb + r * n4 + cq0] = (*acc0)[i] + bv;
+            if (has1) {
+                c[cb + r * n4 + cq0 + 1u] = (*acc1)[i] + bv;
+            }
+        }
+    }
+}
+
 // A 1-D workgroup of 64 laid out as 8 x 8 (subgroup built-ins need 1-D workgroups): the same
 // grid and invocation order as conv1x1.wgsl's @workgroup_size(8, 8).
 @compute @workgroup_size(64)
@@ -114,17 +131,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
     if (!in_range) {
         return;
     }
-    let has1 = cq0 + 1u < n4;
-    for (var i = 0u; i < 8u; i = i + 1u) {
-        let r = row0 + i;
-        if (r < P.m) {
-            let bv = vec4<f32>(bias[r]);
-            c[cb + r * n4 + cq0] = acc0[i] + bv;
-            if (has1) {
-                c[cb + r * n4 + cq0 + 1u] = acc1[i] + bv;
-            }
-        }
-    }
+    store_tile(cb, row0, cq0, n4, &acc0, &acc1);
 }
 
 // Both operands shared (`rb` counts 16-row blocks here): lane L of each 8-lane SIMD batch
@@ -132,8 +139,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>,
 // same 8 x 8 register tile as `main`. Per step of 4 along K the batch needs 16 rows of A and
 // 4 x 8 quads of B; each lane loads two of those rows and four of those quads (its pair's
 // quad L / 4 at the 4 K rows) and reads the rest with subgroupShuffle: 6 vec4 loads per lane
-// instead of `main`'s 9. On CPU drivers every load whose address differs across lanes is a
-// loop over the lanes (Mesa 22's lavapipe), a shuffle one register permute. Lanes of one
+// instead of `main`'s 9, for 8 more vec4 shuffles. On lavapipe every load whose address
+// differs across lanes is a loop over the lanes, and a shuffle costs about half a load, so
+// it breaks even there (benches/NOTES.md, session 6); measured per shape class. Lanes of one
 // pair index share img, so folded images keep B shared; A falls back to per-lane loads where
 // each image has its own A and a batch spans two images, and both operands where subgroups
 // do not line up with 8-lane batches.
@@ -236,15 +244,5 @@ fn main2d(@builtin(workgroup_id) wid: vec3<u32>,
     if (!in_range) {
         return;
     }
-    let has1 = cq0 + 1u < n4;
-    for (var i = 0u; i < 8u; i = i + 1u) {
-        let r = row0 + i;
-        if (r < P.m) {
-            let bv = vec4<f32>(bias[r]);
-            c[cb + r * n4 + cq0] = acc0[i] + bv;
-            if (has1) {
-                c[cb + r * n4 + cq0 + 1u] = acc1[i] + bv;
-            }
-        }
-    }
+    store_tile(cb, row0, cq0, n4, &acc0, &acc1);
 }
