@@ -206,7 +206,7 @@ fn stats_direct4(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // ---- eval statistics from the running ones (one invocation per channel) ----
-// Binding 5 is unused here (the host binds gamma there as a placeholder); the running
+// Nothing reads binding 5 here (the layout declares it; the host binds gamma there); the running
 // statistics are read, not updated (`run` is 0).
 @compute @workgroup_size(64)
 fn eval_stats(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -343,7 +343,8 @@ fn bwd_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // ---- bwd_direct's vec4 twin, with the input gradient in the same dispatch (`DX`) ----
 // The channel's sums, then (with DX) its input gradient as bwd_apply4 computes it: one
-// dispatch per batch norm's backward instead of two. Without DX binding 3 is a placeholder.
+// dispatch per batch norm's backward instead of two. Without DX nothing is written through
+// binding 3 (the host binds a 16-byte scratch buffer to fill the slot).
 override DX: bool = false;
 @group(0) @binding(3) var<storage, read_write> dxd4_out: array<vec4<f32>>;
 @group(0) @binding(4) var<storage, read> xd4: array<vec4<f32>>;

@@ -332,7 +332,8 @@ pub(crate) fn backward_raw(
     let run = |direct: bool| -> Result<()> {
         let one_invocation = [c.div_ceil(64) as u32, 1, 1];
         if direct && p.quad != 0 {
-            // Without an input gradient binding 3 holds a one-quad placeholder.
+            // Without an input gradient the kernel writes nothing through binding 3, which the
+            // pipeline layout still declares: a 16-byte scratch buffer fills the slot.
             let scratch;
             let out = match &dx {
                 Some(dx) => dx,
