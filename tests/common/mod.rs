@@ -5,6 +5,10 @@
 use apga_gpu::{ops, Gpu, Result, Tape, Tensor};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
+mod prologue;
+#[allow(unused_imports)]
+pub use prologue::check_prologue;
+
 /// The shared GPU context. A machine without an adapter fails here with the message that
 /// names the fix (a GPU driver, or `apt-get install mesa-vulkan-drivers`); nothing is skipped.
 pub fn gpu() -> Gpu {
